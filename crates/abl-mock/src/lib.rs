@@ -1,0 +1,1 @@
+//! Mock LLM provider server for async-batch-llm (built out by the providers issue).

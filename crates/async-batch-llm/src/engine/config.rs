@@ -1,0 +1,222 @@
+//! Run settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{DefaultClassifier, Error, ErrorClassifier};
+use crate::limit::{CooldownPolicy, ScopeRegistry, ScopeSettings};
+
+/// How failed attempts are retried.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Logical attempts per item for errors other than rate limits (3).
+    pub max_attempts: u32,
+    /// Rate-limited tries of the same attempt before the item fails with
+    /// `rate_limit_retries_exceeded` (20).
+    pub max_rate_limit_retries: u32,
+    /// Backoff after the first failed attempt (1 s).
+    pub initial_backoff: Duration,
+    /// Growth per attempt (2).
+    pub backoff_multiplier: f64,
+    /// Cap of the backoff before jitter (60 s).
+    pub max_backoff: Duration,
+    /// Scale each backoff by a uniform factor in [0.5, 1] (on).
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            max_rate_limit_retries: 20,
+            initial_backoff: Duration::from_secs(1),
+            backoff_multiplier: 2.0,
+            max_backoff: Duration::from_secs(60),
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff before the attempt after attempt `failed` (1-based):
+    /// `min(initial × multiplier^(failed−1), max)`, times jitter.
+    pub fn backoff(&self, failed: u32) -> Duration {
+        let exp = i32::try_from(failed.saturating_sub(1)).unwrap_or(i32::MAX);
+        let secs = self.initial_backoff.as_secs_f64() * self.backoff_multiplier.max(1.0).powi(exp);
+        let base = Duration::from_secs_f64(secs.min(self.max_backoff.as_secs_f64()));
+        if self.jitter {
+            base.mul_f64(0.5 + 0.5 * crate::rand::unit())
+        } else {
+            base
+        }
+    }
+}
+
+/// Everything a run needs to know. Build it with struct update syntax:
+///
+/// ```
+/// use std::time::Duration;
+/// use async_batch_llm::BatchConfig;
+///
+/// let config = BatchConfig {
+///     concurrency: 128,
+///     attempt_timeout: Duration::from_secs(30),
+///     ..BatchConfig::default()
+/// };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone)]
+pub struct BatchConfig {
+    /// Items processed at once (workers) (32).
+    pub concurrency: usize,
+    /// Retry budgets and backoff.
+    pub retry: RetryPolicy,
+    /// Cooldown lengths for the quota scope.
+    pub cooldown: CooldownPolicy,
+    /// Time limit of one attempt; a timeout is retryable (120 s).
+    pub attempt_timeout: Duration,
+    /// Time limit of one item including every wait.
+    pub item_deadline: Option<Duration>,
+    /// Time limit of the whole run.
+    pub batch_deadline: Option<Duration>,
+    /// Collect mode: return results in input order instead of completion order.
+    pub preserve_order: bool,
+    /// Streaming: emit results in input order, holding at most this many
+    /// items between the oldest unfinished one and the newest started one.
+    pub reorder_window: Option<usize>,
+    /// Results that may wait for the consumer (0 means `concurrency`).
+    pub result_buffer: usize,
+    /// Quota scope name; by default the strategy's, else `"default"`.
+    pub quota_scope: Option<String>,
+    /// Most calls in flight at once in the scope (a provider limit).
+    pub scope_max_concurrency: Option<usize>,
+    /// Where scopes live; runs sharing a registry share cooldowns.
+    pub scopes: ScopeRegistry,
+    /// Retry decisions.
+    pub classifier: Arc<dyn ErrorClassifier>,
+    /// Call `Strategy::dry_run` instead of `execute`.
+    pub dry_run: bool,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            retry: RetryPolicy::default(),
+            cooldown: CooldownPolicy::default(),
+            attempt_timeout: Duration::from_secs(120),
+            item_deadline: None,
+            batch_deadline: None,
+            preserve_order: false,
+            reorder_window: None,
+            result_buffer: 0,
+            quota_scope: None,
+            scope_max_concurrency: None,
+            scopes: ScopeRegistry::global(),
+            classifier: Arc::new(DefaultClassifier),
+            dry_run: false,
+        }
+    }
+}
+
+impl std::fmt::Debug for BatchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchConfig")
+            .field("concurrency", &self.concurrency)
+            .field("retry", &self.retry)
+            .field("cooldown", &self.cooldown)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("item_deadline", &self.item_deadline)
+            .field("batch_deadline", &self.batch_deadline)
+            .field("preserve_order", &self.preserve_order)
+            .field("reorder_window", &self.reorder_window)
+            .field("result_buffer", &self.result_buffer)
+            .field("quota_scope", &self.quota_scope)
+            .field("scope_max_concurrency", &self.scope_max_concurrency)
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BatchConfig {
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::Config(m.to_owned()));
+        if self.concurrency == 0 {
+            return bad("concurrency must be at least 1");
+        }
+        if self.retry.max_attempts == 0 {
+            return bad("retry.max_attempts must be at least 1");
+        }
+        if self.attempt_timeout.is_zero() {
+            return bad("attempt_timeout must be positive");
+        }
+        if !(self.retry.backoff_multiplier.is_finite() && self.retry.backoff_multiplier >= 1.0) {
+            return bad("retry.backoff_multiplier must be a finite number >= 1");
+        }
+        if !(self.cooldown.multiplier.is_finite() && self.cooldown.multiplier >= 1.0) {
+            return bad("cooldown.multiplier must be a finite number >= 1");
+        }
+        if self.reorder_window == Some(0) {
+            return bad("reorder_window must be at least 1");
+        }
+        if self.scope_max_concurrency == Some(0) {
+            return bad("scope_max_concurrency must be at least 1");
+        }
+        if self.item_deadline.is_some_and(|d| d.is_zero()) {
+            return bad("item_deadline must be positive");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn scope_settings(&self) -> ScopeSettings {
+        ScopeSettings {
+            cooldown: self.cooldown,
+            max_concurrency: self.scope_max_concurrency,
+        }
+    }
+
+    pub(crate) fn result_buffer(&self) -> usize {
+        if self.result_buffer == 0 {
+            self.concurrency
+        } else {
+            self.result_buffer
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let p = RetryPolicy {
+            jitter: false,
+            ..RetryPolicy::default()
+        };
+        let secs: Vec<f64> = (1..=8).map(|n| p.backoff(n).as_secs_f64()).collect();
+        assert_eq!(secs, vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]);
+        let j = RetryPolicy::default();
+        for _ in 0..1000 {
+            let b = j.backoff(3).as_secs_f64();
+            assert!((2.0..=4.0).contains(&b), "{b}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let c = BatchConfig {
+            concurrency: 0,
+            ..BatchConfig::default()
+        };
+        assert!(
+            c.validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+                .contains("concurrency")
+        );
+        assert!(BatchConfig::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,15 @@
+//! The engine: one per-item pipeline ([`pipeline`]) and the hosts that drive
+//! it: [`process_prompts`], [`process_stream`], [`call`]/[`call_result`] and
+//! [`CallPool`].
+
+mod call;
+mod config;
+mod pipeline;
+mod pool;
+mod prepare;
+mod stream;
+
+pub use call::{call, call_result};
+pub use config::{BatchConfig, RetryPolicy};
+pub use pool::{CallPool, PoolError, PoolSettings};
+pub use stream::{ResultStream, StopHandle, process_prompts, process_stream};

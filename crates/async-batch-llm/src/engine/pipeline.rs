@@ -1,0 +1,395 @@
+//! The one per-item pipeline every host shares (SPEC.md §4):
+//!
+//! wait for the scope's cooldown → admission → concurrency slot → re-check
+//! the cooldown (preempted: give back, requeue, no budget used) → execute
+//! under the attempt timeout → account usage → classify → done, retry or fail.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::config::{BatchConfig, RetryPolicy};
+use super::prepare::PrepareOnce;
+use crate::error::{CallError, ErrorCategory, ErrorClassifier, RetryDecision};
+use crate::item::{Item, Prompt};
+use crate::limit::Scope;
+use crate::result::{
+    ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming, micros,
+};
+use crate::strategy::{RetryState, Strategy};
+use crate::usage::TokenUsage;
+
+/// Stop signals of a run: `stopping` ends admission and every wait;
+/// `cancel` also ends calls in flight.
+#[derive(Debug, Default)]
+pub(crate) struct Stop {
+    pub(crate) stopping: CancellationToken,
+    pub(crate) cancel: CancellationToken,
+    reason: OnceLock<Termination>,
+}
+
+impl Stop {
+    /// Stops the run; the first reason wins.
+    pub(crate) fn trigger(&self, termination: Termination, cancel_in_flight: bool) {
+        let _ = self.reason.set(termination);
+        self.stopping.cancel();
+        if cancel_in_flight {
+            self.cancel.cancel();
+        }
+    }
+
+    pub(crate) fn termination(&self) -> Option<Termination> {
+        self.reason.get().cloned()
+    }
+
+    /// The error of an item the stop prevented from finishing.
+    pub(crate) fn item_error(&self, last: Option<ItemError>) -> ItemError {
+        let reason = self
+            .reason
+            .get()
+            .map_or(TerminationReason::Aborted, |t| t.reason);
+        ItemError {
+            category: reason.item_category(),
+            message: format!("run stopped ({reason}) before this item finished"),
+            last_error: last.map(Box::new),
+        }
+    }
+}
+
+/// What every item of a run shares.
+pub(crate) struct Run<S: Strategy> {
+    pub(crate) strategy: Arc<S>,
+    pub(crate) scope: Arc<Scope>,
+    pub(crate) prepare: PrepareOnce,
+    pub(crate) stop: Stop,
+    retry: RetryPolicy,
+    attempt_timeout: Duration,
+    item_deadline: Option<Duration>,
+    classifier: Arc<dyn ErrorClassifier>,
+    dry_run_mode: bool,
+}
+
+impl<S: Strategy> Run<S> {
+    pub(crate) fn new(strategy: Arc<S>, config: &BatchConfig) -> Self {
+        let name = config
+            .quota_scope
+            .clone()
+            .or_else(|| strategy.quota_scope())
+            .unwrap_or_else(|| "default".to_owned());
+        let scope = config.scopes.scope(&name, &config.scope_settings());
+        Self {
+            strategy,
+            scope,
+            prepare: PrepareOnce::new(),
+            stop: Stop::default(),
+            retry: config.retry,
+            attempt_timeout: config.attempt_timeout,
+            item_deadline: config.item_deadline,
+            classifier: Arc::clone(&config.classifier),
+            dry_run_mode: config.dry_run,
+        }
+    }
+
+    /// Runs `cleanup`, containing a panic in it.
+    pub(crate) async fn cleanup(&self) {
+        if AssertUnwindSafe(self.strategy.cleanup())
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            tracing::error!("Strategy::cleanup panicked");
+        }
+    }
+
+    /// The result for an item the run never started.
+    pub(crate) fn unstarted(&self, item: Item, index: u64) -> ItemResult<S::Output> {
+        finish(
+            item,
+            index,
+            Err(self.stop.item_error(None)),
+            Acct::default(),
+            Duration::ZERO,
+        )
+    }
+}
+
+#[derive(Default)]
+struct Acct {
+    usage: TokenUsage,
+    attempts: u32,
+    tries: u32,
+    timing: ItemTiming,
+    last_error: Option<ItemError>,
+}
+
+enum Fail {
+    Item(ItemError),
+    Stopped,
+}
+
+fn to_item_error(e: &CallError) -> ItemError {
+    ItemError::new(e.category(), e.message())
+}
+
+fn with_last(category: ErrorCategory, message: String, last: Option<&ItemError>) -> Fail {
+    Fail::Item(ItemError {
+        category,
+        message,
+        last_error: last.cloned().map(Box::new),
+    })
+}
+
+fn finish<T>(
+    item: Item,
+    index: u64,
+    outcome: Result<T, ItemError>,
+    acct: Acct,
+    total: Duration,
+) -> ItemResult<T> {
+    let mut timing = acct.timing;
+    timing.total = micros(total);
+    ItemResult {
+        id: item.id,
+        index,
+        outcome,
+        usage: acct.usage,
+        attempts: acct.attempts,
+        tries: acct.tries,
+        timing,
+        context: item.context,
+        replayed: false,
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+/// Processes one item to its one terminal result. `deadline` tightens the
+/// configured item deadline (pool submit timeouts, one-off calls).
+pub(crate) async fn process_item<S: Strategy>(
+    run: &Run<S>,
+    item: Item,
+    index: u64,
+    deadline: Option<Instant>,
+) -> ItemResult<S::Output> {
+    let start = Instant::now();
+    let deadline = match (run.item_deadline.map(|d| start + d), deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let mut acct = Acct::default();
+    let mut state = RetryState::new();
+    let outcome = {
+        let attempts =
+            AssertUnwindSafe(attempts(run, &item.prompt, deadline, &mut acct, &mut state))
+                .catch_unwind();
+        tokio::select! {
+            biased;
+            () = run.stop.cancel.cancelled() => Err(Fail::Stopped),
+            r = attempts => r.unwrap_or_else(|p| Err(Fail::Item(ItemError::new(
+                ErrorCategory::LogicError,
+                format!("strategy panicked: {}", panic_message(&*p)),
+            )))),
+        }
+    };
+    let outcome = outcome.map_err(|f| match f {
+        Fail::Item(e) => e,
+        Fail::Stopped => run.stop.item_error(acct.last_error.take()),
+    });
+    finish(item, index, outcome, acct, start.elapsed())
+}
+
+/// Sleeps until `t`, ending early if the run stops.
+async fn sleep_or_stop(t: Instant, stop: &Stop) -> Result<(), Fail> {
+    tokio::select! {
+        biased;
+        () = stop.stopping.cancelled() => Err(Fail::Stopped),
+        () = sleep_until(t) => Ok(()),
+    }
+}
+
+fn deadline_fail(what: &str, acct: &Acct) -> Fail {
+    with_last(
+        ErrorCategory::ItemDeadline,
+        format!("item deadline would pass during {what}"),
+        acct.last_error.as_ref(),
+    )
+}
+
+/// Waits out the scope's cooldown. Returns the time waited.
+async fn wait_cooldown(
+    scope: &Scope,
+    stop: &Stop,
+    deadline: Option<Instant>,
+    acct: &Acct,
+) -> Result<Duration, Fail> {
+    let t0 = Instant::now();
+    let mut waited = false;
+    loop {
+        let now = Instant::now();
+        // After one wait, only a new cooldown holds us back: drawing a new
+        // ramp point each time would drift past the ramp window.
+        let target = if waited {
+            scope
+                .cooldown()
+                .active_until(now)
+                .map(|u| u + scope.cooldown().policy().ramp.mul_f64(crate::rand::unit()))
+        } else {
+            scope.cooldown().ready_at(now)
+        };
+        let Some(t) = target else { break };
+        if deadline.is_some_and(|d| t > d) {
+            return Err(deadline_fail("a rate-limit cooldown", acct));
+        }
+        sleep_or_stop(t, stop).await?;
+        waited = true;
+    }
+    Ok(t0.elapsed())
+}
+
+#[allow(clippy::too_many_lines)]
+async fn attempts<S: Strategy>(
+    run: &Run<S>,
+    prompt: &Prompt,
+    deadline: Option<Instant>,
+    acct: &mut Acct,
+    state: &mut RetryState,
+) -> Result<S::Output, Fail> {
+    let mut attempt = 1u32;
+    let mut rate_limited = 0u32;
+    acct.attempts = 1;
+    loop {
+        if run.stop.stopping.is_cancelled() {
+            return Err(Fail::Stopped);
+        }
+        let cooldown_wait = wait_cooldown(&run.scope, &run.stop, deadline, acct).await?;
+        acct.timing.cooldown_wait += micros(cooldown_wait);
+
+        let t1 = Instant::now();
+        let slot = tokio::select! {
+            biased;
+            () = run.stop.stopping.cancelled() => return Err(Fail::Stopped),
+            s = run.scope.acquire_slot() => s,
+        };
+        let admission_wait = micros(t1.elapsed());
+        acct.timing.admission_wait += admission_wait;
+        if run.scope.cooldown().active_until(Instant::now()).is_some() {
+            // A cooldown began while we waited for the slot: give it back and
+            // queue again, spending no retry budget.
+            drop(slot);
+            continue;
+        }
+
+        let (result, exec_start, execution) =
+            if let Err(e) = run.prepare.ensure(&*run.strategy).await {
+                // No call was made: the failure is the preparation's.
+                (Err(e), None, Duration::ZERO)
+            } else {
+                let exec_start = Instant::now();
+                acct.tries += 1;
+                let remaining = deadline.map(|d| d.saturating_duration_since(exec_start));
+                let timeout = remaining.map_or(run.attempt_timeout, |r| r.min(run.attempt_timeout));
+                let result = if run.dry_run_mode {
+                    run.strategy.dry_run(prompt).await
+                } else {
+                    match tokio::time::timeout(
+                        timeout,
+                        run.strategy.execute(prompt, attempt, timeout, state),
+                    )
+                    .await
+                    {
+                        Ok(r) => r,
+                        Err(_) if remaining.is_some_and(|r| r <= run.attempt_timeout) => {
+                            drop(slot);
+                            return Err(with_last(
+                                ErrorCategory::ItemDeadline,
+                                format!("item deadline passed during attempt {attempt}"),
+                                acct.last_error.as_ref(),
+                            ));
+                        }
+                        Err(_) => Err(CallError::new(
+                            ErrorCategory::FrameworkTimeout,
+                            format!(
+                                "attempt {attempt} timed out after {:.3} s",
+                                timeout.as_secs_f64()
+                            ),
+                        )),
+                    }
+                };
+                (result, Some(exec_start), micros(exec_start.elapsed()))
+            };
+        drop(slot);
+        if exec_start.is_some() {
+            acct.timing.execution += execution;
+            acct.timing.tries.push(TryTiming {
+                attempt,
+                cooldown_wait: micros(cooldown_wait),
+                admission_wait,
+                execution,
+                error: result.as_ref().err().map(CallError::category),
+            });
+        }
+
+        let error = match result {
+            Ok((output, usage)) => {
+                acct.usage += usage.unwrap_or_default();
+                run.scope.cooldown().record_success();
+                return Ok(output);
+            }
+            Err(e) => e,
+        };
+        if let Some(u) = error.usage() {
+            acct.usage += u;
+        }
+        acct.last_error = Some(to_item_error(&error));
+        run.strategy.on_error(&error, attempt, state).await;
+        match run.classifier.classify(&error) {
+            RetryDecision::RateLimited { retry_after } => {
+                let now = Instant::now();
+                run.scope
+                    .cooldown()
+                    .report_rate_limit(exec_start.unwrap_or(now), retry_after, now);
+                rate_limited += 1;
+                if rate_limited > run.retry.max_rate_limit_retries {
+                    return Err(with_last(
+                        ErrorCategory::RateLimitRetriesExceeded,
+                        format!(
+                            "rate limited {rate_limited} times; the budget is {} retries",
+                            run.retry.max_rate_limit_retries
+                        ),
+                        acct.last_error.as_ref(),
+                    ));
+                }
+            }
+            RetryDecision::Immediately | RetryDecision::Backoff
+                if attempt >= run.retry.max_attempts =>
+            {
+                return Err(Fail::Item(to_item_error(&error)));
+            }
+            RetryDecision::Immediately => {
+                attempt += 1;
+                acct.attempts = attempt;
+            }
+            RetryDecision::Backoff => {
+                let delay = micros(run.retry.backoff(attempt));
+                let wake = Instant::now() + delay;
+                if deadline.is_some_and(|d| wake > d) {
+                    return Err(deadline_fail("the backoff before the next attempt", acct));
+                }
+                sleep_or_stop(wake, &run.stop).await?;
+                acct.timing.backoff += delay;
+                attempt += 1;
+                acct.attempts = attempt;
+            }
+            RetryDecision::Fail => return Err(Fail::Item(to_item_error(&error))),
+        }
+    }
+}

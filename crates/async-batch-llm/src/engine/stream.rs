@@ -1,0 +1,336 @@
+//! Streaming and collecting hosts: `process_stream` and `process_prompts`.
+
+use std::collections::BTreeMap;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use futures::{Stream, StreamExt as _};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::config::BatchConfig;
+use super::pipeline::{Run, process_item};
+use crate::error::Error;
+use crate::item::Item;
+use crate::result::{BatchResult, ItemResult, Termination, TerminationReason};
+use crate::strategy::Strategy;
+
+/// State the driver and the consumer share.
+struct Control {
+    /// Results handed to the consumer in order (ordered streaming only).
+    emitted: AtomicU64,
+    notify: Notify,
+    termination: OnceLock<Termination>,
+    cooldowns: AtomicU64,
+}
+
+/// Stops a run from outside: [`stop`](StopHandle::stop) lets calls in flight
+/// finish, [`cancel`](StopHandle::cancel) cancels them. Either way every
+/// accepted item still gets its one result (`aborted` for those cut short).
+#[derive(Clone)]
+pub struct StopHandle {
+    stop: Arc<dyn Fn(bool) + Send + Sync>,
+}
+
+impl std::fmt::Debug for StopHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StopHandle")
+    }
+}
+
+impl StopHandle {
+    /// Stops admitting work; calls in flight finish.
+    pub fn stop(&self) {
+        (self.stop)(false);
+    }
+
+    /// Stops admitting work and cancels calls in flight.
+    pub fn cancel(&self) {
+        (self.stop)(true);
+    }
+}
+
+/// The results of a run as a [`Stream`], in completion order (or input order
+/// with [`BatchConfig::reorder_window`]). Dropping it stops the run: calls in
+/// flight are cancelled, `cleanup` runs, and no task outlives it for long.
+pub struct ResultStream<T> {
+    rx: mpsc::Receiver<ItemResult<T>>,
+    reorder: Option<BTreeMap<u64, ItemResult<T>>>,
+    next_index: u64,
+    control: Arc<Control>,
+    stop: StopHandle,
+}
+
+impl<T> Drop for ResultStream<T> {
+    fn drop(&mut self) {
+        // The consumer is gone: stop the run and cancel calls in flight. The
+        // driver still runs `cleanup`. A no-op once the run has ended.
+        if self.control.termination.get().is_none() {
+            self.stop.cancel();
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ResultStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultStream")
+            .field("next_index", &self.next_index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> ResultStream<T> {
+    /// How the run ended; `None` until the stream has ended.
+    pub fn termination(&self) -> Option<Termination> {
+        self.control.termination.get().cloned()
+    }
+
+    /// Cooldowns started in the run's scope during the run (final once the
+    /// stream has ended).
+    pub fn cooldowns(&self) -> u64 {
+        self.control.cooldowns.load(Ordering::Relaxed)
+    }
+
+    /// A handle to stop the run.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    fn release(&mut self, r: ItemResult<T>) -> Poll<Option<ItemResult<T>>> {
+        self.next_index = r.index + 1;
+        self.control
+            .emitted
+            .store(self.next_index, Ordering::Release);
+        self.control.notify.notify_waiters();
+        Poll::Ready(Some(r))
+    }
+}
+
+impl<T> Stream for ResultStream<T> {
+    type Item = ItemResult<T>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.reorder.is_none() {
+            return this.rx.poll_recv(cx);
+        }
+        loop {
+            let next = this.next_index;
+            if let Some(buf) = this.reorder.as_mut()
+                && let Some(r) = buf.remove(&next)
+            {
+                return this.release(r);
+            }
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(r)) => {
+                    if let Some(buf) = this.reorder.as_mut() {
+                        buf.insert(r.index, r);
+                    }
+                }
+                Poll::Ready(None) => {
+                    // The run ended early: flush what is left, in order.
+                    let first = this.reorder.as_mut().and_then(BTreeMap::pop_first);
+                    return match first {
+                        Some((_, r)) => this.release(r),
+                        None => Poll::Ready(None),
+                    };
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Processes a stream of items, yielding each result as it completes.
+///
+/// Input is pulled only when a worker is free (backpressure), and at most
+/// [`BatchConfig::result_buffer`] results wait for the consumer. Items pulled
+/// from `items` are accepted and each gets exactly one result; once the run
+/// stops (deadline, [`StopHandle`]), no further item is pulled.
+///
+/// Must be called inside a tokio runtime.
+pub fn process_stream<S, I>(
+    strategy: impl Into<Arc<S>>,
+    items: I,
+    config: &BatchConfig,
+) -> Result<ResultStream<S::Output>, Error>
+where
+    S: Strategy,
+    I: Stream<Item = Item> + Send + 'static,
+{
+    start(strategy.into(), items, config, false)
+}
+
+/// Processes every item and collects the results into a [`BatchResult`]
+/// (completion order, or input order with [`BatchConfig::preserve_order`]).
+/// A stopped run still returns one result for every item.
+pub async fn process_prompts<S, I>(
+    strategy: impl Into<Arc<S>>,
+    items: I,
+    config: &BatchConfig,
+) -> Result<BatchResult<S::Output>, Error>
+where
+    S: Strategy,
+    I: IntoIterator<Item = Item>,
+{
+    let started = Instant::now();
+    let items: Vec<Item> = items.into_iter().collect();
+    let n = items.len();
+    let mut stream = start(strategy.into(), futures::stream::iter(items), config, true)?;
+    let mut results = Vec::with_capacity(n);
+    while let Some(r) = stream.next().await {
+        results.push(r);
+    }
+    let termination = stream.termination().unwrap_or_else(Termination::completed);
+    let mut batch = BatchResult::new(results, termination, started.elapsed());
+    batch.stats.cooldowns = stream.cooldowns();
+    Ok(if config.preserve_order {
+        batch.in_input_order()
+    } else {
+        batch
+    })
+}
+
+fn start<S, I>(
+    strategy: Arc<S>,
+    items: I,
+    config: &BatchConfig,
+    record_unstarted: bool,
+) -> Result<ResultStream<S::Output>, Error>
+where
+    S: Strategy,
+    I: Stream<Item = Item> + Send + 'static,
+{
+    config.validate()?;
+    let run = Arc::new(Run::new(strategy, config));
+    let (tx, rx) = mpsc::channel(config.result_buffer());
+    let control = Arc::new(Control {
+        emitted: AtomicU64::new(0),
+        notify: Notify::new(),
+        termination: OnceLock::new(),
+        cooldowns: AtomicU64::new(0),
+    });
+    let stop_run = Arc::clone(&run);
+    let stop = StopHandle {
+        stop: Arc::new(move |cancel| {
+            stop_run
+                .stop
+                .trigger(Termination::new(TerminationReason::Aborted), cancel);
+        }),
+    };
+    let driver = Driver {
+        run,
+        tx,
+        control: Arc::clone(&control),
+        concurrency: config.concurrency,
+        window: config.reorder_window,
+        batch_deadline: config.batch_deadline.map(|d| Instant::now() + d),
+        record_unstarted,
+    };
+    tokio::spawn(driver.drive(items));
+    Ok(ResultStream {
+        rx,
+        reorder: config.reorder_window.map(|_| BTreeMap::new()),
+        next_index: 0,
+        control,
+        stop,
+    })
+}
+
+struct Driver<S: Strategy> {
+    run: Arc<Run<S>>,
+    tx: mpsc::Sender<ItemResult<S::Output>>,
+    control: Arc<Control>,
+    concurrency: usize,
+    window: Option<usize>,
+    batch_deadline: Option<Instant>,
+    record_unstarted: bool,
+}
+
+impl<S: Strategy> Driver<S> {
+    async fn drive<I: Stream<Item = Item> + Send + 'static>(self, items: I) {
+        let run = &self.run;
+        let cooldowns_before = run.scope.cooldown().started_count();
+        let workers = Arc::new(Semaphore::new(self.concurrency));
+        let tracker = TaskTracker::new();
+        let finished = CancellationToken::new();
+        if let Some(deadline) = self.batch_deadline {
+            let run = Arc::clone(run);
+            let finished = finished.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = finished.cancelled() => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        run.stop.trigger(Termination::new(TerminationReason::BatchDeadline), true);
+                    }
+                }
+            });
+        }
+        let _end_timer = finished.drop_guard();
+        let mut items = pin!(items);
+        let mut index = 0u64;
+        'feed: loop {
+            let permit = tokio::select! {
+                biased;
+                () = run.stop.stopping.cancelled() => break,
+                p = Arc::clone(&workers).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            if let Some(w) = self.window {
+                loop {
+                    let notified = self.control.notify.notified();
+                    if index < self.control.emitted.load(Ordering::Acquire) + w as u64 {
+                        break;
+                    }
+                    tokio::select! {
+                        biased;
+                        () = run.stop.stopping.cancelled() => break 'feed,
+                        () = notified => {}
+                    }
+                }
+            }
+            let item = tokio::select! {
+                biased;
+                () = run.stop.stopping.cancelled() => break,
+                item = items.next() => item,
+            };
+            let Some(item) = item else { break };
+            let i = index;
+            index += 1;
+            let run = Arc::clone(run);
+            let tx = self.tx.clone();
+            tracker.spawn(async move {
+                let result = process_item(&run, item, i, None).await;
+                let _ = tx.send(result).await;
+                drop(permit);
+            });
+        }
+        if self.record_unstarted && run.stop.stopping.is_cancelled() {
+            while let Some(item) = items.next().await {
+                let r = run.unstarted(item, index);
+                index += 1;
+                if self.tx.send(r).await.is_err() {
+                    break;
+                }
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+        let termination = run
+            .stop
+            .termination()
+            .unwrap_or_else(Termination::completed);
+        run.cleanup().await;
+        self.control.cooldowns.store(
+            run.scope.cooldown().started_count() - cooldowns_before,
+            Ordering::Relaxed,
+        );
+        let _ = self.control.termination.set(termination);
+    }
+}

@@ -1,0 +1,106 @@
+//! # async-batch-llm
+//!
+//! Run thousands to millions of LLM calls concurrently, unattended: every
+//! call the provider's limits allow stays in flight, a 429 pauses the whole
+//! quota scope once (honouring `Retry-After`), other failures retry with
+//! jittered backoff, and every accepted item ends with exactly one result
+//! carrying its exact token usage.
+//!
+//! ## A first batch
+//!
+//! A [`Strategy`] makes one attempt for one item; the engine does the rest.
+//! [`testing::FakeStrategy`] stands in for a provider here:
+//!
+//! ```
+//! use async_batch_llm::{BatchConfig, Item, process_prompts, testing::FakeStrategy};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), async_batch_llm::Error> {
+//! let items = (0..100).map(|i| Item::new(format!("q{i}"), format!("question {i}")));
+//! let config = BatchConfig { concurrency: 16, preserve_order: true, ..BatchConfig::default() };
+//! let batch = process_prompts(FakeStrategy::echo(), items, &config).await?;
+//!
+//! assert_eq!(batch.stats.succeeded, 100);
+//! assert_eq!(batch.results[7].output().map(String::as_str), Some("question 7"));
+//! println!("{}", batch.summary());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Your own strategy
+//!
+//! Implement [`Strategy::execute`]; return a [`CallError`] with the right
+//! [`ErrorCategory`] and the engine retries it the right way: rate limits
+//! cool the scope down and retry the same attempt, validation failures retry
+//! at once, transient errors back off, the rest fail. [`RetryState`] keeps
+//! notes across an item's attempts, e.g. to switch to a stronger model after
+//! a validation failure:
+//!
+//! ```
+//! use std::time::Duration;
+//! use async_batch_llm::{CallError, Completion, ErrorCategory, Prompt, RetryState, Strategy, TokenUsage};
+//!
+//! struct Escalating;
+//!
+//! impl Strategy for Escalating {
+//!     type Output = String;
+//!
+//!     async fn execute(&self, prompt: &Prompt, attempt: u32, _timeout: Duration, state: &mut RetryState)
+//!         -> Result<Completion<String>, CallError>
+//!     {
+//!         let model = if state.contains("escalate") { "big" } else { "small" };
+//!         Ok((format!("{model}: {}", prompt.text()), Some(TokenUsage::new(12, 4))))
+//!     }
+//!
+//!     async fn on_error(&self, error: &CallError, _attempt: u32, state: &mut RetryState) {
+//!         if error.category() == ErrorCategory::ValidationError {
+//!             state.set("escalate", true);
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! Any [`Model`] plus a parser is a strategy already: [`ModelStrategy`].
+//!
+//! ## Hosts
+//!
+//! - [`process_prompts`]: collect a [`BatchResult`] (totals, termination
+//!   reason, [`BatchResult::summary`], JSON/JSONL).
+//! - [`process_stream`]: a `Stream` of results with bounded memory, for
+//!   millions of items; input order on request with a bounded window.
+//! - [`call`] / [`call_result`]: one resilient call.
+//! - [`CallPool`]: a long-lived shared executor for services.
+//!
+//! Quota scopes ([`limit`]) are names: runs whose strategies resolve to the
+//! same provider, key and model share one cooldown.
+
+pub mod engine;
+pub mod error;
+pub mod item;
+pub mod limit;
+pub mod model;
+mod rand;
+pub mod result;
+pub mod strategy;
+pub mod testing;
+pub mod usage;
+
+pub use engine::{
+    BatchConfig, CallPool, PoolError, PoolSettings, ResultStream, RetryPolicy, StopHandle, call,
+    call_result, process_prompts, process_stream,
+};
+pub use error::{
+    CallError, DefaultClassifier, Error, ErrorCategory, ErrorClassifier, RetryDecision,
+};
+pub use item::{Item, Message, Prompt, Role};
+pub use limit::{CooldownPolicy, ScopeRegistry};
+pub use model::{
+    DynModel, LlmRequest, LlmResponse, Model, ModelStrategy, ResponseMetadata, ResponseParser,
+    TextParser,
+};
+pub use result::{
+    BatchResult, BatchStats, ItemError, ItemResult, ItemTiming, Termination, TerminationReason,
+    TryTiming,
+};
+pub use strategy::{Completion, RetryState, Strategy, dry_run_placeholder};
+pub use usage::{Prices, TokenUsage};

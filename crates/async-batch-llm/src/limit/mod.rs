@@ -1,0 +1,95 @@
+//! Limits shared by every call in a quota scope: the coordinated cooldown and
+//! a concurrency gate. A scope is a name, not an object: two strategies whose
+//! models resolve to the same provider, base URL, key and model share one.
+
+mod cooldown;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use cooldown::{Cooldown, CooldownOutcome, CooldownPolicy};
+
+/// Settings of a scope, fixed when the scope is first used.
+#[derive(Debug, Clone, Default)]
+pub struct ScopeSettings {
+    /// Cooldown lengths.
+    pub cooldown: CooldownPolicy,
+    /// Most calls in flight at once in this scope (a provider's concurrency
+    /// limit, separate from the worker count). `None` means no gate.
+    pub max_concurrency: Option<usize>,
+}
+
+/// The shared state of one quota scope.
+#[derive(Debug)]
+pub struct Scope {
+    name: String,
+    cooldown: Cooldown,
+    gate: Option<Arc<Semaphore>>,
+}
+
+impl Scope {
+    /// A fresh scope.
+    pub fn new(name: impl Into<String>, settings: &ScopeSettings) -> Self {
+        Self {
+            name: name.into(),
+            cooldown: Cooldown::new(settings.cooldown),
+            gate: settings
+                .max_concurrency
+                .map(|n| Arc::new(Semaphore::new(n.max(1)))),
+        }
+    }
+
+    /// The scope's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The scope's cooldown.
+    pub fn cooldown(&self) -> &Cooldown {
+        &self.cooldown
+    }
+
+    /// Takes a concurrency slot (immediately when the scope has no gate).
+    pub(crate) async fn acquire_slot(&self) -> Option<OwnedSemaphorePermit> {
+        match &self.gate {
+            None => None,
+            Some(g) => Arc::clone(g).acquire_owned().await.ok(),
+        }
+    }
+}
+
+/// Scopes by name. Runs that share a registry share cooldowns and limits;
+/// [`ScopeRegistry::global`] is the process-wide default.
+#[derive(Debug, Clone, Default)]
+pub struct ScopeRegistry {
+    scopes: Arc<Mutex<HashMap<String, Arc<Scope>>>>,
+}
+
+impl ScopeRegistry {
+    /// An empty registry, isolated from every other.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process-wide registry.
+    pub fn global() -> Self {
+        static GLOBAL: OnceLock<ScopeRegistry> = OnceLock::new();
+        GLOBAL.get_or_init(ScopeRegistry::new).clone()
+    }
+
+    /// The scope named `name`, created with `settings` if new.
+    pub fn scope(&self, name: &str, settings: &ScopeSettings) -> Arc<Scope> {
+        let mut map = self
+            .scopes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = map.get(name) {
+            return Arc::clone(s);
+        }
+        let s = Arc::new(Scope::new(name, settings));
+        map.insert(name.to_owned(), Arc::clone(&s));
+        s
+    }
+}
