@@ -35,6 +35,8 @@ pub enum FakeStep {
     BilledFailure(TokenUsage),
     /// Fail with any category.
     Error(ErrorCategory),
+    /// Fail with any category, billed with this usage.
+    BilledError(ErrorCategory, TokenUsage),
 }
 
 impl FakeStep {
@@ -42,7 +44,7 @@ impl FakeStep {
     pub fn billed(&self, ok: TokenUsage) -> TokenUsage {
         match self {
             FakeStep::Ok => ok,
-            FakeStep::BilledFailure(u) => *u,
+            FakeStep::BilledFailure(u) | FakeStep::BilledError(_, u) => *u,
             _ => TokenUsage::default(),
         }
     }
@@ -61,6 +63,9 @@ impl FakeStep {
                 CallError::validation("fake unparsable reply").with_usage(*u)
             }
             FakeStep::Error(c) => CallError::new(*c, format!("fake {c}")),
+            FakeStep::BilledError(c, u) => {
+                CallError::new(*c, format!("fake billed {c}")).with_usage(*u)
+            }
         })
     }
 }

@@ -1,0 +1,240 @@
+//! Coordinated cooldown per quota scope, on tokio's paused clock.
+
+use std::time::Duration;
+
+use async_batch_llm::testing::{FakeStep, FakeStrategy};
+use async_batch_llm::{BatchConfig, CooldownPolicy, Item, ScopeRegistry, process_prompts};
+use tokio::time::Instant;
+
+fn config(scopes: &ScopeRegistry, concurrency: usize) -> BatchConfig {
+    BatchConfig {
+        concurrency,
+        scopes: scopes.clone(),
+        cooldown: CooldownPolicy {
+            ramp: Duration::ZERO,
+            ..CooldownPolicy::default()
+        },
+        ..BatchConfig::default()
+    }
+}
+
+fn items(prefix: &str, n: usize) -> Vec<Item> {
+    (0..n)
+        .map(|i| Item::new(format!("{prefix}{i}"), format!("{prefix}{i}")))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hinted_429_pauses_the_scope_and_in_flight_calls_finish() {
+    let t0 = Instant::now();
+    let fake = FakeStrategy::echo()
+        .with_latency(Duration::from_secs(1))
+        .with_item_schedule(
+            "i0",
+            vec![FakeStep::RateLimit(Some(Duration::from_secs(7)))],
+        )
+        .recording();
+    let batch = process_prompts(
+        fake.clone(),
+        items("i", 12),
+        &config(&ScopeRegistry::new(), 3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(batch.stats.succeeded, 12);
+    assert_eq!(batch.stats.cooldowns, 1);
+    let starts = fake.call_starts();
+    // i0, i1, i2 start at t=0; i0's 429 arrives at t=1 and starts a 7 s cooldown.
+    let first: Vec<&str> = starts[..3].iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(first, ["i0", "i1", "i2"]);
+    assert!(starts[..3].iter().all(|s| s.1 == t0));
+    let later: Vec<Duration> = starts[3..].iter().map(|s| s.1 - t0).collect();
+    assert!(
+        later.iter().all(|d| *d >= Duration::from_secs(8)),
+        "{later:?}"
+    );
+    // The calls in flight at t=1 (i1, i2) finished with one try each.
+    for id in ["i1", "i2"] {
+        let r = batch.results.iter().find(|r| r.id == id).unwrap();
+        assert_eq!((r.tries, r.is_ok()), (1, true));
+        assert!(r.timing.cooldown_wait.is_zero());
+    }
+    let i0 = batch.results.iter().find(|r| r.id == "i0").unwrap();
+    assert_eq!(i0.tries, 2);
+    assert_eq!(i0.timing.cooldown_wait, Duration::from_secs(7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_hint_10_s_then_15_s_for_a_consecutive_cooldown() {
+    let t0 = Instant::now();
+    let fake = FakeStrategy::echo()
+        .with_schedule(vec![FakeStep::RateLimit(None), FakeStep::RateLimit(None)])
+        .recording();
+    let batch = process_prompts(
+        fake.clone(),
+        items("a", 1),
+        &config(&ScopeRegistry::new(), 1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(batch.stats.succeeded, 1);
+    let at: Vec<Duration> = fake.call_starts().iter().map(|s| s.1 - t0).collect();
+    assert_eq!(
+        at,
+        [
+            Duration::ZERO,
+            Duration::from_secs(10),
+            Duration::from_secs(25)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn strategies_on_one_scope_share_the_cooldown_and_others_do_not() {
+    let scopes = ScopeRegistry::new();
+    let t0 = Instant::now();
+    let lat = Duration::from_millis(500);
+    let a = FakeStrategy::echo()
+        .with_latency(lat)
+        .with_scope("openai|https://api|key:ab12|gpt-4o-mini")
+        .with_item_schedule(
+            "a0",
+            vec![FakeStep::RateLimit(Some(Duration::from_secs(5)))],
+        )
+        .recording();
+    let b = FakeStrategy::echo()
+        .with_latency(lat)
+        .with_scope("openai|https://api|key:ab12|gpt-4o-mini")
+        .recording();
+    let c = FakeStrategy::echo()
+        .with_latency(lat)
+        .with_scope("gemini|other")
+        .recording();
+    let (one, two) = (config(&scopes, 1), config(&scopes, 2));
+    let (ra, rb, rc) = tokio::join!(
+        process_prompts(a.clone(), items("a", 4), &one),
+        process_prompts(b.clone(), items("b", 20), &two),
+        process_prompts(c.clone(), items("c", 20), &two),
+    );
+    for r in [ra.unwrap(), rb.unwrap(), rc.unwrap()] {
+        assert_eq!(r.stats.failed, 0);
+    }
+    // a0's 429 arrives at t=0.5 s: the shared scope pauses until t=5.5 s.
+    let (from, to) = (t0 + lat, t0 + lat + Duration::from_secs(5));
+    let paused = |s: &FakeStrategy| {
+        s.call_starts()
+            .iter()
+            .filter(|x| x.1 > from && x.1 < to)
+            .count()
+    };
+    assert_eq!(paused(&a), 0);
+    assert_eq!(paused(&b), 0);
+    // The other scope keeps going: its waves at 1.0, 1.5, … 4.5 s, two calls each.
+    assert_eq!(paused(&c), 16);
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_429s_do_not_extend_the_cooldown() {
+    // Three calls in flight all get 429 (hint 4 s) at t=1: one cooldown only.
+    let t0 = Instant::now();
+    let fake = FakeStrategy::echo()
+        .with_latency(Duration::from_secs(1))
+        .with_item_schedule(
+            "x0",
+            vec![FakeStep::RateLimit(Some(Duration::from_secs(4)))],
+        )
+        .with_item_schedule(
+            "x1",
+            vec![FakeStep::RateLimit(Some(Duration::from_secs(9)))],
+        )
+        .with_item_schedule(
+            "x2",
+            vec![FakeStep::RateLimit(Some(Duration::from_secs(9)))],
+        )
+        .recording();
+    let batch = process_prompts(
+        fake.clone(),
+        items("x", 3),
+        &config(&ScopeRegistry::new(), 3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(batch.stats.succeeded, 3);
+    assert_eq!(batch.stats.cooldowns, 1);
+    let retries: Vec<Duration> = fake.call_starts()[3..].iter().map(|s| s.1 - t0).collect();
+    assert_eq!(retries, vec![Duration::from_secs(5); 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slot_taken_during_a_new_cooldown_is_given_back_without_spending_budget() {
+    // One scope slot. "w" waits for the slot held by "h"; while it waits, h's
+    // 429 starts a cooldown. w must give the slot back and wait it out.
+    let t0 = Instant::now();
+    let fake = FakeStrategy::echo()
+        .with_latency(Duration::from_secs(1))
+        .with_item_schedule("h", vec![FakeStep::RateLimit(Some(Duration::from_secs(3)))])
+        .recording();
+    let cfg = BatchConfig {
+        scope_max_concurrency: Some(1),
+        ..config(&ScopeRegistry::new(), 2)
+    };
+    let batch = process_prompts(
+        fake.clone(),
+        [Item::new("h", "h"), Item::new("w", "w")],
+        &cfg,
+    )
+    .await
+    .unwrap();
+    assert_eq!(batch.stats.succeeded, 2);
+    let w = batch.results.iter().find(|r| r.id == "w").unwrap();
+    assert_eq!((w.tries, w.attempts), (1, 1), "no budget spent");
+    let w_start = fake
+        .call_starts()
+        .iter()
+        .find(|s| s.0 == "w")
+        .map(|s| s.1 - t0);
+    assert!(w_start >= Some(Duration::from_secs(4)), "{w_start:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_ramp_spreads_releases_after_a_cooldown() {
+    let t0 = Instant::now();
+    let fake = FakeStrategy::echo()
+        .with_latency(Duration::from_millis(100))
+        .with_item_schedule(
+            "r0",
+            vec![FakeStep::RateLimit(Some(Duration::from_secs(2)))],
+        )
+        .recording();
+    let cfg = BatchConfig {
+        cooldown: CooldownPolicy::default(),
+        ..config(&ScopeRegistry::new(), 41)
+    };
+    // Wave one (41 calls) starts at 0; r0's 429 at 0.1 s starts a cooldown to
+    // 2.1 s. Wave two (41 items) arrives at 0.1 s and waits; with r0's retry,
+    // 42 calls are released over the 5 s ramp after the cooldown.
+    let batch = process_prompts(fake.clone(), items("r", 82), &cfg)
+        .await
+        .unwrap();
+    assert_eq!(batch.stats.succeeded, 82);
+    let mut after: Vec<Duration> = fake
+        .call_starts()
+        .iter()
+        .skip(41)
+        .map(|s| s.1 - t0)
+        .collect();
+    after.sort();
+    assert_eq!(after.len(), 42);
+    assert!(after[0] >= Duration::from_millis(2100), "{after:?}");
+    assert!(after[41] <= Duration::from_millis(7100), "{after:?}");
+    // Spread: not all at once, and roughly uniform over the window.
+    let first_second = after
+        .iter()
+        .filter(|d| **d < Duration::from_millis(3100))
+        .count();
+    assert!(
+        first_second < 25,
+        "{first_second} of 42 released in the first second"
+    );
+    assert!(after[41] - after[0] >= Duration::from_secs(3), "{after:?}");
+}
