@@ -93,7 +93,7 @@ pub use error::{
     CallError, DefaultClassifier, Error, ErrorCategory, ErrorClassifier, RetryDecision,
 };
 pub use item::{Item, Message, Prompt, Role};
-pub use limit::{CooldownPolicy, ScopeRegistry};
+pub use limit::{CooldownPolicy, ScopeRegistry, default_scope_name, key_fingerprint};
 pub use model::{
     DynModel, LlmRequest, LlmResponse, Model, ModelStrategy, ResponseMetadata, ResponseParser,
     TextParser,

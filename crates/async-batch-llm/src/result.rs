@@ -361,8 +361,9 @@ pub struct BatchStats {
     /// Failures by category.
     pub failures: BTreeMap<ErrorCategory, CategoryStats>,
     /// Cooldowns started in the run's scope while it ran.
-    #[serde(default)]
     pub cooldowns: u64,
+    /// True for a dry run: usage and cost are projections, no call was made.
+    pub dry_run: bool,
 }
 
 impl BatchStats {
@@ -533,6 +534,12 @@ impl<T> BatchResult<T> {
         } else {
             0.0
         };
+        if s.dry_run {
+            let _ = writeln!(
+                out,
+                "DRY RUN: no provider was called; tokens and cost below are projections"
+            );
+        }
         let _ = writeln!(
             out,
             "Batch {}: {} items, {} succeeded, {} failed{}",

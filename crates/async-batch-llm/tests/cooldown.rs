@@ -238,3 +238,25 @@ async fn the_ramp_spreads_releases_after_a_cooldown() {
     );
     assert!(after[41] - after[0] >= Duration::from_secs(3), "{after:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_the_caller_that_hit_the_429_does_not_end_the_cooldown() {
+    let scopes = ScopeRegistry::new();
+    let cfg = config(&scopes, 1);
+    let hit =
+        FakeStrategy::echo().with_schedule(vec![FakeStep::RateLimit(Some(Duration::from_secs(6)))]);
+    let t0 = Instant::now();
+    // The caller gets its 429 at once, then is cancelled while cooling down.
+    let cancelled = tokio::time::timeout(
+        Duration::from_secs(1),
+        async_batch_llm::call_result(hit, Item::new("h", "h"), &cfg),
+    )
+    .await;
+    assert!(cancelled.is_err());
+    let other = FakeStrategy::echo().recording();
+    let r = async_batch_llm::call_result(other.clone(), Item::new("o", "o"), &cfg)
+        .await
+        .unwrap();
+    assert!(r.is_ok());
+    assert_eq!(other.call_starts()[0].1 - t0, Duration::from_secs(6));
+}

@@ -337,6 +337,11 @@ async fn dry_run_uses_the_placeholder_and_makes_no_call() {
     assert_eq!(batch.stats.succeeded, 10);
     assert_eq!(batch.stats.usage, TokenUsage::new(1_000, 500));
     assert!(batch.results[0].output().unwrap().starts_with("[DRY-RUN]"));
+    assert!(
+        batch.summary().starts_with("DRY RUN"),
+        "{}",
+        batch.summary()
+    );
 }
 
 #[tokio::test(start_paused = true)]

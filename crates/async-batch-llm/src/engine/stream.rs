@@ -188,6 +188,7 @@ where
     let termination = stream.termination().unwrap_or_else(Termination::completed);
     let mut batch = BatchResult::new(results, termination, started.elapsed());
     batch.stats.cooldowns = stream.cooldowns();
+    batch.stats.dry_run = config.dry_run;
     Ok(if config.preserve_order {
         batch.in_input_order()
     } else {

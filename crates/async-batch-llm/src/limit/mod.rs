@@ -11,6 +11,32 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use cooldown::{Cooldown, CooldownOutcome, CooldownPolicy};
 
+/// A short, non-reversible fingerprint of an API key (the first 8 hex
+/// digits of its SHA-256), safe to show in scope names and logs.
+pub fn key_fingerprint(api_key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    let digest = Sha256::digest(api_key.as_bytes());
+    digest
+        .iter()
+        .take(4)
+        .fold(String::with_capacity(8), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The default quota scope name: provider, base URL (without a trailing
+/// slash), key fingerprint and model. Two clients on the same key and model
+/// get the same name and so share one cooldown and one set of limits.
+pub fn default_scope_name(provider: &str, base_url: &str, api_key: &str, model: &str) -> String {
+    format!(
+        "{provider}|{}|key:{}|{model}",
+        base_url.trim_end_matches('/'),
+        key_fingerprint(api_key)
+    )
+}
+
 /// Settings of a scope, fixed when the scope is first used.
 #[derive(Debug, Clone, Default)]
 pub struct ScopeSettings {
@@ -91,5 +117,40 @@ impl ScopeRegistry {
         let s = Arc::new(Scope::new(name, settings));
         map.insert(name.to_owned(), Arc::clone(&s));
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_names_share_by_key_and_model_and_hide_the_key() {
+        let a = default_scope_name(
+            "openai",
+            "https://api.openai.com/v1/",
+            "sk-secret-1",
+            "gpt-4o-mini",
+        );
+        let b = default_scope_name(
+            "openai",
+            "https://api.openai.com/v1",
+            "sk-secret-1",
+            "gpt-4o-mini",
+        );
+        let c = default_scope_name(
+            "openai",
+            "https://api.openai.com/v1",
+            "sk-secret-2",
+            "gpt-4o-mini",
+        );
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(!a.contains("secret"));
+        assert_eq!(key_fingerprint("abc"), "ba7816bf");
+        let reg = ScopeRegistry::new();
+        let s1 = reg.scope(&a, &ScopeSettings::default());
+        let s2 = reg.scope(&b, &ScopeSettings::default());
+        assert!(Arc::ptr_eq(&s1, &s2));
     }
 }
