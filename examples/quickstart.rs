@@ -3,6 +3,8 @@
 //!
 //! `cargo run --release -p async-batch-llm --example quickstart`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use async_batch_llm::testing::{FakeStep, FakeStrategy};

@@ -4,6 +4,8 @@
 //!
 //! `cargo run --release -p async-batch-llm --example stream_million [ITEMS]`
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use async_batch_llm::testing::FakeStrategy;
 use async_batch_llm::{BatchConfig, BatchStats, Item, process_stream};
 use futures::StreamExt as _;

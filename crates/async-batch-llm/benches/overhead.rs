@@ -2,6 +2,8 @@
 //! streamed through `process_stream` and counted. Run with
 //! `cargo bench -p async-batch-llm --bench overhead`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use async_batch_llm::testing::FakeStrategy;

@@ -1,5 +1,11 @@
 //! Coordinated cooldown per quota scope, on tokio's paused clock.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::unchecked_time_subtraction
+)]
+
 use std::time::Duration;
 
 use async_batch_llm::testing::{FakeStep, FakeStrategy};

@@ -2,6 +2,12 @@
 //! exactly one result, its attempt and try counts follow the schedule, and
 //! the token totals equal the sum of billed usage.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::unchecked_time_subtraction
+)]
+
 use std::time::Duration;
 
 use async_batch_llm::testing::{FakeStep, FakeStrategy};
