@@ -284,7 +284,7 @@ impl FakeStrategy {
     /// The step of try `try_no` (1-based) for an item.
     pub fn step_for(&self, id: &str, prompt: &str, try_no: u32) -> FakeStep {
         let schedule = self.per_item.get(id).unwrap_or(&self.schedule);
-        if let Some(step) = schedule.get(try_no as usize - 1) {
+        if let Some(step) = schedule.get((try_no as usize).saturating_sub(1)) {
             return step.clone();
         }
         if self.failure_rate > 0.0 {
