@@ -288,46 +288,46 @@ async fn attempts<S: Strategy>(
             continue;
         }
 
-        let (result, exec_start, execution) =
-            if let Err(e) = run.prepare.ensure(&*run.strategy).await {
-                // No call was made: the failure is the preparation's.
-                (Err(e), None, Duration::ZERO)
+        let (result, executed, execution) = if let Err(e) = run.prepare.ensure(&*run.strategy).await
+        {
+            // No call was made: the failure is the preparation's.
+            (Err(e), false, Duration::ZERO)
+        } else {
+            let exec_start = Instant::now();
+            acct.tries += 1;
+            let remaining = deadline.map(|d| d.saturating_duration_since(exec_start));
+            let timeout = remaining.map_or(run.attempt_timeout, |r| r.min(run.attempt_timeout));
+            let result = if run.dry_run_mode {
+                run.strategy.dry_run(prompt).await
             } else {
-                let exec_start = Instant::now();
-                acct.tries += 1;
-                let remaining = deadline.map(|d| d.saturating_duration_since(exec_start));
-                let timeout = remaining.map_or(run.attempt_timeout, |r| r.min(run.attempt_timeout));
-                let result = if run.dry_run_mode {
-                    run.strategy.dry_run(prompt).await
-                } else {
-                    match tokio::time::timeout(
-                        timeout,
-                        run.strategy.execute(prompt, attempt, timeout, state),
-                    )
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) if remaining.is_some_and(|r| r <= run.attempt_timeout) => {
-                            drop(slot);
-                            return Err(with_last(
-                                ErrorCategory::ItemDeadline,
-                                format!("item deadline passed during attempt {attempt}"),
-                                acct.last_error.as_ref(),
-                            ));
-                        }
-                        Err(_) => Err(CallError::new(
-                            ErrorCategory::FrameworkTimeout,
-                            format!(
-                                "attempt {attempt} timed out after {:.3} s",
-                                timeout.as_secs_f64()
-                            ),
-                        )),
+                match tokio::time::timeout(
+                    timeout,
+                    run.strategy.execute(prompt, attempt, timeout, state),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) if remaining.is_some_and(|r| r <= run.attempt_timeout) => {
+                        drop(slot);
+                        return Err(with_last(
+                            ErrorCategory::ItemDeadline,
+                            format!("item deadline passed during attempt {attempt}"),
+                            acct.last_error.as_ref(),
+                        ));
                     }
-                };
-                (result, Some(exec_start), micros(exec_start.elapsed()))
+                    Err(_) => Err(CallError::new(
+                        ErrorCategory::FrameworkTimeout,
+                        format!(
+                            "attempt {attempt} timed out after {:.3} s",
+                            timeout.as_secs_f64()
+                        ),
+                    )),
+                }
             };
+            (result, true, micros(exec_start.elapsed()))
+        };
         drop(slot);
-        if exec_start.is_some() {
+        if executed {
             acct.timing.execution += execution;
             acct.timing.tries.push(TryTiming {
                 attempt,
@@ -353,10 +353,9 @@ async fn attempts<S: Strategy>(
         run.strategy.on_error(&error, attempt, state).await;
         match run.classifier.classify(&error) {
             RetryDecision::RateLimited { retry_after } => {
-                let now = Instant::now();
                 run.scope
                     .cooldown()
-                    .report_rate_limit(exec_start.unwrap_or(now), retry_after, now);
+                    .report_rate_limit(retry_after, Instant::now());
                 rate_limited += 1;
                 if rate_limited > run.retry.max_rate_limit_retries {
                     return Err(with_last(

@@ -57,8 +57,6 @@ impl CooldownPolicy {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Start of the latest cooldown.
-    started: Option<Instant>,
     /// End of the latest cooldown.
     until: Option<Instant>,
 }
@@ -68,8 +66,7 @@ struct State {
 pub enum CooldownOutcome {
     /// A new cooldown of this length began.
     Started(Duration),
-    /// A cooldown that began after the failed call started is already running
-    /// (or ran): this late 429 is ignored.
+    /// A cooldown is already running: this 429 is ignored.
     Ignored,
 }
 
@@ -127,22 +124,18 @@ impl Cooldown {
         (target > now).then_some(target)
     }
 
-    /// Reports a rate limit for an attempt that started executing at
-    /// `attempt_started`. Starts a cooldown unless one began after that
-    /// attempt started (a late 429) or one is running.
-    pub fn report_rate_limit(
-        &self,
-        attempt_started: Instant,
-        hint: Option<Duration>,
-        now: Instant,
-    ) -> CooldownOutcome {
+    /// Reports a rate limit received at `now`. Starts a cooldown unless one
+    /// is running: 429s from calls that were in flight when it began arrive
+    /// during it and neither extend it nor start another. A 429 that arrives
+    /// after the cooldown ended is the provider's fresh word and starts a new
+    /// (consecutive) one.
+    pub fn report_rate_limit(&self, hint: Option<Duration>, now: Instant) -> CooldownOutcome {
         let mut st = self.lock();
-        if st.started.is_some_and(|s| s >= attempt_started) || st.until.is_some_and(|u| u > now) {
+        if st.until.is_some_and(|u| u > now) {
             return CooldownOutcome::Ignored;
         }
         let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         let length = self.policy.length(consecutive, hint);
-        st.started = Some(now);
         st.until = Some(now + length);
         self.started_count.fetch_add(1, Ordering::Relaxed);
         drop(st);
@@ -197,25 +190,26 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
         assert_eq!(
-            c.report_rate_limit(t0, None, t0 + s),
+            c.report_rate_limit(None, t0 + s),
             CooldownOutcome::Started(Duration::from_secs(10))
         );
-        // A call that started before the cooldown reports later: ignored.
+        // A call in flight when it began reports during it: ignored, even
+        // with a longer hint.
         assert_eq!(
-            c.report_rate_limit(t0, None, t0 + 2 * s),
+            c.report_rate_limit(Some(100 * s), t0 + 2 * s),
             CooldownOutcome::Ignored
         );
         assert_eq!(c.active_until(t0 + 2 * s), Some(t0 + 11 * s));
         assert_eq!(c.ready_at(t0 + 2 * s), Some(t0 + 11 * s));
         assert_eq!(c.ready_at(t0 + 11 * s), None);
-        // A call that started after the cooldown: a second, consecutive one.
+        // A 429 after it ended: a second, consecutive one.
         assert_eq!(
-            c.report_rate_limit(t0 + 12 * s, None, t0 + 13 * s),
+            c.report_rate_limit(None, t0 + 13 * s),
             CooldownOutcome::Started(Duration::from_secs(15))
         );
         c.record_success();
         assert_eq!(
-            c.report_rate_limit(t0 + 30 * s, None, t0 + 31 * s),
+            c.report_rate_limit(None, t0 + 31 * s),
             CooldownOutcome::Started(Duration::from_secs(10))
         );
         assert_eq!(c.started_count(), 3);
@@ -225,7 +219,7 @@ mod tests {
     async fn ramp_spreads_release() {
         let c = Cooldown::new(CooldownPolicy::default());
         let t0 = Instant::now();
-        c.report_rate_limit(t0, Some(Duration::from_secs(2)), t0);
+        c.report_rate_limit(Some(Duration::from_secs(2)), t0);
         let until = t0 + Duration::from_secs(2);
         let mut targets: Vec<Instant> = (0..200).filter_map(|_| c.ready_at(t0)).collect();
         assert_eq!(targets.len(), 200);
