@@ -1,0 +1,144 @@
+//! What the mock saw: `GET /stats`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Counters of the Gemini cache endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheOps {
+    /// `POST cachedContents`.
+    pub created: u64,
+    /// `PATCH cachedContents/{id}`.
+    pub updated: u64,
+    /// `DELETE cachedContents/{id}`.
+    pub deleted: u64,
+    /// `GET cachedContents`.
+    pub listed: u64,
+    /// `GET cachedContents/{id}`.
+    pub fetched: u64,
+}
+
+/// A snapshot of the mock's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Requests to the model routes.
+    pub requests: u64,
+    /// Requests by route and outcome (`ok`, `429`, `500`, …).
+    pub by_route: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Requests being answered now.
+    pub in_flight: u64,
+    /// Most requests answered at once.
+    pub peak_in_flight: u64,
+    /// 429s sent (rate limits and quota).
+    pub rate_limited: u64,
+    /// Requests that arrived while a cooldown the mock had signalled with a
+    /// hint was running (after the grace period for requests already sent).
+    pub during_cooldown: u64,
+    /// Tokens of the successful replies (input + output).
+    pub tokens: u64,
+    /// Gemini cache operations.
+    pub cache: CacheOps,
+}
+
+#[derive(Default)]
+struct Inner {
+    stats: Stats,
+    /// The signalled cooldown: opened at, ends at.
+    cooldown: Option<(Instant, Instant)>,
+    prompts: HashMap<String, u64>,
+}
+
+/// Live counters.
+#[derive(Default)]
+pub struct Recorder {
+    inner: Mutex<Inner>,
+    in_flight: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// Counts a request out of flight when dropped.
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Recorder {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A request to a model route arrived.
+    pub fn arrive(&self, now: Instant, grace: Duration, prompt: Option<&str>) -> InFlight<'_> {
+        let n = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak.fetch_max(n, Ordering::AcqRel);
+        let mut inner = self.lock();
+        inner.stats.requests += 1;
+        if let Some((opened, until)) = inner.cooldown
+            && now < until
+            && now >= opened + grace
+        {
+            inner.stats.during_cooldown += 1;
+        }
+        if let Some(p) = prompt {
+            *inner.prompts.entry(p.to_owned()).or_default() += 1;
+        }
+        InFlight(&self.in_flight)
+    }
+
+    /// A response went out.
+    pub fn outcome(&self, route: &str, label: &str, tokens: u64) {
+        let mut inner = self.lock();
+        *inner
+            .stats
+            .by_route
+            .entry(route.to_owned())
+            .or_default()
+            .entry(label.to_owned())
+            .or_default() += 1;
+        inner.stats.tokens += tokens;
+    }
+
+    /// A 429 went out with `hint`; it opens a cooldown unless one is running.
+    pub fn rate_limited(&self, now: Instant, hint: Option<Duration>) {
+        let mut inner = self.lock();
+        inner.stats.rate_limited += 1;
+        let running = inner.cooldown.is_some_and(|(_, until)| now < until);
+        if let (Some(h), false) = (hint, running) {
+            inner.cooldown = Some((now, now + h));
+        }
+    }
+
+    /// Counts a cache operation.
+    pub fn cache_op(&self, f: impl FnOnce(&mut CacheOps)) {
+        f(&mut self.lock().stats.cache);
+    }
+
+    /// A snapshot.
+    pub fn snapshot(&self) -> Stats {
+        let mut s = self.lock().stats.clone();
+        s.in_flight = self.in_flight.load(Ordering::Acquire);
+        s.peak_in_flight = self.peak.load(Ordering::Acquire);
+        s
+    }
+
+    /// Requests per prompt (with `track_prompts`).
+    pub fn prompts(&self) -> HashMap<String, u64> {
+        self.lock().prompts.clone()
+    }
+
+    /// Clears every counter.
+    pub fn reset(&self) {
+        *self.lock() = Inner::default();
+        self.peak
+            .store(self.in_flight.load(Ordering::Acquire), Ordering::Release);
+    }
+}
