@@ -245,6 +245,10 @@ pub struct MockConfig {
     /// Accept requests without an API key (otherwise they get 401).
     #[arg(long)]
     pub no_auth: bool,
+    /// Keep the last 64 model requests (body and non-secret headers) for
+    /// `GET /requests`.
+    #[arg(long)]
+    pub record_requests: bool,
 }
 
 impl Default for MockConfig {
@@ -276,6 +280,7 @@ impl Default for MockConfig {
             track_prompts: false,
             cooldown_grace_ms: 100,
             no_auth: false,
+            record_requests: false,
         }
     }
 }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 pub use config::{Fault, Hint, MockConfig, ReplyMode};
 pub use server::tokens;
-pub use stats::{CacheOps, Stats};
+pub use stats::{CacheOps, Recorded, Stats};
 
 /// A running mock server. Dropping it stops the server.
 pub struct MockServer {
@@ -106,6 +106,11 @@ impl MockServer {
     /// Requests per prompt (needs `track_prompts`).
     pub fn prompt_counts(&self) -> std::collections::HashMap<String, u64> {
         self.shared.stats.prompts()
+    }
+
+    /// The last 64 model requests (with `record_requests`), oldest first.
+    pub fn recent_requests(&self) -> Vec<Recorded> {
+        self.shared.stats.recent()
     }
 
     /// Clears counters, caches and marker counts.

@@ -50,6 +50,7 @@ impl Shared {
 
     pub(crate) fn reset(&self) {
         self.stats.reset();
+        self.stats.clear_recent();
         self.cache.clear();
         lock(&self.marker_counts).clear();
         lock(&self.prefixes).clear();
@@ -95,6 +96,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/stats", get(stats))
         .route("/stats/prompts", get(prompt_stats))
+        .route("/requests", get(recent))
         .route("/reset", post(reset))
         .route("/health", get(|| async { "ok" }))
         .with_state(shared)
@@ -249,6 +251,26 @@ async fn handle(
     let seq = s.seq.fetch_add(1, Ordering::Relaxed);
     let route = format.route();
     let parsed: Result<Value, _> = serde_json::from_slice(body);
+    if s.config.record_requests {
+        let secret = ["authorization", "x-api-key", "x-goog-api-key"];
+        let headers = headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if secret.contains(&k.as_str()) {
+                    "<present>".to_owned()
+                } else {
+                    v.to_str().unwrap_or_default().to_owned()
+                };
+                (k.as_str().to_owned(), v)
+            })
+            .collect();
+        s.stats.record(crate::stats::Recorded {
+            route: route.to_owned(),
+            path: model.map_or_else(String::new, |m| format!("models/{m}")),
+            headers,
+            body: parsed.as_ref().map_or(Value::Null, Clone::clone),
+        });
+    }
     let prompt_key = if s.config.track_prompts {
         parsed
             .as_ref()
@@ -650,6 +672,10 @@ async fn stats(State(s): State<Arc<Shared>>) -> Response {
 
 async fn prompt_stats(State(s): State<Arc<Shared>>) -> Response {
     json_response(200, &[], &json!(s.stats.prompts()))
+}
+
+async fn recent(State(s): State<Arc<Shared>>) -> Response {
+    json_response(200, &[], &json!(s.stats.recent()))
 }
 
 async fn reset(State(s): State<Arc<Shared>>) -> Response {

@@ -44,8 +44,22 @@ pub struct Stats {
     pub cache: CacheOps,
 }
 
+/// A model request as the mock received it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recorded {
+    /// Route name (`responses`, `chat_completions`, `gemini`, `anthropic`).
+    pub route: String,
+    /// Request path.
+    pub path: String,
+    /// Headers, with credentials replaced by `<present>`.
+    pub headers: BTreeMap<String, String>,
+    /// The body, if it was JSON.
+    pub body: serde_json::Value,
+}
+
 #[derive(Default)]
 struct Inner {
+    recent: std::collections::VecDeque<Recorded>,
     stats: Stats,
     /// The signalled cooldown: opened at, ends at.
     cooldown: Option<(Instant, Instant)>,
@@ -133,6 +147,25 @@ impl Recorder {
     /// Requests per prompt (with `track_prompts`).
     pub fn prompts(&self) -> HashMap<String, u64> {
         self.lock().prompts.clone()
+    }
+
+    /// Keeps a request (the last 64).
+    pub fn record(&self, r: Recorded) {
+        let mut inner = self.lock();
+        if inner.recent.len() == 64 {
+            inner.recent.pop_front();
+        }
+        inner.recent.push_back(r);
+    }
+
+    /// The recorded requests, oldest first.
+    pub fn recent(&self) -> Vec<Recorded> {
+        self.lock().recent.iter().cloned().collect()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_recent(&self) {
+        self.lock().recent.clear();
     }
 
     /// Clears every counter.

@@ -446,13 +446,14 @@ pub fn success(
 }
 
 /// Status, extra headers and body of an error reply.
+#[allow(clippy::too_many_lines)]
 pub fn error(format: Format, fault: Fault, message: &str) -> (u16, Vec<(String, String)>, Value) {
     let mut headers = Vec::new();
     let (status, oa_type, oa_code, g_status, a_type) = match fault {
         Fault::RateLimit(hint) => {
             match hint {
                 Hint::RetryAfter(d) => {
-                    headers.push(("retry-after".into(), d.as_secs_f64().ceil().to_string()))
+                    headers.push(("retry-after".into(), d.as_secs_f64().ceil().to_string()));
                 }
                 Hint::RetryAfterMs(d) => {
                     headers.push(("retry-after-ms".into(), d.as_millis().to_string()));

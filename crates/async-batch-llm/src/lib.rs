@@ -79,6 +79,7 @@ pub mod error;
 pub mod item;
 pub mod limit;
 pub mod model;
+pub mod providers;
 mod rand;
 pub mod result;
 pub mod strategy;

@@ -28,6 +28,10 @@ pub struct LlmRequest {
     pub response_schema: Option<serde_json::Value>,
     /// How long the call may take; providers use it as the HTTP timeout.
     pub timeout: Option<Duration>,
+    /// Provider-specific fields merged into the request body (e.g. Gemini
+    /// `generationConfig` overrides, OpenRouter `provider` routing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_options: Option<serde_json::Value>,
 }
 
 impl LlmRequest {
@@ -112,7 +116,7 @@ impl LlmResponse {
         Some(TokenUsage {
             input,
             output,
-            total: self.total_tokens.unwrap_or(input + output),
+            total: self.total_tokens.unwrap_or(input.saturating_add(output)),
             cached_input: self.cached_input_tokens.unwrap_or(0),
             reasoning: self.reasoning_tokens.unwrap_or(0),
         })
@@ -308,6 +312,7 @@ impl<M: Model, P: ResponseParser> ModelStrategy<M, P> {
             max_output_tokens: self.max_output_tokens,
             response_schema: None,
             timeout: Some(timeout),
+            provider_options: None,
         }
     }
 

@@ -1,0 +1,182 @@
+//! Anthropic Messages over HTTP.
+
+use serde_json::{Value, json};
+
+use super::common::{check_output, merge, system_text, turns, u64_at};
+use super::http::{ApiKey, Http, HttpOptions, parse_body, request_id, shape_error};
+use crate::error::{CallError, Error};
+use crate::item::Role;
+use crate::limit::default_scope_name;
+use crate::model::{LlmRequest, LlmResponse, Model, ResponseMetadata};
+
+/// The `anthropic-version` header sent with every request.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The name of the forced tool that carries structured output.
+pub const OUTPUT_TOOL: &str = "output";
+
+/// Settings of an [`AnthropicModel`].
+#[derive(Debug, Clone)]
+pub struct AnthropicConfig {
+    /// The model name.
+    pub model: String,
+    /// Base URL without the version (`https://api.anthropic.com`).
+    pub base_url: String,
+    /// The key (`ANTHROPIC_API_KEY`).
+    pub api_key: ApiKey,
+    /// `max_tokens` when a request sets none (required by the API; 1024).
+    pub default_max_tokens: u32,
+    /// HTTP settings.
+    pub http: HttpOptions,
+}
+
+/// An Anthropic model over HTTP.
+pub struct AnthropicModel {
+    cfg: AnthropicConfig,
+    http: Http,
+    scope: String,
+}
+
+impl std::fmt::Debug for AnthropicModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnthropicModel")
+            .field("config", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AnthropicModel {
+    /// A model with `config`.
+    pub fn new(config: AnthropicConfig) -> Result<Self, Error> {
+        Ok(Self {
+            http: Http::new(&config.http)?,
+            scope: default_scope_name(
+                "anthropic",
+                &config.base_url,
+                config.api_key.expose(),
+                &config.model,
+            ),
+            cfg: config,
+        })
+    }
+
+    /// The JSON body for `req`.
+    pub fn request_body(&self, req: &LlmRequest) -> Value {
+        let messages: Vec<Value> = turns(req)
+            .iter()
+            .map(|m| {
+                let role = if m.role == Role::Assistant {
+                    "assistant"
+                } else {
+                    "user"
+                };
+                json!({"role": role, "content": m.content})
+            })
+            .collect();
+        let mut body = json!({
+            "model": self.cfg.model,
+            "max_tokens": req.max_output_tokens.unwrap_or(self.cfg.default_max_tokens),
+            "messages": messages,
+        });
+        if let Some(s) = system_text(req) {
+            body["system"] = json!(s);
+        }
+        if let Some(t) = req.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(schema) = &req.response_schema {
+            body["tools"] = json!([{"name": OUTPUT_TOOL, "description": "Record the answer in the required structure.", "input_schema": schema}]);
+            body["tool_choice"] = json!({"type": "tool", "name": OUTPUT_TOOL});
+        }
+        merge(&mut body, req.provider_options.as_ref());
+        body
+    }
+
+    /// Reads a Messages body. The input of a forced `output` tool call
+    /// becomes the text (as JSON).
+    pub fn parse_response(
+        body: &Value,
+        request_id: Option<String>,
+    ) -> Result<LlmResponse, CallError> {
+        let blocks = body
+            .get("content")
+            .and_then(Value::as_array)
+            .ok_or_else(|| shape_error("no 'content' array"))?;
+        let mut text = String::new();
+        let mut meta = ResponseMetadata {
+            finish_reason: body
+                .get("stop_reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            model: body.get("model").and_then(Value::as_str).map(str::to_owned),
+            request_id: request_id
+                .or_else(|| body.get("id").and_then(Value::as_str).map(str::to_owned)),
+            ..ResponseMetadata::default()
+        };
+        for b in blocks {
+            match b.get("type").and_then(Value::as_str) {
+                Some("text") => {
+                    text.push_str(b.get("text").and_then(Value::as_str).unwrap_or_default());
+                }
+                Some("tool_use") => {
+                    if b.get("name").and_then(Value::as_str) == Some(OUTPUT_TOOL)
+                        && let Some(input) = b.get("input")
+                    {
+                        text = input.to_string();
+                    }
+                    meta.tool_calls.push(b.clone());
+                }
+                _ => {}
+            }
+        }
+        let refused = meta.finish_reason.as_deref() == Some("refusal");
+        if refused {
+            meta.refusal = Some("the model refused (stop_reason: refusal)".into());
+        }
+        let usage = body.get("usage");
+        let uncached = usage.and_then(|u| u64_at(u, "/input_tokens"));
+        let read = usage.and_then(|u| u64_at(u, "/cache_read_input_tokens"));
+        let created = usage.and_then(|u| u64_at(u, "/cache_creation_input_tokens"));
+        let input = uncached.map(|n| {
+            n.saturating_add(read.unwrap_or(0))
+                .saturating_add(created.unwrap_or(0))
+        });
+        let output = usage.and_then(|u| u64_at(u, "/output_tokens"));
+        let resp = LlmResponse {
+            text,
+            input_tokens: input,
+            output_tokens: output,
+            total_tokens: input.zip(output).map(|(i, o)| i.saturating_add(o)),
+            cached_input_tokens: read,
+            reasoning_tokens: None,
+            metadata: meta,
+            raw: None,
+        };
+        check_output(resp, refused)
+    }
+}
+
+impl Model for AnthropicModel {
+    async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
+        let body = self.request_body(request);
+        let url = format!("{}/v1/messages", self.cfg.base_url.trim_end_matches('/'));
+        let headers = [
+            ("x-api-key", self.cfg.api_key.expose()),
+            ("anthropic-version", ANTHROPIC_VERSION),
+        ];
+        let (status, h, bytes) = self
+            .http
+            .post(&url, &headers, &body, request.timeout)
+            .await?;
+        let v = parse_body(status, &h, &bytes)?;
+        Self::parse_response(&v, request_id(&h))
+    }
+
+    fn name(&self) -> &str {
+        &self.cfg.model
+    }
+
+    fn quota_scope(&self) -> Option<String> {
+        Some(self.scope.clone())
+    }
+}

@@ -1,0 +1,241 @@
+//! Gemini `generateContent` over HTTP.
+
+use serde_json::{Value, json};
+
+use super::common::{check_output, merge, system_text, turns, u64_at};
+use super::http::{ApiKey, Http, HttpOptions, parse_body, request_id, shape_error};
+use crate::error::{CallError, Error};
+use crate::item::Role;
+use crate::limit::default_scope_name;
+use crate::model::{LlmRequest, LlmResponse, Model, ResponseMetadata};
+
+/// Settings of a [`GeminiModel`] (the seed's `GeminiModel(model, client,
+/// safety_settings, system_instruction)`).
+#[derive(Debug, Clone)]
+pub struct GeminiConfig {
+    /// The model name (`gemini-2.0-flash`).
+    pub model: String,
+    /// Base URL without the version (`https://generativelanguage.googleapis.com`).
+    pub base_url: String,
+    /// The key (`GEMINI_API_KEY` or `GOOGLE_API_KEY`).
+    pub api_key: ApiKey,
+    /// Safety settings, sent as is (`[{"category": …, "threshold": …}]`).
+    pub safety_settings: Option<Value>,
+    /// A system instruction for every call.
+    pub system_instruction: Option<String>,
+    /// Generation config merged into every call (`topK`, `candidateCount`…).
+    pub generation_config: Option<Value>,
+    /// HTTP settings.
+    pub http: HttpOptions,
+}
+
+/// A Gemini model over HTTP.
+pub struct GeminiModel {
+    cfg: GeminiConfig,
+    http: Http,
+    scope: String,
+}
+
+impl std::fmt::Debug for GeminiModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeminiModel")
+            .field("config", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GeminiModel {
+    /// A model with `config`.
+    pub fn new(config: GeminiConfig) -> Result<Self, Error> {
+        Ok(Self {
+            http: Http::new(&config.http)?,
+            scope: default_scope_name(
+                "gemini",
+                &config.base_url,
+                config.api_key.expose(),
+                &config.model,
+            ),
+            cfg: config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GeminiConfig {
+        &self.cfg
+    }
+
+    /// The JSON body for `req`; `cached_content` names a context cache.
+    pub fn request_body(&self, req: &LlmRequest, cached_content: Option<&str>) -> Value {
+        let contents: Vec<Value> = turns(req)
+            .iter()
+            .map(|m| {
+                let role = if m.role == Role::Assistant {
+                    "model"
+                } else {
+                    "user"
+                };
+                json!({"role": role, "parts": [{"text": m.content}]})
+            })
+            .collect();
+        let mut body = json!({"contents": contents});
+        let system = match (&self.cfg.system_instruction, system_text(req)) {
+            (Some(a), Some(b)) => Some(format!("{a}\n\n{b}")),
+            (a, b) => a.clone().or(b),
+        };
+        if let Some(s) = system {
+            body["systemInstruction"] = json!({"parts": [{"text": s}]});
+        }
+        let mut gc = self
+            .cfg
+            .generation_config
+            .clone()
+            .unwrap_or_else(|| json!({}));
+        if let Some(t) = req.temperature {
+            gc["temperature"] = json!(t);
+        }
+        if let Some(m) = req.max_output_tokens {
+            gc["maxOutputTokens"] = json!(m);
+        }
+        if let Some(schema) = &req.response_schema {
+            gc["responseMimeType"] = json!("application/json");
+            gc["responseSchema"] = schema.clone();
+        }
+        if gc.as_object().is_some_and(|o| !o.is_empty()) {
+            body["generationConfig"] = gc;
+        }
+        if let Some(s) = &self.cfg.safety_settings {
+            body["safetySettings"] = s.clone();
+        }
+        if let Some(c) = cached_content {
+            body["cachedContent"] = json!(c);
+        }
+        merge(&mut body, req.provider_options.as_ref());
+        body
+    }
+
+    /// Sends `body` to `generateContent`.
+    pub(crate) async fn send(
+        &self,
+        body: &Value,
+        req: &LlmRequest,
+    ) -> Result<LlmResponse, CallError> {
+        let url = format!(
+            "{}/v1beta/models/{}:generateContent",
+            self.cfg.base_url.trim_end_matches('/'),
+            self.cfg.model
+        );
+        let (status, h, bytes) = self
+            .http
+            .post(
+                &url,
+                &[("x-goog-api-key", self.cfg.api_key.expose())],
+                body,
+                req.timeout,
+            )
+            .await?;
+        let v = parse_body(status, &h, &bytes)?;
+        Self::parse_response(&v, request_id(&h))
+    }
+
+    /// Reads a `generateContent` body.
+    pub fn parse_response(
+        body: &Value,
+        request_id: Option<String>,
+    ) -> Result<LlmResponse, CallError> {
+        let usage = body.get("usageMetadata");
+        let candidates = usage.and_then(|u| u64_at(u, "/candidatesTokenCount"));
+        let thoughts = usage.and_then(|u| u64_at(u, "/thoughtsTokenCount"));
+        let output = match (candidates, thoughts) {
+            (None, None) => None,
+            (c, t) => Some(c.unwrap_or(0).saturating_add(t.unwrap_or(0))),
+        };
+        let mut meta = ResponseMetadata {
+            model: body
+                .get("modelVersion")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            request_id: request_id.or_else(|| {
+                body.get("responseId")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            }),
+            ..ResponseMetadata::default()
+        };
+        let block = body
+            .pointer("/promptFeedback/blockReason")
+            .and_then(Value::as_str);
+        let candidate = body
+            .get("candidates")
+            .and_then(Value::as_array)
+            .and_then(|c| c.first());
+        let mut text = String::new();
+        if let Some(c) = candidate {
+            meta.finish_reason = c
+                .get("finishReason")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            meta.safety_ratings = c.get("safetyRatings").cloned();
+            for part in c
+                .pointer("/content/parts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if part.get("thought").and_then(Value::as_bool) == Some(true) {
+                    continue;
+                }
+                if let Some(t) = part.get("text").and_then(Value::as_str) {
+                    text.push_str(t);
+                }
+                if let Some(fc) = part.get("functionCall") {
+                    meta.tool_calls.push(fc.clone());
+                }
+            }
+        } else if block.is_none() {
+            return Err(shape_error(
+                "no 'candidates' and no 'promptFeedback.blockReason'",
+            ));
+        } else {
+            meta.finish_reason = block.map(str::to_owned);
+            meta.safety_ratings = body.pointer("/promptFeedback/safetyRatings").cloned();
+        }
+        let filtered = block.is_some()
+            || meta.finish_reason.as_deref().is_some_and(|r| {
+                matches!(
+                    r,
+                    "SAFETY"
+                        | "RECITATION"
+                        | "PROHIBITED_CONTENT"
+                        | "BLOCKLIST"
+                        | "SPII"
+                        | "IMAGE_SAFETY"
+                )
+            });
+        let resp = LlmResponse {
+            text,
+            input_tokens: usage.and_then(|u| u64_at(u, "/promptTokenCount")),
+            output_tokens: output,
+            total_tokens: usage.and_then(|u| u64_at(u, "/totalTokenCount")),
+            cached_input_tokens: usage.and_then(|u| u64_at(u, "/cachedContentTokenCount")),
+            reasoning_tokens: thoughts,
+            metadata: meta,
+            raw: None,
+        };
+        check_output(resp, filtered)
+    }
+}
+
+impl Model for GeminiModel {
+    async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
+        let body = self.request_body(request, None);
+        self.send(&body, request).await
+    }
+
+    fn name(&self) -> &str {
+        &self.cfg.model
+    }
+
+    fn quota_scope(&self) -> Option<String> {
+        Some(self.scope.clone())
+    }
+}
