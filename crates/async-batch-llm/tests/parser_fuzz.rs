@@ -166,13 +166,13 @@ fn mutate(mut v: Value, pick: usize, replacement: Option<Value>) -> Value {
                 m.remove(key);
             }
             (Value::Array(a), r) => {
-                if let Ok(i) = key.parse::<usize>() {
-                    if i < a.len() {
-                        match r {
-                            Some(r) => a[i] = r,
-                            None => {
-                                a.remove(i);
-                            }
+                if let Ok(i) = key.parse::<usize>()
+                    && i < a.len()
+                {
+                    match r {
+                        Some(r) => a[i] = r,
+                        None => {
+                            a.remove(i);
                         }
                     }
                 }
