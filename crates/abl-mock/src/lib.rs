@@ -32,6 +32,7 @@ mod quota;
 pub mod schema;
 mod server;
 mod stats;
+mod timer;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -48,6 +49,7 @@ pub struct MockServer {
     shared: Arc<server::Shared>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for MockServer {
@@ -59,33 +61,100 @@ impl std::fmt::Debug for MockServer {
 }
 
 impl MockServer {
-    /// Starts the server on `127.0.0.1:{config.port}` (0: a free port).
+    /// Starts the server on `127.0.0.1:{config.port}` (0: a free port) as a
+    /// task of the current tokio runtime.
     pub async fn start(config: MockConfig) -> std::io::Result<Self> {
-        config
-            .validate()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
+        let (listener, shared) = Self::bind(config).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(server::Shared::new(config));
-        let app = server::router(Arc::clone(&shared));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!("mock server stopped: {e}");
-            }
-        });
+        let task = tokio::spawn(Self::serve(listener, Arc::clone(&shared), rx));
         Ok(Self {
             addr,
             base_url: format!("http://{addr}"),
             shared,
             shutdown: Some(tx),
             task: Some(task),
+            thread: None,
         })
+    }
+
+    /// Starts the server on its own runtime with `threads` worker threads,
+    /// so that it does not share a scheduler with the client under test (as
+    /// a real provider would not). Needs no ambient runtime.
+    pub fn start_dedicated(config: MockConfig, threads: usize) -> std::io::Result<Self> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("abl-mock-main".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads.max(1))
+                    .thread_name("abl-mock")
+                    .enable_all()
+                    .build();
+                let rt = match rt {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Self::bind(config).await {
+                        Ok((listener, shared)) => {
+                            let addr = listener.local_addr();
+                            let _ = ready_tx.send(addr.map(|a| (a, Arc::clone(&shared))));
+                            Self::serve(listener, shared, rx).await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+        let (addr, shared) = ready_rx.recv().map_err(|_| {
+            std::io::Error::other("the mock server thread ended before it started")
+        })??;
+        Ok(Self {
+            addr,
+            base_url: format!("http://{addr}"),
+            shared,
+            shutdown: Some(tx),
+            task: None,
+            thread: Some(thread),
+        })
+    }
+
+    async fn bind(
+        config: MockConfig,
+    ) -> std::io::Result<(tokio::net::TcpListener, Arc<server::Shared>)> {
+        config
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port)).await?;
+        Ok((listener, Arc::new(server::Shared::new(config))))
+    }
+
+    async fn serve(
+        listener: tokio::net::TcpListener,
+        shared: Arc<server::Shared>,
+        stop: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        use axum::serve::ListenerExt as _;
+        // Small request/response exchanges must not wait on Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!("mock server: cannot set TCP_NODELAY: {e}");
+            }
+        });
+        let served = axum::serve(listener, server::router(shared))
+            .with_graceful_shutdown(async {
+                let _ = stop.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("mock server stopped: {e}");
+        }
     }
 
     /// `http://127.0.0.1:PORT` (append `/v1` for OpenAI-style clients).
@@ -138,8 +207,14 @@ impl MockServer {
 
 impl Drop for MockServer {
     fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
         if let Some(task) = self.task.take() {
             task.abort();
         }
+        // A dedicated runtime stops when its graceful shutdown ends; requests
+        // still hanging would hold it, so it is left to end on its own.
+        drop(self.thread.take());
     }
 }

@@ -418,13 +418,14 @@ async fn handle(
         s.stats.outcome(route, "429_quota", 0);
         return json_response(status, &h, &b);
     }
-    let wait = if fault == Some(Fault::Hang) {
-        Duration::from_secs(s.config.hang_secs)
+    if fault == Some(Fault::Hang) {
+        tokio::time::sleep(Duration::from_secs(s.config.hang_secs)).await;
     } else {
-        latency(s, seq)
-    };
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
+        let wait = latency(s, seq);
+        if !wait.is_zero() {
+            // Latency counts from arrival, so parsing is not added on top.
+            crate::timer::sleep_until(arrived + wait).await;
+        }
     }
     let ending = match fault {
         Some(Fault::Empty) => Ending::Empty,

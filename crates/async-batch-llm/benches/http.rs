@@ -6,7 +6,9 @@
 //! - the engine through the OpenAI Responses provider at 50 ms latency and
 //!   concurrency 64, 256 and 1024, against the limit concurrency / latency.
 //!
-//! `ABL_BENCH_SECS` scales the runs (default 10 s of work per scenario).
+//! `ABL_BENCH_SECS` scales the runs (default 10 s of work per scenario);
+//! `ABL_BENCH_CONCURRENCY=16,256` picks the concurrency levels and
+//! `ABL_BENCH_LATENCY_MS` the mock's latency (50).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,7 +29,7 @@ fn secs() -> f64 {
 }
 
 async fn mock_capacity(clients: usize) -> f64 {
-    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let mock = MockServer::start_dedicated(MockConfig::default(), 2).unwrap();
     let url = format!("{}/v1/responses", mock.base_url());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
@@ -64,11 +66,13 @@ async fn mock_capacity(clients: usize) -> f64 {
 }
 
 async fn engine_throughput(concurrency: usize, latency_ms: u64) -> (u64, f64, u64) {
-    let mock = MockServer::start(MockConfig {
-        latency_ms,
-        ..MockConfig::default()
-    })
-    .await
+    let mock = MockServer::start_dedicated(
+        MockConfig {
+            latency_ms,
+            ..MockConfig::default()
+        },
+        2,
+    )
     .unwrap();
     let model = llm_with(
         "openai:gpt-4o-mini",
@@ -83,7 +87,7 @@ async fn engine_throughput(concurrency: usize, latency_ms: u64) -> (u64, f64, u6
         },
     )
     .unwrap();
-    let limit = concurrency as f64 / (latency_ms as f64 / 1000.0);
+    let limit = concurrency as f64 / (latency_ms.max(1) as f64 / 1000.0);
     let n = (limit * secs()) as u64;
     let config = BatchConfig {
         concurrency,
@@ -94,11 +98,26 @@ async fn engine_throughput(concurrency: usize, latency_ms: u64) -> (u64, f64, u6
         futures::stream::iter((0..n).map(|i| Item::new(i.to_string(), format!("item {i}"))));
     let t = Instant::now();
     let stream = process_stream(ModelStrategy::text(model), items, &config).unwrap();
+    let mut execution = Vec::with_capacity(n as usize);
+    let mut total = Vec::with_capacity(n as usize);
     let ok = stream
-        .filter(|r| std::future::ready(r.is_ok()))
-        .count()
-        .await as u64;
+        .fold(0u64, |ok, r| {
+            execution.push(r.timing.execution);
+            total.push(r.timing.total);
+            std::future::ready(ok + u64::from(r.is_ok()))
+        })
+        .await;
     let rate = n as f64 / t.elapsed().as_secs_f64();
+    let e = async_batch_llm::result::Percentiles::of(&mut execution);
+    let tt = async_batch_llm::result::Percentiles::of(&mut total);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "  concurrency {concurrency}: execution p50/p99 {:.1}/{:.1} ms, item total p50/p99 {:.1}/{:.1} ms",
+        ms(e.p50),
+        ms(e.p99),
+        ms(tt.p50),
+        ms(tt.p99)
+    );
     (ok, rate, mock.stats().peak_in_flight)
 }
 
@@ -115,11 +134,19 @@ fn main() {
     rt.block_on(async {
         let cap = mock_capacity(256).await;
         println!("mock capacity: {cap:.0} requests/s (zero latency, 256 concurrent clients, Responses route)");
-        for c in [64usize, 256, 1024] {
-            let (ok, rate, peak) = engine_throughput(c, 50).await;
-            let limit = c as f64 / 0.05;
+        let levels: Vec<usize> = std::env::var("ABL_BENCH_CONCURRENCY")
+            .ok()
+            .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+            .unwrap_or_else(|| vec![64, 256, 1024]);
+        let latency_ms: u64 = std::env::var("ABL_BENCH_LATENCY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50);
+        for c in levels {
+            let (ok, rate, peak) = engine_throughput(c, latency_ms).await;
+            let limit = c as f64 / (latency_ms.max(1) as f64 / 1000.0);
             println!(
-                "engine via OpenAI Responses, latency 50 ms, concurrency {c}: {rate:.0} items/s = {:.1} % of {limit:.0} ({ok} ok, mock peak in flight {peak})",
+                "engine via OpenAI Responses, latency {latency_ms} ms, concurrency {c}: {rate:.0} items/s = {:.1} % of {limit:.0} ({ok} ok, mock peak in flight {peak})",
                 100.0 * rate / limit
             );
         }
