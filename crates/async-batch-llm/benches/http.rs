@@ -134,10 +134,10 @@ fn main() {
     rt.block_on(async {
         let cap = mock_capacity(256).await;
         println!("mock capacity: {cap:.0} requests/s (zero latency, 256 concurrent clients, Responses route)");
-        let levels: Vec<usize> = std::env::var("ABL_BENCH_CONCURRENCY")
-            .ok()
-            .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
-            .unwrap_or_else(|| vec![64, 256, 1024]);
+        let levels: Vec<usize> = std::env::var("ABL_BENCH_CONCURRENCY").ok().map_or_else(
+            || vec![64, 256, 1024],
+            |v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect(),
+        );
         let latency_ms: u64 = std::env::var("ABL_BENCH_LATENCY_MS")
             .ok()
             .and_then(|v| v.parse().ok())
