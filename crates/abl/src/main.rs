@@ -1,9 +1,79 @@
-//! `abl`: the command-line tool of async-batch-llm (built out by the CLI issue).
+//! `abl`: the command-line tool of async-batch-llm.
+
+mod cli;
+mod input;
+mod progress;
+mod run;
+
+use clap::Parser as _;
 
 fn main() {
-    eprintln!(
-        "abl {}: the command-line tool is not built yet; see the README",
-        env!("CARGO_PKG_VERSION")
+    let cli = cli::Cli::parse();
+    let level = match cli.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(|| progress::LogWriter)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("abl: error: cannot start the runtime: {e}");
+            std::process::exit(run::exit::USAGE);
+        }
+    };
+    let code = rt.block_on(async {
+        let result = match cli.command {
+            cli::Command::Run(args) => run::run(*args).await,
+            cli::Command::Summary { file, summary_json } => {
+                run::summary(&file, summary_json.as_deref())
+            }
+            cli::Command::MockServer(config) => mock_server(config).await,
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                let usage = e.downcast_ref::<run::UsageError>().is_some();
+                eprintln!("abl: error: {}", run::internal(&e));
+                if usage {
+                    run::exit::USAGE
+                } else {
+                    run::exit::SOME_FAILED
+                }
+            }
+        }
+    });
+    // Hanging mock requests or a blocked stdin reader must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    std::process::exit(code);
+}
+
+async fn mock_server(config: abl_mock::MockConfig) -> anyhow::Result<i32> {
+    let server = abl_mock::MockServer::start(config).await.map_err(|e| {
+        anyhow::Error::new(run::UsageError(format!(
+            "cannot start the mock server: {e}"
+        )))
+    })?;
+    println!("abl mock-server listening on {}", server.base_url());
+    println!(
+        "  OpenAI:    {}/v1  (responses, chat/completions)",
+        server.base_url()
     );
-    std::process::exit(2);
+    println!(
+        "  Gemini:    {}     (v1beta/models/MODEL:generateContent, cachedContents)",
+        server.base_url()
+    );
+    println!("  Anthropic: {}     (v1/messages)", server.base_url());
+    println!("  Stats:     {}/stats", server.base_url());
+    let _ = tokio::signal::ctrl_c().await;
+    server.shutdown().await;
+    Ok(run::exit::OK)
 }

@@ -100,8 +100,8 @@ pub use model::{
     TextParser,
 };
 pub use result::{
-    BatchResult, BatchStats, ItemError, ItemResult, ItemTiming, Termination, TerminationReason,
-    TryTiming,
+    BatchResult, BatchStats, ItemError, ItemResult, ItemTiming, RunSummary, SummaryCollector,
+    Termination, TerminationReason, TryTiming,
 };
 pub use strategy::{Completion, RetryState, Strategy, dry_run_placeholder};
 pub use usage::{Prices, TokenUsage};

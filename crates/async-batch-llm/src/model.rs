@@ -257,6 +257,7 @@ pub struct ModelStrategy<M, P = TextParser> {
     temperature: Option<f32>,
     max_output_tokens: Option<u32>,
     system: Option<String>,
+    response_schema: Option<serde_json::Value>,
 }
 
 impl<M: Model> ModelStrategy<M, TextParser> {
@@ -275,6 +276,7 @@ impl<M: Model, P: ResponseParser> ModelStrategy<M, P> {
             temperature: None,
             max_output_tokens: None,
             system: None,
+            response_schema: None,
         }
     }
 
@@ -299,6 +301,14 @@ impl<M: Model, P: ResponseParser> ModelStrategy<M, P> {
         self
     }
 
+    /// Asks for provider-native JSON output following `schema` (sent as is;
+    /// the reply text is the JSON).
+    #[must_use]
+    pub fn with_response_schema(mut self, schema: serde_json::Value) -> Self {
+        self.response_schema = Some(schema);
+        self
+    }
+
     /// The model.
     pub fn model(&self) -> &M {
         &self.model
@@ -310,7 +320,7 @@ impl<M: Model, P: ResponseParser> ModelStrategy<M, P> {
             system: self.system.clone(),
             temperature: self.temperature,
             max_output_tokens: self.max_output_tokens,
-            response_schema: None,
+            response_schema: self.response_schema.clone(),
             timeout: Some(timeout),
             provider_options: None,
         }

@@ -493,29 +493,27 @@ impl<T> BatchResult<T> {
 
     /// Percentiles of admission wait (cooldown plus admission) per item.
     pub fn admission_wait_percentiles(&self) -> Percentiles {
-        let mut v: Vec<Duration> = self
-            .results
-            .iter()
-            .filter(|r| !r.replayed)
-            .map(|r| r.timing.cooldown_wait + r.timing.admission_wait)
-            .collect();
-        Percentiles::of(&mut v)
+        self.run_summary().admission_wait
     }
 
     /// Percentiles of execution time per item.
     pub fn execution_percentiles(&self) -> Percentiles {
-        let mut v: Vec<Duration> = self
-            .results
-            .iter()
-            .filter(|r| !r.replayed)
-            .map(|r| r.timing.execution)
-            .collect();
-        Percentiles::of(&mut v)
+        self.run_summary().execution
     }
 
     /// The cost of the run's usage (replayed results excluded) at `prices`.
     pub fn estimated_cost(&self, prices: &Prices) -> f64 {
         prices.cost(&self.stats.usage)
+    }
+
+    /// Totals, termination and latency percentiles, for reports.
+    pub fn run_summary(&self) -> RunSummary {
+        let mut c = SummaryCollector::default();
+        for r in &self.results {
+            c.add_timing(r);
+        }
+        c.stats = self.stats.clone();
+        c.finish(self.termination.clone(), self.wall_time)
     }
 
     /// A human summary: items, stop reason, retries, tokens, wall time,
@@ -526,14 +524,82 @@ impl<T> BatchResult<T> {
 
     /// [`summary`](Self::summary) with a cost line.
     pub fn summary_with_prices(&self, prices: Option<&Prices>) -> String {
+        self.run_summary().render(prices)
+    }
+}
+
+/// Accumulates a [`RunSummary`] from results one at a time, keeping only
+/// totals and two compact latency samples per item (8 bytes), so a stream
+/// of millions can be summarized.
+#[derive(Debug, Clone, Default)]
+pub struct SummaryCollector {
+    /// Totals so far.
+    pub stats: BatchStats,
+    waits_us: Vec<u32>,
+    exec_us: Vec<u32>,
+}
+
+fn us32(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+fn percentiles_us(v: &mut [u32]) -> Percentiles {
+    let mut d: Vec<Duration> = v
+        .iter()
+        .map(|u| Duration::from_micros(u64::from(*u)))
+        .collect();
+    Percentiles::of(&mut d)
+}
+
+impl SummaryCollector {
+    /// Adds one result.
+    pub fn add<T>(&mut self, r: &ItemResult<T>) {
+        self.stats.add(r);
+        self.add_timing(r);
+    }
+
+    fn add_timing<T>(&mut self, r: &ItemResult<T>) {
+        if !r.replayed {
+            self.waits_us
+                .push(us32(r.timing.cooldown_wait + r.timing.admission_wait));
+            self.exec_us.push(us32(r.timing.execution));
+        }
+    }
+
+    /// The summary of what was added.
+    pub fn finish(mut self, termination: Termination, wall_time: Duration) -> RunSummary {
+        RunSummary {
+            admission_wait: percentiles_us(&mut self.waits_us),
+            execution: percentiles_us(&mut self.exec_us),
+            stats: self.stats,
+            termination,
+            wall_time: micros(wall_time),
+        }
+    }
+}
+
+/// What a report needs of a run: totals, how it ended, wall time and
+/// latency percentiles. Serializes for `--summary-json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Totals.
+    pub stats: BatchStats,
+    /// How the run ended.
+    pub termination: Termination,
+    /// Wall time (zero when unknown, e.g. summarizing a file).
+    #[serde(with = "duration_ms", rename = "wall_time_ms")]
+    pub wall_time: Duration,
+    /// Cooldown plus admission wait per item.
+    pub admission_wait: Percentiles,
+    /// Execution time per item.
+    pub execution: Percentiles,
+}
+
+impl RunSummary {
+    /// The human summary text.
+    pub fn render(&self, prices: Option<&Prices>) -> String {
         let s = &self.stats;
         let mut out = String::new();
-        let secs = self.wall_time.as_secs_f64();
-        let rate = if secs > 0.0 {
-            s.items as f64 / secs
-        } else {
-            0.0
-        };
         if s.dry_run {
             let _ = writeln!(
                 out,
@@ -556,7 +622,18 @@ impl<T> BatchResult<T> {
         if let (Some(id), Some(cat)) = (&self.termination.item_id, self.termination.category) {
             let _ = writeln!(out, "Stopped by item {id} ({cat})");
         }
-        let _ = writeln!(out, "Wall time {secs:.2} s ({rate:.1} items/s)");
+        if let Some(m) = &self.termination.message {
+            let _ = writeln!(out, "Stop: {m}");
+        }
+        let secs = self.wall_time.as_secs_f64();
+        if secs > 0.0 {
+            let live = s.items - s.replayed;
+            let _ = writeln!(
+                out,
+                "Wall time {secs:.2} s ({:.1} items/s)",
+                live as f64 / secs
+            );
+        }
         let _ = writeln!(
             out,
             "Calls {} (rate-limit retries {}, other retries {}, cooldowns {})",
@@ -576,10 +653,9 @@ impl<T> BatchResult<T> {
             );
         }
         if let Some(p) = prices {
-            let _ = writeln!(out, "Cost {:.4}", self.estimated_cost(p));
+            let _ = writeln!(out, "Cost {:.4}", p.cost(&s.usage));
         }
-        let a = self.admission_wait_percentiles();
-        let e = self.execution_percentiles();
+        let (a, e) = (&self.admission_wait, &self.execution);
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let _ = writeln!(
             out,

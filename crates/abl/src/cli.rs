@@ -1,0 +1,185 @@
+//! Command-line arguments. Every `run` setting can also come from the
+//! environment (`ABL_…`) or a TOML file (`--config`, same names as the long
+//! flags); flags win over the environment, which wins over the file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::input::Format;
+
+/// Run thousands to millions of LLM calls from a data file, unattended.
+#[derive(Debug, Parser)]
+#[command(name = "abl", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a batch: a data file in, one JSONL record per item out.
+    Run(Box<RunArgs>),
+    /// Run the mock provider as a standalone server.
+    MockServer(abl_mock::MockConfig),
+    /// Print the summary of an output file.
+    Summary {
+        /// An output JSONL file written by `abl run`.
+        file: PathBuf,
+        /// Also write the summary as JSON to this file.
+        #[arg(long)]
+        summary_json: Option<PathBuf>,
+    },
+}
+
+macro_rules! run_args {
+    ($( $(#[$meta:meta])* $name:ident : $ty:ty ),+ $(,)?) => {
+        /// Settings of `abl run`.
+        #[derive(Debug, Clone, Default, Args, Deserialize)]
+        #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct RunArgs {
+            $( $(#[$meta])* pub $name: $ty, )+
+        }
+
+        impl RunArgs {
+            /// Fills every setting not given here from `lower`.
+            pub fn or(mut self, lower: RunArgs) -> RunArgs {
+                $( if self.$name.is_none() { self.$name = lower.$name; } )+
+                self
+            }
+        }
+    };
+}
+
+run_args! {
+    /// Input file (JSONL, CSV with a header, or text), or - for stdin.
+    #[arg(value_name = "INPUT")]
+    input: Option<String>,
+    /// Output JSONL file (default: stdout).
+    #[arg(short, long, env = "ABL_OUTPUT")]
+    output: Option<String>,
+    /// PROVIDER:MODEL, e.g. openai:gpt-4o-mini, gemini:gemini-2.0-flash, or mock:echo (keyless).
+    #[arg(short, long, env = "ABL_MODEL")]
+    model: Option<String>,
+    /// A TOML file with any of these settings.
+    #[arg(long, env = "ABL_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Input format (default: by extension; stdin is JSONL).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Field with the item id (default: id; absent ids are line numbers).
+    #[arg(long, env = "ABL_ID_FIELD")]
+    id_field: Option<String>,
+    /// Field with the prompt (default: prompt; or a "messages" array).
+    #[arg(long, env = "ABL_PROMPT_FIELD")]
+    prompt_field: Option<String>,
+    /// Prompt template over the record's fields, e.g. "Classify: {text}".
+    #[arg(long, env = "ABL_TEMPLATE")]
+    template: Option<String>,
+    /// System instruction for every call.
+    #[arg(long, env = "ABL_SYSTEM")]
+    system: Option<String>,
+    /// Items processed at once (default 64).
+    #[arg(short, long, env = "ABL_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// Time limit of one attempt in seconds (default 120).
+    #[arg(long, env = "ABL_ATTEMPT_TIMEOUT")]
+    attempt_timeout: Option<f64>,
+    /// Time limit of one item, all retries and waits included, in seconds.
+    #[arg(long, env = "ABL_ITEM_DEADLINE")]
+    item_deadline: Option<f64>,
+    /// Time limit of the whole run in seconds (exit code 3 when reached).
+    #[arg(long, env = "ABL_BATCH_DEADLINE")]
+    batch_deadline: Option<f64>,
+    /// Attempts per item for errors other than rate limits (default 3).
+    #[arg(long, env = "ABL_MAX_ATTEMPTS")]
+    max_attempts: Option<u32>,
+    /// Rate-limit retries per item (default 20).
+    #[arg(long, env = "ABL_MAX_RATE_LIMIT_RETRIES")]
+    max_rate_limit_retries: Option<u32>,
+    /// First backoff in seconds (default 1; doubles, capped at 60, with jitter).
+    #[arg(long, env = "ABL_INITIAL_BACKOFF")]
+    initial_backoff: Option<f64>,
+    /// Cooldown after a 429 without a hint, in seconds (default 10; x1.5 when repeated).
+    #[arg(long, env = "ABL_COOLDOWN")]
+    cooldown: Option<f64>,
+    /// Cap of cooldowns without a hint, in seconds (default 300).
+    #[arg(long, env = "ABL_COOLDOWN_MAX")]
+    cooldown_max: Option<f64>,
+    /// Most calls in flight at once for the provider (a provider limit, not the worker count).
+    #[arg(long, env = "ABL_PROVIDER_CONCURRENCY")]
+    provider_concurrency: Option<usize>,
+    /// Sampling temperature.
+    #[arg(long, env = "ABL_TEMPERATURE")]
+    temperature: Option<f32>,
+    /// Maximum output tokens per call.
+    #[arg(long, env = "ABL_MAX_OUTPUT_TOKENS")]
+    max_output_tokens: Option<u32>,
+    /// JSON schema file: the provider returns JSON following it; output is that JSON.
+    #[arg(long, env = "ABL_SCHEMA")]
+    schema: Option<PathBuf>,
+    /// Run everything but the calls: projected tokens and cost.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    dry_run: Option<bool>,
+    /// Write results in input order (a bounded reorder window) instead of completion order.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    preserve_order: Option<bool>,
+    /// Provider base URL (e.g. a proxy or a local server).
+    #[arg(long, env = "ABL_BASE_URL")]
+    base_url: Option<String>,
+    /// Read the API key from this file instead of the environment.
+    #[arg(long, env = "ABL_API_KEY_FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Price of a million input tokens (for the cost shown).
+    #[arg(long, env = "ABL_PRICE_INPUT")]
+    price_input: Option<f64>,
+    /// Price of a million output tokens.
+    #[arg(long, env = "ABL_PRICE_OUTPUT")]
+    price_output: Option<f64>,
+    /// Price of a million cached input tokens.
+    #[arg(long, env = "ABL_PRICE_CACHED_INPUT")]
+    price_cached_input: Option<f64>,
+    /// Write the summary as JSON to this file.
+    #[arg(long, env = "ABL_SUMMARY_JSON")]
+    summary_json: Option<PathBuf>,
+    /// Never draw a progress bar (plain lines only).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    no_progress: Option<bool>,
+    /// Seconds between plain progress lines when not on a terminal (default 5).
+    #[arg(long, env = "ABL_PROGRESS_INTERVAL")]
+    progress_interval: Option<f64>,
+    /// mock: fixed latency per call in ms.
+    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    mock_latency_ms: Option<u64>,
+    /// mock: extra random latency up to N ms.
+    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    mock_jitter_ms: Option<u64>,
+    /// mock: share of calls answered 429.
+    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    mock_fault_429: Option<f64>,
+    /// mock: hint of those 429s (retry-after:SECS, retry-after-ms:MS, reset:SECS, none).
+    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    mock_hint_429: Option<String>,
+    /// mock: share of calls answered 500.
+    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    mock_fault_500: Option<f64>,
+    /// mock: share of calls answered 503.
+    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    mock_fault_503: Option<f64>,
+    /// mock: seed of the random faults.
+    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    mock_seed: Option<u64>,
+    /// mock: strict requests-per-minute quota.
+    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    mock_rpm: Option<f64>,
+    /// mock: strict tokens-per-minute quota.
+    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    mock_tpm: Option<u64>,
+}

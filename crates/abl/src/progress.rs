@@ -1,0 +1,179 @@
+//! What the user sees while a run goes: a progress bar on a terminal, plain
+//! lines otherwise (no escape codes), and logs that never garble the bar.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_batch_llm::{Prices, TokenUsage};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Live counters shared with the result loop.
+#[derive(Default)]
+pub struct Counters {
+    /// Results written.
+    pub done: AtomicU64,
+    /// Failures among them.
+    pub failed: AtomicU64,
+    usage: Mutex<TokenUsage>,
+    /// Seconds left of the running cooldown, in ms (0: none).
+    pub cooldown_ms: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one result.
+    pub fn add(&self, ok: bool, usage: TokenUsage) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut u) = self.usage.lock() {
+            *u += usage;
+        }
+    }
+
+    fn usage(&self) -> TokenUsage {
+        self.usage.lock().map(|u| *u).unwrap_or_default()
+    }
+}
+
+/// The bar, when one is drawn; logs go through it.
+static BAR: OnceLock<Mutex<Option<ProgressBar>>> = OnceLock::new();
+
+fn bar_slot() -> &'static Mutex<Option<ProgressBar>> {
+    BAR.get_or_init(|| Mutex::new(None))
+}
+
+/// A log writer that suspends the bar while it writes.
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = bar_slot().lock().ok().and_then(|b| b.clone());
+        match bar {
+            Some(b) => b.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Prints a line on stderr without garbling the bar.
+pub fn eprintln_safe(line: &str) {
+    let _ = writeln!(LogWriter, "{line}");
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The progress display.
+pub struct Progress {
+    counters: Arc<Counters>,
+    total: Option<u64>,
+    prices: Option<Prices>,
+    started: Instant,
+    bar: Option<ProgressBar>,
+    interval: Duration,
+}
+
+impl Progress {
+    /// A bar on a terminal (unless `plain`), plain lines every `interval` otherwise.
+    pub fn new(
+        counters: Arc<Counters>,
+        total: Option<u64>,
+        prices: Option<Prices>,
+        plain: bool,
+        interval: Duration,
+    ) -> Self {
+        let bar = (!plain && std::io::stderr().is_terminal()).then(|| {
+            let b = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(5));
+            let template = if total.is_some() {
+                "{spinner:.green} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg}"
+            } else {
+                "{spinner:.green} [{elapsed_precise}] {pos} done {msg}"
+            };
+            b.set_style(
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            b
+        });
+        if let Ok(mut slot) = bar_slot().lock() {
+            slot.clone_from(&bar);
+        }
+        Self {
+            counters,
+            total,
+            prices,
+            started: Instant::now(),
+            bar,
+            interval,
+        }
+    }
+
+    fn status(&self) -> String {
+        let done = self.counters.done.load(Ordering::Relaxed);
+        let failed = self.counters.failed.load(Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let rate = done as f64 / secs;
+        let usage = self.counters.usage();
+        let mut s = format!("failed {failed} | {rate:.1}/s | {} tokens", usage.total);
+        if let Some(p) = &self.prices {
+            let _ = write!(s, " | cost {:.4}", p.cost(&usage));
+        }
+        if let Some(total) = self.total
+            && rate > 0.0
+            && done < total
+        {
+            let eta = Duration::from_secs_f64((total - done) as f64 / rate);
+            let _ = write!(s, " | ETA {}", fmt_duration(eta));
+        }
+        let cooldown = self.counters.cooldown_ms.load(Ordering::Relaxed);
+        if cooldown > 0 {
+            let _ = write!(
+                s,
+                " | COOLDOWN {:.1}s (provider said 429)",
+                cooldown as f64 / 1000.0
+            );
+        }
+        s
+    }
+
+    /// Redraws (bar) or prints a line (plain), as due.
+    pub fn tick(&self, last_line: &mut Instant) {
+        let done = self.counters.done.load(Ordering::Relaxed);
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+            b.set_message(self.status());
+        } else if last_line.elapsed() >= self.interval {
+            *last_line = Instant::now();
+            let of = self.total.map_or_else(String::new, |t| format!("/{t}"));
+            eprintln_safe(&format!("abl: {done}{of} done | {}", self.status()));
+        }
+    }
+
+    /// Clears the bar before the summary.
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.set_position(self.counters.done.load(Ordering::Relaxed));
+            b.finish_and_clear();
+        }
+        if let Ok(mut slot) = bar_slot().lock() {
+            *slot = None;
+        }
+    }
+}
