@@ -1,0 +1,487 @@
+//! `abl` as a user runs it: the built binary, the keyless mock, real files.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn abl() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_abl"));
+    c.env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY");
+    c
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn run(args: &[&str]) -> Output {
+    abl().args(args).output().unwrap()
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn jsonl_end_to_end_item_by_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let input = examples().join("prompts.jsonl");
+    let o = run(&[
+        "run",
+        input.to_str().unwrap(),
+        "--model",
+        "mock:echo",
+        "-o",
+        out.to_str().unwrap(),
+        "--preserve-order",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let inputs: Vec<Value> = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let outs = records(&out);
+    assert_eq!(outs.len(), inputs.len());
+    for (i, o) in inputs.iter().zip(&outs) {
+        assert_eq!(o["id"], i["id"]);
+        assert_eq!(o["ok"], true);
+        assert_eq!(o["output"], i["prompt"]);
+        assert_eq!(o["context"]["lang"], i["lang"]);
+        assert_eq!(o["replayed"], false);
+        assert!(o["usage"]["total"].as_u64().unwrap() > 0);
+    }
+    assert!(
+        stderr(&o).contains("Batch completed: 200 items, 200 succeeded, 0 failed"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn csv_with_a_template_and_text_and_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("csv.jsonl");
+    let o = run(&[
+        "run",
+        examples().join("tickets.csv").to_str().unwrap(),
+        "--template",
+        "Classify: {text}",
+        "--model",
+        "mock:upper",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let outs = records(&out);
+    assert_eq!(outs.len(), 50);
+    let row7 = outs.iter().find(|r| r["id"] == "row-7").unwrap();
+    assert_eq!(
+        row7["output"],
+        "CLASSIFY: MY ORDER 7 HAS NOT ARRIVED, \"URGENT\", PLEASE HELP"
+    );
+    assert!(row7["context"]["lang"].is_string());
+
+    let out = dir.path().join("txt.jsonl");
+    let o = run(&[
+        "run",
+        examples().join("prompts.txt").to_str().unwrap(),
+        "--model",
+        "mock:echo",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let outs = records(&out);
+    assert_eq!(outs.len(), 20);
+    let third = outs.iter().find(|r| r["id"] == "3").unwrap();
+    assert_eq!(
+        third["output"],
+        "Translate to French: good morning number 3"
+    );
+
+    let out = dir.path().join("chat.jsonl");
+    let o = run(&[
+        "run",
+        examples().join("chat.jsonl").to_str().unwrap(),
+        "--model",
+        "mock:echo",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let outs = records(&out);
+    assert_eq!(outs.len(), 10);
+    let first = outs.iter().find(|r| r["id"] == "1").unwrap();
+    assert_eq!(first["output"], "What colour is item 1?");
+}
+
+#[test]
+fn stdin_to_stdout_and_schema_output_is_json() {
+    let mut child = abl()
+        .args([
+            "run",
+            "-",
+            "--model",
+            "mock:echo",
+            "--schema",
+            examples().join("ticket.schema.json").to_str().unwrap(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..5 {
+        writeln!(stdin, "{{\"id\": \"s{i}\", \"prompt\": \"ticket {i}\"}}").unwrap();
+    }
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let lines: Vec<Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for l in &lines {
+        assert_eq!(l["output"]["category"], "billing");
+        assert_eq!(l["output"]["urgent"], true);
+    }
+}
+
+#[test]
+fn scripted_permanent_failures_exit_1_and_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut f = std::fs::File::create(&input).unwrap();
+    let mut failing = HashSet::new();
+    for i in 0..300 {
+        let marker = if i % 33 == 5 {
+            failing.insert(format!("{i}"));
+            " [[mock:400]]"
+        } else {
+            ""
+        };
+        writeln!(f, "{{\"id\": \"{i}\", \"prompt\": \"p{i}{marker}\"}}").unwrap();
+    }
+    drop(f);
+    let out = dir.path().join("out.jsonl");
+    let o = run(&[
+        "run",
+        input.to_str().unwrap(),
+        "--model",
+        "mock:echo",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let outs = records(&out);
+    assert_eq!(outs.len(), 300);
+    assert_eq!(failing.len(), 9, "3 % of 300");
+    for r in &outs {
+        let id = r["id"].as_str().unwrap();
+        if failing.contains(id) {
+            assert_eq!(
+                (r["ok"].clone(), r["error"]["category"].clone()),
+                (Value::Bool(false), Value::from("client_error"))
+            );
+            assert_eq!(r["tries"], 1);
+        } else {
+            assert_eq!(r["ok"], true, "{r}");
+        }
+    }
+    assert!(stderr(&o).contains("client_error: 9"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_input_exits_2_with_a_message_naming_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let malformed = p(
+        "bad.jsonl",
+        "{\"id\": 1, \"prompt\": \"a\"}\n{\"id\": 2, \"prompt\": \n",
+    );
+    let missing = p(
+        "missing.jsonl",
+        "{\"id\": 1, \"prompt\": \"a\"}\n{\"id\": 2, \"text\": \"b\"}\n",
+    );
+    let csv = examples().join("tickets.csv");
+    let csv = csv.to_str().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let out = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["run", &malformed, "--model", "mock:echo", "-o", out],
+            format!("{malformed}:2: malformed JSON"),
+        ),
+        (
+            vec!["run", &missing, "--model", "mock:echo", "-o", out],
+            format!("{missing}:2: field 'prompt': is missing"),
+        ),
+        (
+            vec![
+                "run",
+                csv,
+                "--template",
+                "Classify: {txt}",
+                "--model",
+                "mock:echo",
+                "-o",
+                out,
+            ],
+            format!("{csv}:2: field 'txt': is missing"),
+        ),
+        (
+            vec![
+                "run",
+                csv,
+                "--template",
+                "Classify: {text",
+                "--model",
+                "mock:echo",
+            ],
+            "--template: template: '{' at character 11 is never closed".into(),
+        ),
+        (
+            vec!["run", "/no/such/file.jsonl", "--model", "mock:echo"],
+            "/no/such/file.jsonl: cannot open".into(),
+        ),
+        (
+            vec!["run", csv, "--template", "{text}", "--model", "nope:x"],
+            "unknown provider \"nope\"".into(),
+        ),
+        (
+            vec!["run", &malformed, "--model", "openai:gpt-4o-mini"],
+            String::new(),
+        ),
+        (
+            vec![
+                "run",
+                csv,
+                "--template",
+                "{text}",
+                "--model",
+                "openai:gpt-4o-mini",
+            ],
+            "no API key for openai: set OPENAI_API_KEY".into(),
+        ),
+        (
+            vec!["run", csv, "--template", "{text}"],
+            "--model is required".into(),
+        ),
+    ];
+    for (args, want) in cases {
+        let o = run(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(&want), "{args:?}: {err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("abl: error")).count(),
+            1,
+            "{err}"
+        );
+    }
+    // Nothing was called or written for a file with a bad line.
+    assert!(
+        std::fs::read_to_string(out)
+            .map(|s| s.is_empty())
+            .unwrap_or(true)
+    );
+}
+
+#[test]
+fn a_batch_deadline_exits_3_with_every_item_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let o = run(&[
+        "run",
+        examples().join("prompts.jsonl").to_str().unwrap(),
+        "--model",
+        "mock:echo",
+        "--mock-latency-ms",
+        "200",
+        "--concurrency",
+        "10",
+        "--batch-deadline",
+        "0.5",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let outs = records(&out);
+    let ids: HashSet<&str> = outs.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), outs.len(), "each id once");
+    assert!(
+        outs.iter()
+            .any(|r| r["error"]["category"] == "batch_deadline")
+    );
+    assert!(
+        stderr(&o).contains("Batch batch_deadline"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn sigint_with_200_calls_in_flight_exits_130_with_an_intact_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut f = std::fs::File::create(&input).unwrap();
+    for i in 0..2000 {
+        writeln!(f, "{{\"id\": \"{i}\", \"prompt\": \"p{i}\"}}").unwrap();
+    }
+    drop(f);
+    let out = dir.path().join("out.jsonl");
+    let child = abl()
+        .args([
+            "run",
+            input.to_str().unwrap(),
+            "--model",
+            "mock:echo",
+            "--mock-latency-ms",
+            "200",
+            "--concurrency",
+            "200",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(t.elapsed() < Duration::from_secs(5), "drained promptly");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.ends_with('\n'), "no torn last line");
+    let outs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: HashSet<&str> = outs.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), outs.len());
+    // The calls in flight finished (drain); nothing else started.
+    assert!(outs.len() >= 200 && outs.len() < 2000, "{}", outs.len());
+    assert!(
+        outs.iter().all(|r| r["ok"] == true),
+        "in-flight calls finish on the first Ctrl-C"
+    );
+    assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
+}
+
+#[test]
+fn plain_progress_lines_without_escape_codes_when_not_a_terminal() {
+    let o = run(&[
+        "run",
+        examples().join("prompts.jsonl").to_str().unwrap(),
+        "--model",
+        "mock:echo",
+        "--mock-latency-ms",
+        "50",
+        "--concurrency",
+        "8",
+        "--progress-interval",
+        "0.2",
+        "-o",
+        "/dev/null",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    assert!(
+        err.lines()
+            .filter(|l| l.starts_with("abl: ") && l.contains("/200 done"))
+            .count()
+            >= 2,
+        "{err}"
+    );
+    assert!(!err.contains('\x1b'), "escape codes in non-terminal output");
+}
+
+#[test]
+fn the_progress_bar_renders_in_a_pseudo_terminal_and_shows_a_cooldown() {
+    // util-linux `script` runs abl under a pty and records what it drew.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut f = std::fs::File::create(&input).unwrap();
+    for i in 0..60 {
+        let marker = if i == 3 { " [[mock:429:2*1]]" } else { "" };
+        writeln!(f, "{{\"id\": \"{i}\", \"prompt\": \"p{i}{marker}\"}}").unwrap();
+    }
+    drop(f);
+    let cmd = format!(
+        "{} run {} --model mock:echo --mock-latency-ms 100 --concurrency 4 -o {}",
+        env!("CARGO_BIN_EXE_abl"),
+        input.display(),
+        dir.path().join("out.jsonl").display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{screen}");
+    assert!(
+        screen.contains('\x1b'),
+        "a bar is drawn with terminal control codes"
+    );
+    assert!(screen.contains("/60"), "{screen}");
+    assert!(
+        screen.contains("COOLDOWN"),
+        "the cooldown is visible: {screen}"
+    );
+    assert!(screen.contains("Batch completed: 60 items"), "{screen}");
+}
+
+#[test]
+fn summary_of_an_output_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    run(&[
+        "run",
+        examples().join("prompts.txt").to_str().unwrap(),
+        "--model",
+        "mock:echo",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let o = run(&["summary", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("20 items, 20 succeeded"));
+    let o = run(&["summary", examples().join("prompts.txt").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("prompts.txt:1: not a result record"),
+        "{}",
+        stderr(&o)
+    );
+}
