@@ -304,11 +304,7 @@ fn bad_input_exits_2_with_a_message_naming_the_place() {
         );
     }
     // Nothing was called or written for a file with a bad line.
-    assert!(
-        std::fs::read_to_string(out)
-            .map(|s| s.is_empty())
-            .unwrap_or(true)
-    );
+    assert!(std::fs::read_to_string(out).map_or(true, |s| s.is_empty()));
 }
 
 #[test]
