@@ -95,6 +95,9 @@ categories! {
     ProviderResponseError => "provider_response_error",
     /// A bug or misuse in the program (a panic, a wrong configuration).
     LogicError => "logic_error",
+    /// Admission refused the item before any call: its token estimate exceeds
+    /// the per-minute limit, or it could not be estimated.
+    AdmissionError => "admission_error",
     /// Anything else.
     Unknown => "unknown",
 }
@@ -367,7 +370,7 @@ mod tests {
             let json = serde_json::to_string(c).unwrap_or_default();
             assert_eq!(json, format!("\"{}\"", c.as_str()));
         }
-        assert_eq!(ErrorCategory::ALL.len(), 24);
+        assert_eq!(ErrorCategory::ALL.len(), 25);
         assert!("nope".parse::<ErrorCategory>().is_err());
     }
 

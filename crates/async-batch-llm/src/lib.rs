@@ -87,14 +87,17 @@ pub mod testing;
 pub mod usage;
 
 pub use engine::{
-    BatchConfig, CallPool, PoolError, PoolSettings, ResultStream, RetryPolicy, StopHandle, call,
-    call_result, process_prompts, process_stream,
+    BatchConfig, Budget, CallPool, PoolError, PoolSettings, ResultStream, RetryPolicy, StopHandle,
+    StopMode, call, call_result, process_prompts, process_stream,
 };
 pub use error::{
     CallError, DefaultClassifier, Error, ErrorCategory, ErrorClassifier, RetryDecision,
 };
 pub use item::{Item, Message, Prompt, Role};
-pub use limit::{CooldownPolicy, ScopeRegistry, default_scope_name, key_fingerprint};
+pub use limit::{
+    CharEstimator, CooldownPolicy, RateLimits, ScopeRegistry, TokenEstimator, default_scope_name,
+    key_fingerprint,
+};
 pub use model::{
     DynModel, LlmRequest, LlmResponse, Model, ModelStrategy, ResponseMetadata, ResponseParser,
     TextParser,

@@ -364,6 +364,8 @@ pub struct BatchStats {
     pub cooldowns: u64,
     /// True for a dry run: usage and cost are projections, no call was made.
     pub dry_run: bool,
+    /// RPM/TPM admission in the run's scope while it ran.
+    pub admission: crate::limit::AdmissionStats,
 }
 
 impl BatchStats {
@@ -654,6 +656,19 @@ impl RunSummary {
         }
         if let Some(p) = prices {
             let _ = writeln!(out, "Cost {:.4}", p.cost(&s.usage));
+        }
+        let adm = &s.admission;
+        if adm.reserved > 0 {
+            let _ = writeln!(
+                out,
+                "Admission {} reservations, {} tokens estimated: {} refunded, {} debt, {} kept (usage unknown), {} given back",
+                adm.reserved,
+                adm.reserved_tokens,
+                adm.refunded_tokens,
+                adm.debt_tokens,
+                adm.retained,
+                adm.cancelled
+            );
         }
         let (a, e) = (&self.admission_wait, &self.execution);
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;

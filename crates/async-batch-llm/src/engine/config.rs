@@ -3,8 +3,35 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{DefaultClassifier, Error, ErrorClassifier};
-use crate::limit::{CooldownPolicy, ScopeRegistry, ScopeSettings};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DefaultClassifier, Error, ErrorCategory, ErrorClassifier};
+use crate::limit::{
+    CharEstimator, CooldownPolicy, RateLimits, ScopeRegistry, ScopeSettings, TokenEstimator,
+};
+use crate::usage::Prices;
+
+/// What happens to calls in flight when a budget or fail-fast stops a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopMode {
+    /// They finish and their results count (default).
+    #[default]
+    Drain,
+    /// They are cancelled and recorded as `aborted`.
+    Cancel,
+}
+
+/// Spending limits of a run. Overshoot is bounded by the calls in flight.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Budget {
+    /// Most tokens (billed, failed attempts included) the run may use.
+    pub max_tokens: Option<u64>,
+    /// Most money the run may spend at `prices`.
+    pub max_cost: Option<f64>,
+    /// Prices for the cost budget.
+    pub prices: Option<Prices>,
+}
 
 /// How failed attempts are retried.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,6 +123,16 @@ pub struct BatchConfig {
     pub classifier: Arc<dyn ErrorClassifier>,
     /// Call `Strategy::dry_run` instead of `execute`.
     pub dry_run: bool,
+    /// Requests and tokens per minute for the quota scope.
+    pub limits: RateLimits,
+    /// Token estimates for TPM admission (default: characters / 4 + 256).
+    pub estimator: Option<Arc<dyn TokenEstimator>>,
+    /// Token and cost budgets.
+    pub budget: Budget,
+    /// Stop the run once an item fails for good with one of these.
+    pub fail_fast: Vec<ErrorCategory>,
+    /// Drain or cancel calls in flight when a budget or fail-fast stops the run.
+    pub stop_mode: StopMode,
 }
 
 impl Default for BatchConfig {
@@ -115,6 +152,11 @@ impl Default for BatchConfig {
             scopes: ScopeRegistry::global(),
             classifier: Arc::new(DefaultClassifier),
             dry_run: false,
+            limits: RateLimits::default(),
+            estimator: Some(Arc::new(CharEstimator::default())),
+            budget: Budget::default(),
+            fail_fast: Vec::new(),
+            stop_mode: StopMode::Drain,
         }
     }
 }
@@ -134,6 +176,10 @@ impl std::fmt::Debug for BatchConfig {
             .field("quota_scope", &self.quota_scope)
             .field("scope_max_concurrency", &self.scope_max_concurrency)
             .field("dry_run", &self.dry_run)
+            .field("limits", &self.limits)
+            .field("budget", &self.budget)
+            .field("fail_fast", &self.fail_fast)
+            .field("stop_mode", &self.stop_mode)
             .finish_non_exhaustive()
     }
 }
@@ -166,6 +212,15 @@ impl BatchConfig {
         if self.item_deadline.is_some_and(|d| d.is_zero()) {
             return bad("item_deadline must be positive");
         }
+        if self.limits.rpm.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            return bad("limits.rpm must be a positive number");
+        }
+        if self.limits.tpm == Some(0) {
+            return bad("limits.tpm must be at least 1");
+        }
+        if self.budget.max_cost.is_some() && self.budget.prices.is_none() {
+            return bad("budget.max_cost needs budget.prices");
+        }
         Ok(())
     }
 
@@ -173,6 +228,7 @@ impl BatchConfig {
         ScopeSettings {
             cooldown: self.cooldown,
             max_concurrency: self.scope_max_concurrency,
+            limits: self.limits,
         }
     }
 

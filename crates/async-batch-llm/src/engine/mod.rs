@@ -10,6 +10,6 @@ mod prepare;
 mod stream;
 
 pub use call::{call, call_result};
-pub use config::{BatchConfig, RetryPolicy};
+pub use config::{BatchConfig, Budget, RetryPolicy, StopMode};
 pub use pool::{CallPool, PoolError, PoolSettings};
 pub use stream::{ResultStream, StopHandle, process_prompts, process_stream};

@@ -12,11 +12,11 @@ use futures::FutureExt as _;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{BatchConfig, RetryPolicy};
+use super::config::{BatchConfig, Budget, RetryPolicy, StopMode};
 use super::prepare::PrepareOnce;
 use crate::error::{CallError, ErrorCategory, ErrorClassifier, RetryDecision};
 use crate::item::{Item, Prompt};
-use crate::limit::Scope;
+use crate::limit::{Reservation, Scope, TokenEstimator};
 use crate::result::{
     ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming, micros,
 };
@@ -46,14 +46,21 @@ impl Stop {
         self.reason.get().cloned()
     }
 
-    /// The error of an item the stop prevented from finishing.
-    pub(crate) fn item_error(&self, last: Option<ItemError>) -> ItemError {
+    /// The error of an item the stop prevented from finishing. A call in
+    /// flight that was cancelled is `aborted` (a deadline keeps its own
+    /// category).
+    pub(crate) fn item_error(&self, last: Option<ItemError>, cancelled: bool) -> ItemError {
         let reason = self
             .reason
             .get()
             .map_or(TerminationReason::Aborted, |t| t.reason);
+        let category = if cancelled && reason != TerminationReason::BatchDeadline {
+            ErrorCategory::Aborted
+        } else {
+            reason.item_category()
+        };
         ItemError {
-            category: reason.item_category(),
+            category,
             message: format!("run stopped ({reason}) before this item finished"),
             last_error: last.map(Box::new),
         }
@@ -71,6 +78,11 @@ pub(crate) struct Run<S: Strategy> {
     item_deadline: Option<Duration>,
     classifier: Arc<dyn ErrorClassifier>,
     dry_run_mode: bool,
+    estimator: Option<Arc<dyn TokenEstimator>>,
+    budget: Budget,
+    spent: std::sync::Mutex<TokenUsage>,
+    fail_fast: Vec<ErrorCategory>,
+    stop_mode: StopMode,
 }
 
 impl<S: Strategy> Run<S> {
@@ -91,6 +103,49 @@ impl<S: Strategy> Run<S> {
             item_deadline: config.item_deadline,
             classifier: Arc::clone(&config.classifier),
             dry_run_mode: config.dry_run,
+            estimator: config.estimator.clone(),
+            budget: config.budget.clone(),
+            spent: std::sync::Mutex::new(TokenUsage::default()),
+            fail_fast: config.fail_fast.clone(),
+            stop_mode: config.stop_mode,
+        }
+    }
+
+    /// Counts billed usage against the budget; stops the run when spent.
+    fn charge(&self, usage: TokenUsage, id: &str) {
+        let b = &self.budget;
+        if b.max_tokens.is_none() && b.max_cost.is_none() {
+            return;
+        }
+        let total = {
+            let mut spent = self
+                .spent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *spent += usage;
+            *spent
+        };
+        let why = if let Some(max) = b.max_tokens.filter(|m| total.total >= *m) {
+            Some(format!(
+                "token budget of {max} reached ({} used)",
+                total.total
+            ))
+        } else if let (Some(max), Some(p)) = (b.max_cost, b.prices) {
+            let cost = p.cost(&total);
+            (cost >= max).then(|| format!("cost budget of {max} reached ({cost:.4} spent)"))
+        } else {
+            None
+        };
+        if let Some(message) = why {
+            self.stop.trigger(
+                Termination {
+                    reason: TerminationReason::BudgetExceeded,
+                    item_id: Some(id.to_owned()),
+                    category: None,
+                    message: Some(message),
+                },
+                self.stop_mode == StopMode::Cancel,
+            );
         }
     }
 
@@ -110,7 +165,7 @@ impl<S: Strategy> Run<S> {
         finish(
             item,
             index,
-            Err(self.stop.item_error(None)),
+            Err(self.stop.item_error(None, false)),
             Acct::default(),
             Duration::ZERO,
         )
@@ -128,7 +183,10 @@ struct Acct {
 
 enum Fail {
     Item(ItemError),
+    /// The run stopped before or between attempts.
     Stopped,
+    /// A call in flight was cancelled.
+    Cancelled,
 }
 
 fn to_item_error(e: &CallError) -> ItemError {
@@ -188,12 +246,18 @@ pub(crate) async fn process_item<S: Strategy>(
     let mut acct = Acct::default();
     let mut state = RetryState::new();
     let outcome = {
-        let attempts =
-            AssertUnwindSafe(attempts(run, &item.prompt, deadline, &mut acct, &mut state))
-                .catch_unwind();
+        let attempts = AssertUnwindSafe(attempts(
+            run,
+            &item.id,
+            &item.prompt,
+            deadline,
+            &mut acct,
+            &mut state,
+        ))
+        .catch_unwind();
         tokio::select! {
             biased;
-            () = run.stop.cancel.cancelled() => Err(Fail::Stopped),
+            () = run.stop.cancel.cancelled() => Err(Fail::Cancelled),
             r = attempts => r.unwrap_or_else(|p| Err(Fail::Item(ItemError::new(
                 ErrorCategory::LogicError,
                 format!("strategy panicked: {}", panic_message(&*p)),
@@ -202,8 +266,25 @@ pub(crate) async fn process_item<S: Strategy>(
     };
     let outcome = outcome.map_err(|f| match f {
         Fail::Item(e) => e,
-        Fail::Stopped => run.stop.item_error(acct.last_error.take()),
+        Fail::Stopped => run.stop.item_error(acct.last_error.take(), false),
+        Fail::Cancelled => run.stop.item_error(acct.last_error.take(), true),
     });
+    if let Err(e) = &outcome
+        && run.fail_fast.contains(&e.category)
+    {
+        run.stop.trigger(
+            Termination {
+                reason: TerminationReason::FailFast,
+                item_id: Some(item.id.clone()),
+                category: Some(e.category),
+                message: Some(format!(
+                    "item {} failed with {}: {}",
+                    item.id, e.category, e.message
+                )),
+            },
+            run.stop_mode == StopMode::Cancel,
+        );
+    }
     finish(item, index, outcome, acct, start.elapsed())
 }
 
@@ -255,9 +336,41 @@ async fn wait_cooldown(
     Ok(t0.elapsed())
 }
 
+/// Reserves one request and the estimated tokens in the scope's admission.
+async fn reserve<S: Strategy>(run: &Run<S>, prompt: &Prompt) -> Result<Option<Reservation>, Fail> {
+    let Some(adm) = run.scope.admission() else {
+        return Ok(None);
+    };
+    let refuse =
+        |message: String| Fail::Item(ItemError::new(ErrorCategory::AdmissionError, message));
+    let estimate = match (adm.tpm(), &run.estimator) {
+        (None, _) => 0,
+        (Some(_), None) => {
+            return Err(refuse(
+                "tokens per minute are limited but no token estimator is set".into(),
+            ));
+        }
+        (Some(_), Some(e)) => e
+            .estimate(prompt)
+            .map_err(|m| refuse(format!("cannot estimate the tokens of this item: {m}")))?,
+    };
+    tokio::select! {
+        biased;
+        () = run.stop.stopping.cancelled() => Err(Fail::Stopped),
+        r = adm.reserve(estimate) => r.map(Some).map_err(|e| refuse(e.to_string())),
+    }
+}
+
+fn settle<S: Strategy>(run: &Run<S>, reservation: Option<Reservation>, used: Option<u64>) {
+    if let (Some(adm), Some(r)) = (run.scope.admission(), reservation) {
+        adm.settle(r, used);
+    }
+}
+
 #[allow(clippy::too_many_lines)]
 async fn attempts<S: Strategy>(
     run: &Run<S>,
+    id: &str,
     prompt: &Prompt,
     deadline: Option<Instant>,
     acct: &mut Acct,
@@ -274,23 +387,34 @@ async fn attempts<S: Strategy>(
         acct.timing.cooldown_wait += micros(cooldown_wait);
 
         let t1 = Instant::now();
+        let reservation = reserve(run, prompt).await?;
+        let give_back = |r: Option<Reservation>| {
+            if let (Some(adm), Some(r)) = (run.scope.admission(), r) {
+                adm.cancel(r);
+            }
+        };
         let slot = tokio::select! {
             biased;
-            () = run.stop.stopping.cancelled() => return Err(Fail::Stopped),
+            () = run.stop.stopping.cancelled() => {
+                give_back(reservation);
+                return Err(Fail::Stopped);
+            }
             s = run.scope.acquire_slot() => s,
         };
         let admission_wait = micros(t1.elapsed());
         acct.timing.admission_wait += admission_wait;
         if run.scope.cooldown().active_until(Instant::now()).is_some() {
-            // A cooldown began while we waited for the slot: give it back and
-            // queue again, spending no retry budget.
+            // A cooldown began while we waited: give back the slot and the
+            // reservation and queue again, spending no retry budget.
             drop(slot);
+            give_back(reservation);
             continue;
         }
 
         let (result, executed, execution) = if let Err(e) = run.prepare.ensure(&*run.strategy).await
         {
             // No call was made: the failure is the preparation's.
+            give_back(reservation);
             (Err(e), false, Duration::ZERO)
         } else {
             let exec_start = Instant::now();
@@ -309,6 +433,7 @@ async fn attempts<S: Strategy>(
                     Ok(r) => r,
                     Err(_) if remaining.is_some_and(|r| r <= run.attempt_timeout) => {
                         drop(slot);
+                        settle(run, reservation, None);
                         return Err(with_last(
                             ErrorCategory::ItemDeadline,
                             format!("item deadline passed during attempt {attempt}"),
@@ -324,6 +449,11 @@ async fn attempts<S: Strategy>(
                     )),
                 }
             };
+            let used = match &result {
+                Ok((_, usage)) => usage.map(|u| u.total),
+                Err(e) => e.usage().map(|u| u.total),
+            };
+            settle(run, reservation, used);
             (result, true, micros(exec_start.elapsed()))
         };
         drop(slot);
@@ -340,7 +470,9 @@ async fn attempts<S: Strategy>(
 
         let error = match result {
             Ok((output, usage)) => {
-                acct.usage += usage.unwrap_or_default();
+                let usage = usage.unwrap_or_default();
+                acct.usage += usage;
+                run.charge(usage, id);
                 run.scope.cooldown().record_success();
                 return Ok(output);
             }
@@ -348,6 +480,7 @@ async fn attempts<S: Strategy>(
         };
         if let Some(u) = error.usage() {
             acct.usage += u;
+            run.charge(u, id);
         }
         acct.last_error = Some(to_item_error(&error));
         run.strategy.on_error(&error, attempt, state).await;

@@ -26,6 +26,7 @@ struct Control {
     notify: Notify,
     termination: OnceLock<Termination>,
     cooldowns: AtomicU64,
+    admission: std::sync::Mutex<crate::limit::AdmissionStats>,
 }
 
 /// Stops a run from outside: [`stop`](StopHandle::stop) lets calls in flight
@@ -93,6 +94,16 @@ impl<T> ResultStream<T> {
     /// stream has ended).
     pub fn cooldowns(&self) -> u64 {
         self.control.cooldowns.load(Ordering::Relaxed)
+    }
+
+    /// RPM/TPM admission in the run's scope during the run (final once the
+    /// stream has ended).
+    pub fn admission_stats(&self) -> crate::limit::AdmissionStats {
+        self.control
+            .admission
+            .lock()
+            .map(|a| *a)
+            .unwrap_or_default()
     }
 
     /// A handle to stop the run.
@@ -188,6 +199,7 @@ where
     let termination = stream.termination().unwrap_or_else(Termination::completed);
     let mut batch = BatchResult::new(results, termination, started.elapsed());
     batch.stats.cooldowns = stream.cooldowns();
+    batch.stats.admission = stream.admission_stats();
     batch.stats.dry_run = config.dry_run;
     Ok(if config.preserve_order {
         batch.in_input_order()
@@ -214,6 +226,7 @@ where
         notify: Notify::new(),
         termination: OnceLock::new(),
         cooldowns: AtomicU64::new(0),
+        admission: std::sync::Mutex::default(),
     });
     let stop_run = Arc::clone(&run);
     let stop = StopHandle {
@@ -256,6 +269,11 @@ impl<S: Strategy> Driver<S> {
     async fn drive<I: Stream<Item = Item> + Send + 'static>(self, items: I) {
         let run = &self.run;
         let cooldowns_before = run.scope.cooldown().started_count();
+        let admission_before = run
+            .scope
+            .admission()
+            .map(crate::limit::Admission::stats)
+            .unwrap_or_default();
         let workers = Arc::new(Semaphore::new(self.concurrency));
         let tracker = TaskTracker::new();
         let finished = CancellationToken::new();
@@ -332,6 +350,11 @@ impl<S: Strategy> Driver<S> {
             run.scope.cooldown().started_count() - cooldowns_before,
             Ordering::Relaxed,
         );
+        if let Some(adm) = run.scope.admission()
+            && let Ok(mut a) = self.control.admission.lock()
+        {
+            *a = adm.stats().since(&admission_before);
+        }
         let _ = self.control.termination.set(termination);
     }
 }

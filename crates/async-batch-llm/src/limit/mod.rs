@@ -2,6 +2,7 @@
 //! a concurrency gate. A scope is a name, not an object: two strategies whose
 //! models resolve to the same provider, base URL, key and model share one.
 
+mod admission;
 mod cooldown;
 
 use std::collections::HashMap;
@@ -9,6 +10,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use admission::{
+    Admission, AdmissionError, AdmissionStats, CharEstimator, RateLimits, Reservation,
+    TokenEstimator,
+};
 pub use cooldown::{Cooldown, CooldownOutcome, CooldownPolicy};
 
 /// A short, non-reversible fingerprint of an API key (the first 8 hex
@@ -45,6 +50,8 @@ pub struct ScopeSettings {
     /// Most calls in flight at once in this scope (a provider's concurrency
     /// limit, separate from the worker count). `None` means no gate.
     pub max_concurrency: Option<usize>,
+    /// Requests and tokens per minute.
+    pub limits: RateLimits,
 }
 
 /// The shared state of one quota scope.
@@ -53,6 +60,7 @@ pub struct Scope {
     name: String,
     cooldown: Cooldown,
     gate: Option<Arc<Semaphore>>,
+    admission: Option<Admission>,
 }
 
 impl Scope {
@@ -64,6 +72,7 @@ impl Scope {
             gate: settings
                 .max_concurrency
                 .map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            admission: Admission::new(settings.limits),
         }
     }
 
@@ -75,6 +84,11 @@ impl Scope {
     /// The scope's cooldown.
     pub fn cooldown(&self) -> &Cooldown {
         &self.cooldown
+    }
+
+    /// The scope's RPM/TPM admission, when it has limits.
+    pub fn admission(&self) -> Option<&Admission> {
+        self.admission.as_ref()
     }
 
     /// Takes a concurrency slot (immediately when the scope has no gate).
