@@ -126,6 +126,7 @@ pub struct FakeStrategy {
     prepare_latency: Duration,
     recording: bool,
     scope: Option<String>,
+    unknown_usage: bool,
     rec: Arc<Recorder>,
 }
 
@@ -169,6 +170,7 @@ impl FakeStrategy {
             prepare_latency: Duration::ZERO,
             recording: false,
             scope: None,
+            unknown_usage: false,
             rec: Arc::new(Recorder::default()),
         }
     }
@@ -184,6 +186,13 @@ impl FakeStrategy {
     #[must_use]
     pub fn with_usage(mut self, usage: TokenUsage) -> Self {
         self.usage = usage;
+        self
+    }
+
+    /// Successful calls report no usage (as a provider that omits it).
+    #[must_use]
+    pub fn with_unknown_usage(mut self) -> Self {
+        self.unknown_usage = true;
         self
     }
 
@@ -353,7 +362,10 @@ impl Strategy for FakeStrategy {
         }
         match step.error() {
             Some(e) => Err(e),
-            None => Ok(((self.respond)(prompt), Some(self.usage))),
+            None => Ok((
+                (self.respond)(prompt),
+                (!self.unknown_usage).then_some(self.usage),
+            )),
         }
     }
 
