@@ -113,6 +113,30 @@ run_args! {
     /// Cap of cooldowns without a hint, in seconds (default 300).
     #[arg(long, env = "ABL_COOLDOWN_MAX")]
     cooldown_max: Option<f64>,
+    /// Requests per minute allowed by the provider (fractions allowed); never exceeded.
+    #[arg(long, env = "ABL_RPM")]
+    rpm: Option<f64>,
+    /// Tokens per minute allowed by the provider; never exceeded (estimates are settled after each call).
+    #[arg(long, env = "ABL_TPM")]
+    tpm: Option<u64>,
+    /// Seconds added to the rate windows, for the transit to the provider (default 0.5).
+    #[arg(long, env = "ABL_RATE_MARGIN")]
+    rate_margin: Option<f64>,
+    /// Output tokens expected per call, for the TPM estimate (default 256; chars / 4 for the input).
+    #[arg(long, env = "ABL_EXPECTED_OUTPUT_TOKENS")]
+    expected_output_tokens: Option<u64>,
+    /// Stop once this many tokens are used (exit code 3).
+    #[arg(long, env = "ABL_MAX_TOKENS")]
+    max_tokens: Option<u64>,
+    /// Stop once this much is spent at --price-* (exit code 3).
+    #[arg(long, env = "ABL_MAX_COST")]
+    max_cost: Option<f64>,
+    /// Stop the run when an item fails for good with one of these categories (comma-separated, e.g. authentication,insufficient_balance).
+    #[arg(long, env = "ABL_FAIL_FAST", value_delimiter = ',')]
+    fail_fast: Option<Vec<String>>,
+    /// When a budget or fail-fast stops the run: let calls in flight finish (drain) or cancel them.
+    #[arg(long, env = "ABL_STOP_MODE", value_parser = ["drain", "cancel"])]
+    stop_mode: Option<String>,
     /// Most calls in flight at once for the provider (a provider limit, not the worker count).
     #[arg(long, env = "ABL_PROVIDER_CONCURRENCY")]
     provider_concurrency: Option<usize>,

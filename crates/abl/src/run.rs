@@ -10,9 +10,9 @@ use anyhow::{Context as _, anyhow, bail};
 use async_batch_llm::limit::ScopeSettings;
 use async_batch_llm::providers::{ApiKey, HttpOptions, ModelOptions, llm_with};
 use async_batch_llm::{
-    BatchConfig, CooldownPolicy, DynModel, Item, LlmResponse, ModelStrategy, Prices,
-    ResponseParser, RetryPolicy, ScopeRegistry, SummaryCollector, Termination, TerminationReason,
-    process_stream,
+    BatchConfig, Budget, CharEstimator, CooldownPolicy, DynModel, ErrorCategory, Item, LlmResponse,
+    ModelStrategy, Prices, RateLimits, ResponseParser, RetryPolicy, ScopeRegistry, StopMode,
+    SummaryCollector, Termination, TerminationReason, process_stream,
 };
 use futures::StreamExt as _;
 use serde_json::Value;
@@ -314,12 +314,53 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         dry_run: a.dry_run.unwrap_or(false),
         ..defaults
     };
+    let prices = prices(&a);
+    let fail_fast = a
+        .fail_fast
+        .iter()
+        .flatten()
+        .map(|c| {
+            c.trim().parse::<ErrorCategory>().map_err(|_| {
+                let known: Vec<&str> = ErrorCategory::ALL.iter().map(|c| c.as_str()).collect();
+                usage(format!(
+                    "--fail-fast: unknown category {c:?} (known: {})",
+                    known.join(", ")
+                ))
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if a.max_cost.is_some() && prices.is_none() {
+        return Err(usage("--max-cost needs --price-input and --price-output"));
+    }
+    let config = BatchConfig {
+        limits: RateLimits {
+            rpm: a.rpm,
+            tpm: a.tpm,
+            margin: secs(a.rate_margin, "rate-margin")?.unwrap_or(Duration::from_millis(500)),
+        },
+        estimator: Some(Arc::new(CharEstimator {
+            expected_output: a.expected_output_tokens.unwrap_or(256),
+        })),
+        budget: Budget {
+            max_tokens: a.max_tokens,
+            max_cost: a.max_cost,
+            prices,
+        },
+        fail_fast,
+        stop_mode: if a.stop_mode.as_deref() == Some("cancel") {
+            StopMode::Cancel
+        } else {
+            StopMode::Drain
+        },
+        ..config
+    };
     config.validate().map_err(|e| usage(e.to_string()))?;
     let scope = scopes.scope(
         &scope_name,
         &ScopeSettings {
             cooldown: config.cooldown,
             max_concurrency: config.scope_max_concurrency,
+            limits: config.limits,
         },
     );
 
@@ -394,7 +435,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
 
     let counters = Arc::new(Counters::default());
-    let prices = prices(&a);
     let progress = Progress::new(
         Arc::clone(&counters),
         total,
@@ -451,9 +491,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     let mut collected = collector;
     collected.stats.cooldowns = stream.cooldowns();
+    collected.stats.admission = stream.admission_stats();
     collected.stats.dry_run = config.dry_run;
     let summary = collected.finish(termination.clone(), started.elapsed());
     eprint!("{}", summary.render(prices.as_ref()));
+    if let Some(total) = total
+        && summary.stats.items < total
+        && input_error.is_none()
+    {
+        eprintln!(
+            "Not started: {} of {total} input items (the run stopped before reading them; they have no record)",
+            total - summary.stats.items
+        );
+    }
     if let Some(p) = &a.summary_json {
         let json = serde_json::to_string_pretty(&summary)?;
         std::fs::write(p, json)

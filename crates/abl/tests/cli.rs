@@ -481,3 +481,97 @@ fn summary_of_an_output_file() {
         stderr(&o)
     );
 }
+
+#[test]
+fn budgets_and_fail_fast_exit_3_and_unknown_categories_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let input = examples().join("prompts.jsonl");
+    let o = run(&[
+        "run",
+        input.to_str().unwrap(),
+        "--model",
+        "mock:echo",
+        "--mock-latency-ms",
+        "20",
+        "--concurrency",
+        "4",
+        "--max-tokens",
+        "500",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Batch budget_exceeded"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("token budget of 500 reached"),
+        "{}",
+        stderr(&o)
+    );
+    let outs = records(&out);
+    let ids: HashSet<&str> = outs.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), outs.len());
+    assert!(outs.len() < 200);
+    assert!(
+        stderr(&o).contains(&format!(
+            "Not started: {} of 200 input items",
+            200 - outs.len()
+        )),
+        "{}",
+        stderr(&o)
+    );
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        (0..50)
+            .map(|i| {
+                format!(
+                    "{{\"id\": {i}, \"prompt\": \"p{i}{}\"}}\n",
+                    if i == 3 { " [[mock:401]]" } else { "" }
+                )
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
+    let o = run(&[
+        "run",
+        bad.to_str().unwrap(),
+        "--model",
+        "mock:echo",
+        "--mock-latency-ms",
+        "20",
+        "--concurrency",
+        "2",
+        "--fail-fast",
+        "authentication",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Stopped by item 3 (authentication)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(records(&out).len() < 50);
+
+    let o = run(&[
+        "run",
+        bad.to_str().unwrap(),
+        "--model",
+        "mock:echo",
+        "--fail-fast",
+        "nope",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--fail-fast: unknown category \"nope\""),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -65,6 +65,7 @@ async fn rpm_60_never_exceeds_and_uses_the_limit() {
             RateLimits {
                 rpm: Some(60.0),
                 tpm: None,
+                ..RateLimits::default()
             },
         )
     };
@@ -100,6 +101,7 @@ async fn tpm_with_a_fixed_estimate_never_exceeds_and_uses_the_limit() {
             RateLimits {
                 rpm: None,
                 tpm: Some(6_000),
+                ..RateLimits::default()
             },
         )
     };
@@ -146,6 +148,7 @@ async fn settlement_figures_appear_in_the_batch_statistics() {
             RateLimits {
                 rpm: None,
                 tpm: Some(10_000),
+                ..RateLimits::default()
             },
         )
     };
@@ -176,6 +179,7 @@ async fn fractional_rpm_half_starts_the_second_call_at_120_s() {
             RateLimits {
                 rpm: Some(0.5),
                 tpm: None,
+                ..RateLimits::default()
             },
         ),
     )
@@ -195,6 +199,7 @@ async fn estimates_over_the_limit_or_missing_estimators_fail_before_any_call() {
             RateLimits {
                 rpm: None,
                 tpm: Some(1_000),
+                ..RateLimits::default()
             },
         )
     };

@@ -28,6 +28,11 @@ pub struct RateLimits {
     pub rpm: Option<f64>,
     /// Tokens per minute.
     pub tpm: Option<u64>,
+    /// Added to every window: the provider counts a request when it arrives,
+    /// a little after it is admitted here, so a margin keeps bursts from
+    /// overlapping its window (0; the CLI uses 0.5 s).
+    #[serde(default, with = "crate::result::duration_ms", rename = "margin_ms")]
+    pub margin: Duration,
 }
 
 impl RateLimits {
@@ -113,6 +118,7 @@ struct State {
 pub struct Admission {
     per_window: u64,
     window: Duration,
+    token_window: Duration,
     tpm: Option<u64>,
     state: Mutex<State>,
     notify: Notify,
@@ -165,7 +171,8 @@ impl Admission {
         };
         Some(Self {
             per_window,
-            window,
+            window: window + limits.margin,
+            token_window: MINUTE + limits.margin,
             tpm: limits.tpm,
             state: Mutex::new(State::default()),
             notify: Notify::new(),
@@ -193,7 +200,7 @@ impl Admission {
             st.requests.pop_front();
         }
         while let Some(&(_, at, n)) = st.tokens.front() {
-            if at + MINUTE > now {
+            if at + self.token_window > now {
                 break;
             }
             st.tokens.pop_front();
@@ -214,7 +221,7 @@ impl Admission {
         {
             let mut need = st.token_sum + tokens - max;
             for &(_, t, n) in &st.tokens {
-                at = at.max(t + MINUTE);
+                at = at.max(t + self.token_window);
                 if n >= need {
                     break;
                 }
@@ -288,19 +295,21 @@ impl Admission {
 
     /// Settles a reservation with the tokens the attempt really used
     /// (`None`: unknown, the estimate stands).
+    #[allow(clippy::needless_pass_by_value)] // taken so it cannot be settled twice
     pub fn settle(&self, r: Reservation, used: Option<u64>) {
+        let Reservation { id, tokens } = r;
         let mut st = self.lock();
         let Some(used) = used else {
             st.stats.retained += 1;
             return;
         };
-        let refunded = used < r.tokens;
+        let refunded = used < tokens;
         if refunded {
-            st.stats.refunded_tokens += r.tokens - used;
+            st.stats.refunded_tokens += tokens - used;
         } else {
-            st.stats.debt_tokens += used - r.tokens;
+            st.stats.debt_tokens += used - tokens;
         }
-        if let Ok(i) = st.tokens.binary_search_by_key(&r.id, |e| e.0) {
+        if let Ok(i) = st.tokens.binary_search_by_key(&id, |e| e.0) {
             let old = st.tokens[i].2;
             st.tokens[i].2 = used;
             st.token_sum = st.token_sum - old + used;
@@ -312,19 +321,21 @@ impl Admission {
     }
 
     /// Gives a reservation back whole: its attempt never started.
+    #[allow(clippy::needless_pass_by_value)] // taken so it cannot be used again
     pub fn cancel(&self, r: Reservation) {
+        let Reservation { id, tokens } = r;
         let mut st = self.lock();
-        if let Ok(i) = st.requests.binary_search_by_key(&r.id, |e| e.0) {
+        if let Ok(i) = st.requests.binary_search_by_key(&id, |e| e.0) {
             st.requests.remove(i);
         }
-        if let Ok(i) = st.tokens.binary_search_by_key(&r.id, |e| e.0)
+        if let Ok(i) = st.tokens.binary_search_by_key(&id, |e| e.0)
             && let Some((_, _, n)) = st.tokens.remove(i)
         {
             st.token_sum -= n;
         }
         st.stats.cancelled += 1;
         st.stats.reserved -= 1;
-        st.stats.reserved_tokens -= r.tokens;
+        st.stats.reserved_tokens -= tokens;
         drop(st);
         self.notify.notify_waiters();
     }
@@ -377,6 +388,7 @@ mod tests {
         let a = Admission::new(RateLimits {
             rpm: None,
             tpm: Some(1_000),
+            ..RateLimits::default()
         })
         .unwrap();
         for used in [Some(80), Some(130), None, Some(0)] {
@@ -413,6 +425,7 @@ mod tests {
         let a = Admission::new(RateLimits {
             rpm: Some(0.5),
             tpm: None,
+            ..RateLimits::default()
         })
         .unwrap();
         let t0 = Instant::now();
@@ -426,6 +439,7 @@ mod tests {
         let a = Admission::new(RateLimits {
             rpm: None,
             tpm: Some(100),
+            ..RateLimits::default()
         })
         .unwrap();
         let t0 = Instant::now();
