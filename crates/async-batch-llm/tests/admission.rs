@@ -280,7 +280,7 @@ async fn a_token_budget_stops_the_run_with_bounded_overshoot() {
             StopMode::Drain => assert_eq!(aborted, 0, "calls in flight finish"),
             StopMode::Cancel => {
                 assert!(
-                    aborted >= 1 && aborted <= 9,
+                    (1..=9).contains(&aborted),
                     "calls in flight are aborted: {aborted}"
                 );
                 assert_eq!(
