@@ -526,18 +526,12 @@ fn budgets_and_fail_fast_exit_3_and_unknown_categories_exit_2() {
     );
 
     let bad = dir.path().join("bad.jsonl");
-    std::fs::write(
-        &bad,
-        (0..50)
-            .map(|i| {
-                format!(
-                    "{{\"id\": {i}, \"prompt\": \"p{i}{}\"}}\n",
-                    if i == 3 { " [[mock:401]]" } else { "" }
-                )
-            })
-            .collect::<String>(),
-    )
-    .unwrap();
+    let mut f = std::fs::File::create(&bad).unwrap();
+    for i in 0..50 {
+        let marker = if i == 3 { " [[mock:401]]" } else { "" };
+        writeln!(f, "{{\"id\": {i}, \"prompt\": \"p{i}{marker}\"}}").unwrap();
+    }
+    drop(f);
     let o = run(&[
         "run",
         bad.to_str().unwrap(),
