@@ -79,6 +79,7 @@ pub mod error;
 pub mod item;
 pub mod limit;
 pub mod model;
+pub mod observe;
 pub mod providers;
 mod rand;
 pub mod result;
@@ -88,7 +89,8 @@ pub mod usage;
 
 pub use engine::{
     BatchConfig, Budget, CallPool, PoolError, PoolSettings, ResultStream, RetryPolicy, StopHandle,
-    StopMode, call, call_result, process_prompts, process_stream,
+    StopMode, call, call_result, process_prompts, process_prompts_with, process_stream,
+    process_stream_with,
 };
 pub use error::{
     CallError, DefaultClassifier, Error, ErrorCategory, ErrorClassifier, RetryDecision,
@@ -102,6 +104,7 @@ pub use model::{
     DynModel, LlmRequest, LlmResponse, Model, ModelStrategy, ResponseMetadata, ResponseParser,
     TextParser,
 };
+pub use observe::{Event, MetricsObserver, Middleware, Observer};
 pub use result::{
     BatchResult, BatchStats, ItemError, ItemResult, ItemTiming, RunSummary, SummaryCollector,
     Termination, TerminationReason, TryTiming,

@@ -133,6 +133,10 @@ pub struct BatchConfig {
     pub fail_fast: Vec<ErrorCategory>,
     /// Drain or cancel calls in flight when a budget or fail-fast stops the run.
     pub stop_mode: StopMode,
+    /// Observers of the run's events (they cannot change decisions).
+    pub observers: Vec<Arc<dyn crate::observe::Observer>>,
+    /// Events queued for slow observers before new ones are dropped (65,536).
+    pub event_queue: usize,
 }
 
 impl Default for BatchConfig {
@@ -157,6 +161,8 @@ impl Default for BatchConfig {
             budget: Budget::default(),
             fail_fast: Vec::new(),
             stop_mode: StopMode::Drain,
+            observers: Vec::new(),
+            event_queue: 65_536,
         }
     }
 }
@@ -180,6 +186,7 @@ impl std::fmt::Debug for BatchConfig {
             .field("budget", &self.budget)
             .field("fail_fast", &self.fail_fast)
             .field("stop_mode", &self.stop_mode)
+            .field("observers", &self.observers.len())
             .finish_non_exhaustive()
     }
 }

@@ -12,4 +12,7 @@ mod stream;
 pub use call::{call, call_result};
 pub use config::{BatchConfig, Budget, RetryPolicy, StopMode};
 pub use pool::{CallPool, PoolError, PoolSettings};
-pub use stream::{ResultStream, StopHandle, process_prompts, process_stream};
+pub use stream::{
+    MiddlewareList, ResultStream, StopHandle, process_prompts, process_prompts_with,
+    process_stream, process_stream_with,
+};

@@ -16,7 +16,8 @@ use super::config::{BatchConfig, Budget, RetryPolicy, StopMode};
 use super::prepare::PrepareOnce;
 use crate::error::{CallError, ErrorCategory, ErrorClassifier, RetryDecision};
 use crate::item::{Item, Prompt};
-use crate::limit::{Reservation, Scope, TokenEstimator};
+use crate::limit::{CooldownOutcome, Reservation, Scope, TokenEstimator};
+use crate::observe::{Event, EventSink};
 use crate::result::{
     ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming, micros,
 };
@@ -83,6 +84,7 @@ pub(crate) struct Run<S: Strategy> {
     spent: std::sync::Mutex<TokenUsage>,
     fail_fast: Vec<ErrorCategory>,
     stop_mode: StopMode,
+    pub(crate) events: EventSink,
 }
 
 impl<S: Strategy> Run<S> {
@@ -108,6 +110,7 @@ impl<S: Strategy> Run<S> {
             spent: std::sync::Mutex::new(TokenUsage::default()),
             fail_fast: config.fail_fast.clone(),
             stop_mode: config.stop_mode,
+            events: EventSink::new(config.observers.clone(), config.event_queue),
         }
     }
 
@@ -245,14 +248,14 @@ pub(crate) async fn process_item<S: Strategy>(
     };
     let mut acct = Acct::default();
     let mut state = RetryState::new();
+    run.events.emit(|| Event::ItemStarted {
+        id: item.id.clone(),
+    });
+    let span = tracing::debug_span!("item", id = %item.id, index);
     let outcome = {
-        let attempts = AssertUnwindSafe(attempts(
-            run,
-            &item.id,
-            &item.prompt,
-            deadline,
-            &mut acct,
-            &mut state,
+        let attempts = AssertUnwindSafe(tracing::Instrument::instrument(
+            attempts(run, &item.id, &item.prompt, deadline, &mut acct, &mut state),
+            span,
         ))
         .catch_unwind();
         tokio::select! {
@@ -284,6 +287,23 @@ pub(crate) async fn process_item<S: Strategy>(
             },
             run.stop_mode == StopMode::Cancel,
         );
+    }
+    if run.events.is_active() {
+        let (id, usage, tries) = (item.id.clone(), acct.usage, acct.tries);
+        run.events.emit(|| match &outcome {
+            Ok(_) => Event::ItemCompleted {
+                id,
+                usage,
+                tries,
+                execution: acct.timing.execution,
+            },
+            Err(e) => Event::ItemFailed {
+                id,
+                category: e.category,
+                usage,
+                tries,
+            },
+        });
     }
     finish(item, index, outcome, acct, start.elapsed())
 }
@@ -354,16 +374,27 @@ async fn reserve<S: Strategy>(run: &Run<S>, prompt: &Prompt) -> Result<Option<Re
             .estimate(prompt)
             .map_err(|m| refuse(format!("cannot estimate the tokens of this item: {m}")))?,
     };
-    tokio::select! {
+    let r = tokio::select! {
         biased;
-        () = run.stop.stopping.cancelled() => Err(Fail::Stopped),
-        r = adm.reserve(estimate) => r.map(Some).map_err(|e| refuse(e.to_string())),
-    }
+        () = run.stop.stopping.cancelled() => return Err(Fail::Stopped),
+        r = adm.reserve(estimate) => r.map_err(|e| refuse(e.to_string()))?,
+    };
+    run.events.emit(|| Event::QuotaReserved {
+        scope: run.scope.name().to_owned(),
+        tokens: r.tokens(),
+    });
+    Ok(Some(r))
 }
 
 fn settle<S: Strategy>(run: &Run<S>, reservation: Option<Reservation>, used: Option<u64>) {
     if let (Some(adm), Some(r)) = (run.scope.admission(), reservation) {
+        let estimate = r.tokens();
         adm.settle(r, used);
+        run.events.emit(|| Event::QuotaSettled {
+            scope: run.scope.name().to_owned(),
+            estimate,
+            used,
+        });
     }
 }
 
@@ -403,6 +434,20 @@ async fn attempts<S: Strategy>(
         };
         let admission_wait = micros(t1.elapsed());
         acct.timing.admission_wait += admission_wait;
+        if run.events.is_active() {
+            if run.scope.cooldown().active_until(Instant::now()).is_none()
+                && run.scope.cooldown().take_ended()
+            {
+                run.events.emit(|| Event::CooldownEnded {
+                    scope: run.scope.name().to_owned(),
+                });
+            }
+            run.events.emit(|| Event::ItemAdmitted {
+                id: id.to_owned(),
+                attempt,
+                waited: cooldown_wait + admission_wait,
+            });
+        }
         if run.scope.cooldown().active_until(Instant::now()).is_some() {
             // A cooldown began while we waited: give back the slot and the
             // reservation and queue again, spending no retry budget.
@@ -424,12 +469,11 @@ async fn attempts<S: Strategy>(
             let result = if run.dry_run_mode {
                 run.strategy.dry_run(prompt).await
             } else {
-                match tokio::time::timeout(
-                    timeout,
+                let call = tracing::Instrument::instrument(
                     run.strategy.execute(prompt, attempt, timeout, state),
-                )
-                .await
-                {
+                    tracing::debug_span!("attempt", attempt, try_no = acct.tries),
+                );
+                match tokio::time::timeout(timeout, call).await {
                     Ok(r) => r,
                     Err(_) if remaining.is_some_and(|r| r <= run.attempt_timeout) => {
                         drop(slot);
@@ -486,9 +530,20 @@ async fn attempts<S: Strategy>(
         run.strategy.on_error(&error, attempt, state).await;
         match run.classifier.classify(&error) {
             RetryDecision::RateLimited { retry_after } => {
-                run.scope
+                let outcome = run
+                    .scope
                     .cooldown()
                     .report_rate_limit(retry_after, Instant::now());
+                run.events.emit(|| Event::RateLimitHit {
+                    id: id.to_owned(),
+                    retry_after,
+                });
+                if let CooldownOutcome::Started(length) = outcome {
+                    run.events.emit(|| Event::CooldownStarted {
+                        scope: run.scope.name().to_owned(),
+                        length,
+                    });
+                }
                 rate_limited += 1;
                 if rate_limited > run.retry.max_rate_limit_retries {
                     return Err(with_last(

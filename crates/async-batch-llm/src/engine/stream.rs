@@ -16,8 +16,12 @@ use super::config::BatchConfig;
 use super::pipeline::{Run, process_item};
 use crate::error::Error;
 use crate::item::Item;
+use crate::observe::Middleware;
 use crate::result::{BatchResult, ItemResult, Termination, TerminationReason};
 use crate::strategy::Strategy;
+
+/// Middleware for the items of one run.
+pub type MiddlewareList<T> = Vec<Arc<dyn Middleware<T>>>;
 
 /// State the driver and the consumer share.
 struct Control {
@@ -173,7 +177,23 @@ where
     S: Strategy,
     I: Stream<Item = Item> + Send + 'static,
 {
-    start(strategy.into(), items, config, false)
+    start(strategy.into(), items, config, false, Vec::new())
+}
+
+/// [`process_stream`] with middleware: `before` may rewrite or filter each
+/// item as it is read (a filtered item is not accepted and has no result),
+/// `after` may rewrite each output, `on_error` sees each failure.
+pub fn process_stream_with<S, I>(
+    strategy: impl Into<Arc<S>>,
+    items: I,
+    config: &BatchConfig,
+    middleware: MiddlewareList<S::Output>,
+) -> Result<ResultStream<S::Output>, Error>
+where
+    S: Strategy,
+    I: Stream<Item = Item> + Send + 'static,
+{
+    start(strategy.into(), items, config, false, middleware)
 }
 
 /// Processes every item and collects the results into a [`BatchResult`]
@@ -188,10 +208,30 @@ where
     S: Strategy,
     I: IntoIterator<Item = Item>,
 {
+    process_prompts_with(strategy, items, config, Vec::new()).await
+}
+
+/// [`process_prompts`] with middleware (see [`process_stream_with`]).
+pub async fn process_prompts_with<S, I>(
+    strategy: impl Into<Arc<S>>,
+    items: I,
+    config: &BatchConfig,
+    middleware: MiddlewareList<S::Output>,
+) -> Result<BatchResult<S::Output>, Error>
+where
+    S: Strategy,
+    I: IntoIterator<Item = Item>,
+{
     let started = Instant::now();
     let items: Vec<Item> = items.into_iter().collect();
     let n = items.len();
-    let mut stream = start(strategy.into(), futures::stream::iter(items), config, true)?;
+    let mut stream = start(
+        strategy.into(),
+        futures::stream::iter(items),
+        config,
+        true,
+        middleware,
+    )?;
     let mut results = Vec::with_capacity(n);
     while let Some(r) = stream.next().await {
         results.push(r);
@@ -213,6 +253,7 @@ fn start<S, I>(
     items: I,
     config: &BatchConfig,
     record_unstarted: bool,
+    middleware: MiddlewareList<S::Output>,
 ) -> Result<ResultStream<S::Output>, Error>
 where
     S: Strategy,
@@ -244,6 +285,7 @@ where
         window: config.reorder_window,
         batch_deadline: config.batch_deadline.map(|d| Instant::now() + d),
         record_unstarted,
+        middleware: middleware.into(),
     };
     tokio::spawn(driver.drive(items));
     Ok(ResultStream {
@@ -255,6 +297,26 @@ where
     })
 }
 
+/// Applies `after` to a success and `on_error` to a failure.
+fn after_middleware<T>(
+    middleware: &[Arc<dyn Middleware<T>>],
+    mut result: ItemResult<T>,
+) -> ItemResult<T> {
+    if middleware.is_empty() {
+        return result;
+    }
+    result.outcome = match result.outcome {
+        Ok(out) => Ok(middleware.iter().fold(out, |o, m| m.after(&result.id, o))),
+        Err(e) => {
+            for m in middleware {
+                m.on_error(&result.id, &e);
+            }
+            Err(e)
+        }
+    };
+    result
+}
+
 struct Driver<S: Strategy> {
     run: Arc<Run<S>>,
     tx: mpsc::Sender<ItemResult<S::Output>>,
@@ -263,22 +325,14 @@ struct Driver<S: Strategy> {
     window: Option<usize>,
     batch_deadline: Option<Instant>,
     record_unstarted: bool,
+    middleware: Arc<[Arc<dyn Middleware<S::Output>>]>,
 }
 
 impl<S: Strategy> Driver<S> {
-    async fn drive<I: Stream<Item = Item> + Send + 'static>(self, items: I) {
-        let run = &self.run;
-        let cooldowns_before = run.scope.cooldown().started_count();
-        let admission_before = run
-            .scope
-            .admission()
-            .map(crate::limit::Admission::stats)
-            .unwrap_or_default();
-        let workers = Arc::new(Semaphore::new(self.concurrency));
-        let tracker = TaskTracker::new();
-        let finished = CancellationToken::new();
+    /// Stops the run at the batch deadline unless `finished` fires first.
+    fn spawn_deadline_timer(&self, finished: &CancellationToken) {
         if let Some(deadline) = self.batch_deadline {
-            let run = Arc::clone(run);
+            let run = Arc::clone(&self.run);
             let finished = finished.clone();
             tokio::spawn(async move {
                 tokio::select! {
@@ -289,6 +343,21 @@ impl<S: Strategy> Driver<S> {
                 }
             });
         }
+    }
+
+    async fn drive<I: Stream<Item = Item> + Send + 'static>(self, items: I) {
+        let run = &self.run;
+        run.events.emit(|| crate::observe::Event::BatchStarted);
+        let cooldowns_before = run.scope.cooldown().started_count();
+        let admission_before = run
+            .scope
+            .admission()
+            .map(crate::limit::Admission::stats)
+            .unwrap_or_default();
+        let workers = Arc::new(Semaphore::new(self.concurrency));
+        let tracker = TaskTracker::new();
+        let finished = CancellationToken::new();
+        self.spawn_deadline_timer(&finished);
         let _end_timer = finished.drop_guard();
         let mut items = pin!(items);
         let mut index = 0u64;
@@ -320,12 +389,16 @@ impl<S: Strategy> Driver<S> {
                 item = items.next() => item,
             };
             let Some(item) = item else { break };
+            let Some(item) = self.middleware.iter().try_fold(item, |it, m| m.before(it)) else {
+                continue;
+            };
             let i = index;
             index += 1;
             let run = Arc::clone(run);
             let tx = self.tx.clone();
+            let middleware = Arc::clone(&self.middleware);
             tracker.spawn(async move {
-                let result = process_item(&run, item, i, None).await;
+                let result = after_middleware(&middleware, process_item(&run, item, i, None).await);
                 let _ = tx.send(result).await;
                 drop(permit);
             });
@@ -355,6 +428,14 @@ impl<S: Strategy> Driver<S> {
         {
             *a = adm.stats().since(&admission_before);
         }
+        run.events.emit(|| {
+            let termination = termination.clone();
+            if termination.reason == TerminationReason::Completed {
+                crate::observe::Event::BatchCompleted { termination }
+            } else {
+                crate::observe::Event::BatchAborted { termination }
+            }
+        });
         let _ = self.control.termination.set(termination);
     }
 }

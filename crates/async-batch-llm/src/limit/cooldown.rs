@@ -77,6 +77,7 @@ pub struct Cooldown {
     state: Mutex<State>,
     consecutive: AtomicU32,
     started_count: AtomicU64,
+    ended_reported: AtomicU64,
 }
 
 impl Cooldown {
@@ -87,6 +88,7 @@ impl Cooldown {
             state: Mutex::new(State::default()),
             consecutive: AtomicU32::new(0),
             started_count: AtomicU64::new(0),
+            ended_reported: AtomicU64::new(0),
         }
     }
 
@@ -145,6 +147,13 @@ impl Cooldown {
             "rate limited: cooldown started"
         );
         CooldownOutcome::Started(length)
+    }
+
+    /// True exactly once per cooldown, for the first attempt that goes ahead
+    /// after it ended (to report its end).
+    pub fn take_ended(&self) -> bool {
+        let started = self.started_count.load(Ordering::Relaxed);
+        started > 0 && self.ended_reported.fetch_max(started, Ordering::AcqRel) < started
     }
 
     /// A call in this scope succeeded: the next cooldown is a first one again.
