@@ -88,8 +88,8 @@ pub mod testing;
 pub mod usage;
 
 pub use engine::{
-    BatchConfig, Budget, CallPool, PoolError, PoolSettings, ResultStream, RetryPolicy, StopHandle,
-    StopMode, call, call_result, process_prompts, process_prompts_with, process_stream,
+    BatchConfig, Budget, CallPool, PoolError, PoolSettings, ResultStream, RetryPolicy, StartupRamp,
+    StopHandle, StopMode, call, call_result, process_prompts, process_prompts_with, process_stream,
     process_stream_with,
 };
 pub use error::{

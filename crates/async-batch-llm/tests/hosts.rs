@@ -368,3 +368,33 @@ async fn context_is_carried_and_call_returns_the_output() {
         Some(ErrorCategory::LogicError)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_startup_ramp_adds_workers_step_by_step() {
+    let fake = FakeStrategy::echo()
+        .with_latency(Duration::from_secs(10))
+        .recording();
+    let cfg = BatchConfig {
+        startup_ramp: Some(async_batch_llm::StartupRamp {
+            initial: 2,
+            step: 3,
+            interval: Duration::from_secs(1),
+        }),
+        ..config(10)
+    };
+    let t0 = tokio::time::Instant::now();
+    let batch = process_prompts(fake.clone(), items(40), &cfg)
+        .await
+        .unwrap();
+    assert_eq!(batch.stats.succeeded, 40);
+    let starts: Vec<Duration> = fake.call_starts().iter().map(|s| s.1 - t0).collect();
+    let at = |secs: u64| {
+        starts
+            .iter()
+            .filter(|d| **d == Duration::from_secs(secs))
+            .count()
+    };
+    // 2 at once, then 3 more each second until 10 are busy.
+    assert_eq!((at(0), at(1), at(2), at(3)), (2, 3, 3, 2));
+    assert_eq!(fake.peak_in_flight(), 10);
+}

@@ -22,6 +22,18 @@ pub enum StopMode {
     Cancel,
 }
 
+/// A gentle start: begin with `initial` workers and add `step` every
+/// `interval` until the configured concurrency is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartupRamp {
+    /// Workers at the start.
+    pub initial: usize,
+    /// Workers added each interval.
+    pub step: usize,
+    /// Time between additions.
+    pub interval: Duration,
+}
+
 /// Spending limits of a run. Overshoot is bounded by the calls in flight.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Budget {
@@ -137,6 +149,8 @@ pub struct BatchConfig {
     pub observers: Vec<Arc<dyn crate::observe::Observer>>,
     /// Events queued for slow observers before new ones are dropped (65,536).
     pub event_queue: usize,
+    /// Start with fewer workers and add more over time.
+    pub startup_ramp: Option<StartupRamp>,
 }
 
 impl Default for BatchConfig {
@@ -163,6 +177,7 @@ impl Default for BatchConfig {
             stop_mode: StopMode::Drain,
             observers: Vec::new(),
             event_queue: 65_536,
+            startup_ramp: None,
         }
     }
 }
@@ -224,6 +239,11 @@ impl BatchConfig {
         }
         if self.limits.tpm == Some(0) {
             return bad("limits.tpm must be at least 1");
+        }
+        if let Some(r) = self.startup_ramp
+            && (r.initial == 0 || r.step == 0 || r.interval.is_zero())
+        {
+            return bad("startup_ramp needs initial >= 1, step >= 1 and a positive interval");
         }
         if self.budget.max_cost.is_some() && self.budget.prices.is_none() {
             return bad("budget.max_cost needs budget.prices");

@@ -10,7 +10,7 @@ mod prepare;
 mod stream;
 
 pub use call::{call, call_result};
-pub use config::{BatchConfig, Budget, RetryPolicy, StopMode};
+pub use config::{BatchConfig, Budget, RetryPolicy, StartupRamp, StopMode};
 pub use pool::{CallPool, PoolError, PoolSettings};
 pub use stream::{
     MiddlewareList, ResultStream, StopHandle, process_prompts, process_prompts_with,

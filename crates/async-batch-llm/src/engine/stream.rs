@@ -282,6 +282,7 @@ where
         tx,
         control: Arc::clone(&control),
         concurrency: config.concurrency,
+        startup_ramp: config.startup_ramp,
         window: config.reorder_window,
         batch_deadline: config.batch_deadline.map(|d| Instant::now() + d),
         record_unstarted,
@@ -322,6 +323,7 @@ struct Driver<S: Strategy> {
     tx: mpsc::Sender<ItemResult<S::Output>>,
     control: Arc<Control>,
     concurrency: usize,
+    startup_ramp: Option<super::config::StartupRamp>,
     window: Option<usize>,
     batch_deadline: Option<Instant>,
     record_unstarted: bool,
@@ -329,6 +331,27 @@ struct Driver<S: Strategy> {
 }
 
 impl<S: Strategy> Driver<S> {
+    /// Adds workers per the startup ramp until the full concurrency.
+    fn spawn_ramp(&self, workers: &Arc<Semaphore>, finished: &CancellationToken) {
+        let Some(ramp) = self.startup_ramp else {
+            return;
+        };
+        let (workers, finished) = (Arc::clone(workers), finished.clone());
+        let mut have = ramp.initial.min(self.concurrency);
+        let full = self.concurrency;
+        tokio::spawn(async move {
+            while have < full {
+                tokio::select! {
+                    () = finished.cancelled() => return,
+                    () = tokio::time::sleep(ramp.interval) => {}
+                }
+                let add = ramp.step.min(full - have);
+                workers.add_permits(add);
+                have += add;
+            }
+        });
+    }
+
     /// Stops the run at the batch deadline unless `finished` fires first.
     fn spawn_deadline_timer(&self, finished: &CancellationToken) {
         if let Some(deadline) = self.batch_deadline {
@@ -354,10 +377,14 @@ impl<S: Strategy> Driver<S> {
             .admission()
             .map(crate::limit::Admission::stats)
             .unwrap_or_default();
-        let workers = Arc::new(Semaphore::new(self.concurrency));
+        let workers = Arc::new(Semaphore::new(
+            self.startup_ramp
+                .map_or(self.concurrency, |r| r.initial.min(self.concurrency)),
+        ));
         let tracker = TaskTracker::new();
         let finished = CancellationToken::new();
         self.spawn_deadline_timer(&finished);
+        self.spawn_ramp(&workers, &finished);
         let _end_timer = finished.drop_guard();
         let mut items = pin!(items);
         let mut index = 0u64;
