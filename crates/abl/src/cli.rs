@@ -122,6 +122,9 @@ run_args! {
     /// Seconds added to the rate windows, for the transit to the provider (default 0.5).
     #[arg(long, env = "ABL_RATE_MARGIN")]
     rate_margin: Option<f64>,
+    /// How TPM estimates count input tokens: chars (characters / 4) or tiktoken (OpenAI's tokenizer for the model).
+    #[arg(long, env = "ABL_TOKEN_ESTIMATOR", value_parser = ["chars", "tiktoken"])]
+    token_estimator: Option<String>,
     /// Output tokens expected per call, for the TPM estimate (default 256; chars / 4 for the input).
     #[arg(long, env = "ABL_EXPECTED_OUTPUT_TOKENS")]
     expected_output_tokens: Option<u64>,

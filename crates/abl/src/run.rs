@@ -209,6 +209,24 @@ fn prices(a: &RunArgs) -> Option<Prices> {
     }
 }
 
+fn estimator(a: &RunArgs) -> anyhow::Result<Arc<dyn async_batch_llm::TokenEstimator>> {
+    let expected_output = a.expected_output_tokens.unwrap_or(256);
+    Ok(match a.token_estimator.as_deref() {
+        Some("tiktoken") => {
+            let model = a
+                .model
+                .as_deref()
+                .and_then(|m| m.split_once(':'))
+                .map_or("gpt-4o", |(_, m)| m);
+            Arc::new(
+                async_batch_llm::limit::TiktokenEstimator::for_model(model, expected_output)
+                    .map_err(|e| usage(e.to_string()))?,
+            )
+        }
+        _ => Arc::new(CharEstimator { expected_output }),
+    })
+}
+
 /// Checks every line of a file before any call is spent; returns the count.
 fn prescan(path: &str, format: Format, mapping: &Mapping) -> Result<u64, InputError> {
     let mut r = Reader::open(path, format, mapping.clone())?;
@@ -338,9 +356,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             tpm: a.tpm,
             margin: secs(a.rate_margin, "rate-margin")?.unwrap_or(Duration::from_millis(500)),
         },
-        estimator: Some(Arc::new(CharEstimator {
-            expected_output: a.expected_output_tokens.unwrap_or(256),
-        })),
+        estimator: Some(estimator(&a)?),
         budget: Budget {
             max_tokens: a.max_tokens,
             max_cost: a.max_cost,

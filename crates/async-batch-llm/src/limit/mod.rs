@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+#[cfg(feature = "tiktoken")]
+pub use admission::TiktokenEstimator;
 pub use admission::{
     Admission, AdmissionError, AdmissionStats, CharEstimator, RateLimits, Reservation,
     TokenEstimator,
