@@ -83,14 +83,15 @@ pub mod observe;
 pub mod providers;
 mod rand;
 pub mod result;
+pub mod store;
 pub mod strategy;
 pub mod testing;
 pub mod usage;
 
 pub use engine::{
-    BatchConfig, Budget, CallPool, PoolError, PoolSettings, ResultStream, RetryPolicy, StartupRamp,
-    StopHandle, StopMode, call, call_result, process_prompts, process_prompts_with, process_stream,
-    process_stream_with,
+    BatchConfig, Budget, CallPool, PoolError, PoolSettings, ResultStream, RetryPolicy, RunExtras,
+    StartupRamp, StopHandle, StopMode, call, call_result, process_prompts, process_prompts_with,
+    process_stream, process_stream_with,
 };
 pub use error::{
     CallError, DefaultClassifier, Error, ErrorCategory, ErrorClassifier, RetryDecision,

@@ -261,6 +261,8 @@ pub enum TerminationReason {
     FailFast,
     /// The run was stopped by its caller (or the result stream was dropped).
     Aborted,
+    /// A checkpoint write failed; what was recorded before it is kept.
+    CheckpointFailed,
 }
 
 impl TerminationReason {
@@ -272,6 +274,7 @@ impl TerminationReason {
             Self::BudgetExceeded => "budget_exceeded",
             Self::FailFast => "fail_fast",
             Self::Aborted => "aborted",
+            Self::CheckpointFailed => "checkpoint_failed",
         }
     }
 
@@ -280,7 +283,9 @@ impl TerminationReason {
         match self {
             Self::BatchDeadline => ErrorCategory::BatchDeadline,
             Self::BudgetExceeded => ErrorCategory::BudgetExceeded,
-            Self::Completed | Self::FailFast | Self::Aborted => ErrorCategory::Aborted,
+            Self::Completed | Self::FailFast | Self::Aborted | Self::CheckpointFailed => {
+                ErrorCategory::Aborted
+            }
         }
     }
 }

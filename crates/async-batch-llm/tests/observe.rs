@@ -227,7 +227,11 @@ async fn middleware_rewrites_filters_and_sees_errors() {
         preserve_order: true,
         ..BatchConfig::default()
     };
-    let batch = process_prompts_with(fake, items(6), &cfg, vec![mw.clone()])
+    let extras = async_batch_llm::RunExtras {
+        middleware: vec![mw.clone()],
+        ..Default::default()
+    };
+    let batch = process_prompts_with(fake, items(6), &cfg, extras)
         .await
         .unwrap();
     let ids: Vec<&str> = batch.results.iter().map(|r| r.id.as_str()).collect();

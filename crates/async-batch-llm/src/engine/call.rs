@@ -38,6 +38,7 @@ pub async fn call_result<S: Strategy>(
     let mut guard = CleanupOnDrop(Some(Arc::clone(&run)));
     let deadline = config.batch_deadline.map(|d| Instant::now() + d);
     let result = process_item(&run, item, 0, deadline).await;
+    run.emit_terminal(&result);
     guard.0 = None;
     run.cleanup().await;
     Ok(result)

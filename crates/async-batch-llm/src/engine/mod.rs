@@ -13,6 +13,6 @@ pub use call::{call, call_result};
 pub use config::{BatchConfig, Budget, RetryPolicy, StartupRamp, StopMode};
 pub use pool::{CallPool, PoolError, PoolSettings};
 pub use stream::{
-    MiddlewareList, ResultStream, StopHandle, process_prompts, process_prompts_with,
+    MiddlewareList, ResultStream, RunExtras, StopHandle, process_prompts, process_prompts_with,
     process_stream, process_stream_with,
 };

@@ -114,6 +114,30 @@ impl<S: Strategy> Run<S> {
         }
     }
 
+    /// Reports an item's end to observers: once per item, after its
+    /// checkpoint when there is one.
+    pub(crate) fn emit_terminal(&self, r: &ItemResult<S::Output>) {
+        if !self.events.is_active() {
+            return;
+        }
+        let (id, usage, tries) = (r.id.clone(), r.usage, r.tries);
+        self.events.emit(|| match (&r.outcome, r.replayed) {
+            (_, true) => Event::ItemReplayed { id },
+            (Ok(_), false) => Event::ItemCompleted {
+                id,
+                usage,
+                tries,
+                execution: r.timing.execution,
+            },
+            (Err(e), false) => Event::ItemFailed {
+                id,
+                category: e.category,
+                usage,
+                tries,
+            },
+        });
+    }
+
     /// Counts billed usage against the budget; stops the run when spent.
     fn charge(&self, usage: TokenUsage, id: &str) {
         let b = &self.budget;
@@ -287,23 +311,6 @@ pub(crate) async fn process_item<S: Strategy>(
             },
             run.stop_mode == StopMode::Cancel,
         );
-    }
-    if run.events.is_active() {
-        let (id, usage, tries) = (item.id.clone(), acct.usage, acct.tries);
-        run.events.emit(|| match &outcome {
-            Ok(_) => Event::ItemCompleted {
-                id,
-                usage,
-                tries,
-                execution: acct.timing.execution,
-            },
-            Err(e) => Event::ItemFailed {
-                id,
-                category: e.category,
-                usage,
-                tries,
-            },
-        });
     }
     finish(item, index, outcome, acct, start.elapsed())
 }

@@ -174,6 +174,7 @@ impl<S: Strategy> CallPool<S> {
             });
         };
         let result = process_item(&self.run, item, index, deadline).await;
+        self.run.emit_terminal(&result);
         drop(permit);
         Ok(result)
     }

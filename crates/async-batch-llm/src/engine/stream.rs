@@ -18,10 +18,38 @@ use crate::error::Error;
 use crate::item::Item;
 use crate::observe::Middleware;
 use crate::result::{BatchResult, ItemResult, Termination, TerminationReason};
+use crate::store::{Checkpoint, item_fingerprint};
 use crate::strategy::Strategy;
 
 /// Middleware for the items of one run.
 pub type MiddlewareList<T> = Vec<Arc<dyn Middleware<T>>>;
+
+/// Parts of a run that depend on its output type.
+pub struct RunExtras<T> {
+    /// Middleware, applied in order.
+    pub middleware: MiddlewareList<T>,
+    /// A checkpoint: replay matching records, record every result before
+    /// it is published.
+    pub checkpoint: Option<Arc<Checkpoint<T>>>,
+}
+
+impl<T> Default for RunExtras<T> {
+    fn default() -> Self {
+        Self {
+            middleware: Vec::new(),
+            checkpoint: None,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for RunExtras<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunExtras")
+            .field("middleware", &self.middleware.len())
+            .field("checkpoint", &self.checkpoint.is_some())
+            .finish()
+    }
+}
 
 /// State the driver and the consumer share.
 struct Control {
@@ -177,23 +205,25 @@ where
     S: Strategy,
     I: Stream<Item = Item> + Send + 'static,
 {
-    start(strategy.into(), items, config, false, Vec::new())
+    start(strategy.into(), items, config, false, RunExtras::default())
 }
 
-/// [`process_stream`] with middleware: `before` may rewrite or filter each
-/// item as it is read (a filtered item is not accepted and has no result),
-/// `after` may rewrite each output, `on_error` sees each failure.
+/// [`process_stream`] with middleware and a checkpoint. Middleware
+/// `before` may rewrite or filter each item as it is read (a filtered item
+/// is not accepted and has no result), `after` may rewrite each output,
+/// `on_error` sees each failure. With a checkpoint, matching records are
+/// replayed and every new result is committed before it is yielded.
 pub fn process_stream_with<S, I>(
     strategy: impl Into<Arc<S>>,
     items: I,
     config: &BatchConfig,
-    middleware: MiddlewareList<S::Output>,
+    extras: RunExtras<S::Output>,
 ) -> Result<ResultStream<S::Output>, Error>
 where
     S: Strategy,
     I: Stream<Item = Item> + Send + 'static,
 {
-    start(strategy.into(), items, config, false, middleware)
+    start(strategy.into(), items, config, false, extras)
 }
 
 /// Processes every item and collects the results into a [`BatchResult`]
@@ -208,15 +238,16 @@ where
     S: Strategy,
     I: IntoIterator<Item = Item>,
 {
-    process_prompts_with(strategy, items, config, Vec::new()).await
+    process_prompts_with(strategy, items, config, RunExtras::default()).await
 }
 
-/// [`process_prompts`] with middleware (see [`process_stream_with`]).
+/// [`process_prompts`] with middleware and a checkpoint (see
+/// [`process_stream_with`]).
 pub async fn process_prompts_with<S, I>(
     strategy: impl Into<Arc<S>>,
     items: I,
     config: &BatchConfig,
-    middleware: MiddlewareList<S::Output>,
+    extras: RunExtras<S::Output>,
 ) -> Result<BatchResult<S::Output>, Error>
 where
     S: Strategy,
@@ -230,7 +261,7 @@ where
         futures::stream::iter(items),
         config,
         true,
-        middleware,
+        extras,
     )?;
     let mut results = Vec::with_capacity(n);
     while let Some(r) = stream.next().await {
@@ -253,7 +284,7 @@ fn start<S, I>(
     items: I,
     config: &BatchConfig,
     record_unstarted: bool,
-    middleware: MiddlewareList<S::Output>,
+    extras: RunExtras<S::Output>,
 ) -> Result<ResultStream<S::Output>, Error>
 where
     S: Strategy,
@@ -286,7 +317,8 @@ where
         window: config.reorder_window,
         batch_deadline: config.batch_deadline.map(|d| Instant::now() + d),
         record_unstarted,
-        middleware: middleware.into(),
+        middleware: extras.middleware.into(),
+        checkpoint: extras.checkpoint,
     };
     tokio::spawn(driver.drive(items));
     Ok(ResultStream {
@@ -296,6 +328,50 @@ where
         control,
         stop,
     })
+}
+
+/// One item with a checkpoint: replay a matching record, or process the
+/// item and commit its result before it is published. Stops are not
+/// recorded (those items run again on resume).
+async fn checkpointed<S: Strategy>(
+    run: &Run<S>,
+    cp: &Checkpoint<S::Output>,
+    middleware: &[Arc<dyn Middleware<S::Output>>],
+    item: Item,
+    index: u64,
+) -> ItemResult<S::Output> {
+    let fail = |e: &Error| {
+        run.stop.trigger(
+            Termination {
+                reason: TerminationReason::CheckpointFailed,
+                message: Some(e.to_string()),
+                ..Termination::new(TerminationReason::CheckpointFailed)
+            },
+            false,
+        );
+    };
+    let fp = item_fingerprint(&item);
+    match cp.replay(&item, &fp, index) {
+        Ok(Some(r)) => return r,
+        Ok(None) => {}
+        Err(e) => {
+            fail(&e);
+            return run.unstarted(item, index);
+        }
+    }
+    let prompt = cp.stores_inputs().then(|| item.prompt.clone());
+    let result = after_middleware(middleware, process_item(run, item, index, None).await);
+    let stopped = result.error().is_some_and(|e| e.category.is_stop());
+    if !stopped {
+        let committed = match cp.encode_record(&result, fp, prompt) {
+            Ok(rec) => cp.commit(rec).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            fail(&e);
+        }
+    }
+    result
 }
 
 /// Applies `after` to a success and `on_error` to a failure.
@@ -328,6 +404,7 @@ struct Driver<S: Strategy> {
     batch_deadline: Option<Instant>,
     record_unstarted: bool,
     middleware: Arc<[Arc<dyn Middleware<S::Output>>]>,
+    checkpoint: Option<Arc<Checkpoint<S::Output>>>,
 }
 
 impl<S: Strategy> Driver<S> {
@@ -424,8 +501,13 @@ impl<S: Strategy> Driver<S> {
             let run = Arc::clone(run);
             let tx = self.tx.clone();
             let middleware = Arc::clone(&self.middleware);
+            let checkpoint = self.checkpoint.clone();
             tracker.spawn(async move {
-                let result = after_middleware(&middleware, process_item(&run, item, i, None).await);
+                let result = match checkpoint {
+                    None => after_middleware(&middleware, process_item(&run, item, i, None).await),
+                    Some(cp) => checkpointed(&run, &cp, &middleware, item, i).await,
+                };
+                run.emit_terminal(&result);
                 let _ = tx.send(result).await;
                 drop(permit);
             });
@@ -441,6 +523,12 @@ impl<S: Strategy> Driver<S> {
         }
         tracker.close();
         tracker.wait().await;
+        self.finish(cooldowns_before, admission_before).await;
+    }
+
+    /// Cleanup, the run's figures and its termination, then the end event.
+    async fn finish(&self, cooldowns_before: u64, admission_before: crate::limit::AdmissionStats) {
+        let run = &self.run;
         let termination = run
             .stop
             .termination()

@@ -1,0 +1,237 @@
+//! The JSONL store: a manifest line, then one record per line, append-only.
+//! A torn last line (a crash mid-write) is cut off on open, so that item
+//! runs again.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+use super::{CHECKPOINT_SCHEMA, CheckpointStore, Identity, Manifest, Record};
+use crate::error::Error;
+
+struct State {
+    file: File,
+    end: u64,
+    /// id → (offset, length) of its latest line.
+    index: HashMap<String, (u64, u32)>,
+    /// ids in first-write order, for `for_each`.
+    order: Vec<String>,
+}
+
+/// Append-only JSONL checkpoint.
+pub struct JsonlStore {
+    path: PathBuf,
+    fsync: bool,
+    manifest: Option<Manifest>,
+    state: Mutex<State>,
+    reader: File,
+    repaired: Option<u64>,
+}
+
+impl std::fmt::Debug for JsonlStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonlStore")
+            .field("path", &self.path)
+            .field("fsync", &self.fsync)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn bad(path: &Path, line: u64, message: impl Into<String>) -> Error {
+    Error::Format {
+        place: format!("{}:{line}", path.display()),
+        message: message.into(),
+    }
+}
+
+impl JsonlStore {
+    /// Opens (or creates) the store at `path` for a run of `identity`;
+    /// `fsync` makes every commit durable against power loss, not just a
+    /// process crash.
+    pub fn open(path: impl AsRef<Path>, identity: &Identity, fsync: bool) -> Result<Self, Error> {
+        let path = path.as_ref().to_path_buf();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        let mut index = HashMap::new();
+        let mut order = Vec::new();
+        let mut manifest = None;
+        let mut good_end = 0u64;
+        let mut repaired = None;
+        {
+            let mut reader = BufReader::new(File::open(&path).map_err(|e| io(&path, e))?);
+            let mut line = String::new();
+            let mut offset = 0u64;
+            let mut n = 0u64;
+            loop {
+                line.clear();
+                let read = reader.read_line(&mut line).map_err(|e| io(&path, e))?;
+                if read == 0 {
+                    break;
+                }
+                n += 1;
+                let complete = line.ends_with('\n');
+                let text = line.trim_end();
+                let parsed: Result<Value, _> = serde_json::from_str(text);
+                match (complete, parsed) {
+                    (true, Ok(v)) if n == 1 && v.get("schema").is_some() => {
+                        let m: Manifest = serde_json::from_value(v)
+                            .map_err(|e| bad(&path, 1, format!("bad manifest: {e}")))?;
+                        if m.schema != CHECKPOINT_SCHEMA {
+                            return Err(bad(
+                                &path,
+                                1,
+                                format!("not a checkpoint (schema {:?})", m.schema),
+                            ));
+                        }
+                        manifest = Some(m);
+                    }
+                    (true, Ok(_)) => {
+                        let rec = Record::from_json(text).map_err(|e| bad(&path, n, e))?;
+                        if !index.contains_key(&rec.id) {
+                            order.push(rec.id.clone());
+                        }
+                        let len = u32::try_from(text.len())
+                            .map_err(|_| bad(&path, n, "record too long"))?;
+                        index.insert(rec.id, (offset, len));
+                    }
+                    // The last line, cut short by a crash: repaired below.
+                    (false, _) => {
+                        repaired = Some(n);
+                        break;
+                    }
+                    (true, Err(e)) => {
+                        // A bad line that is not the last cannot be a torn write.
+                        let mut rest = String::new();
+                        let more = reader.read_line(&mut rest).map_err(|e| io(&path, e))?;
+                        if more > 0 {
+                            return Err(bad(&path, n, format!("not a checkpoint record: {e}")));
+                        }
+                        repaired = Some(n);
+                        break;
+                    }
+                }
+                offset += read as u64;
+                good_end = offset;
+            }
+        }
+        if repaired.is_some() {
+            file.set_len(good_end).map_err(|e| io(&path, e))?;
+            tracing::warn!(path = %path.display(), line = repaired, "checkpoint: cut off a torn last line; that item runs again");
+        }
+        file.seek(SeekFrom::Start(good_end))
+            .map_err(|e| io(&path, e))?;
+        if manifest.is_none() && good_end == 0 {
+            let m = Manifest::new(identity);
+            let mut line = serde_json::to_string(&m).map_err(|e| bad(&path, 1, e.to_string()))?;
+            line.push('\n');
+            file.write_all(line.as_bytes()).map_err(|e| io(&path, e))?;
+            file.flush().map_err(|e| io(&path, e))?;
+            good_end = line.len() as u64;
+            manifest = Some(m);
+        }
+        let reader = File::open(&path).map_err(|e| io(&path, e))?;
+        Ok(Self {
+            path,
+            fsync,
+            manifest,
+            state: Mutex::new(State {
+                file,
+                end: good_end,
+                index,
+                order,
+            }),
+            reader,
+            repaired,
+        })
+    }
+
+    /// The line number of a torn last line that was cut off on open.
+    pub fn repaired_line(&self) -> Option<u64> {
+        self.repaired
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn read(&self, offset: u64, len: u32) -> Result<Record, Error> {
+        let mut buf = vec![0u8; len as usize];
+        self.reader
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| io(&self.path, e))?;
+        let text = std::str::from_utf8(&buf).map_err(|e| bad(&self.path, 0, e.to_string()))?;
+        Record::from_json(text).map_err(|e| Error::Format {
+            place: format!("{} at byte {offset}", self.path.display()),
+            message: e,
+        })
+    }
+}
+
+impl CheckpointStore for JsonlStore {
+    fn lookup(&self, id: &str) -> Result<Option<Record>, Error> {
+        let at = self.lock().index.get(id).copied();
+        at.map(|(o, l)| self.read(o, l)).transpose()
+    }
+
+    fn write_batch(&self, records: &[Record]) -> Result<(), Error> {
+        let mut buf = Vec::with_capacity(records.len() * 256);
+        let mut spans = Vec::with_capacity(records.len());
+        for r in records {
+            let start = buf.len();
+            serde_json::to_writer(&mut buf, r).map_err(|e| bad(&self.path, 0, e.to_string()))?;
+            spans.push((start, buf.len() - start));
+            buf.push(b'\n');
+        }
+        let mut st = self.lock();
+        st.file.write_all(&buf).map_err(|e| io(&self.path, e))?;
+        st.file.flush().map_err(|e| io(&self.path, e))?;
+        if self.fsync {
+            st.file.sync_data().map_err(|e| io(&self.path, e))?;
+        }
+        let base = st.end;
+        for (r, (start, len)) in records.iter().zip(spans) {
+            if !st.index.contains_key(&r.id) {
+                st.order.push(r.id.clone());
+            }
+            st.index
+                .insert(r.id.clone(), (base + start as u64, len as u32));
+        }
+        st.end += buf.len() as u64;
+        Ok(())
+    }
+
+    fn for_each(&self, f: &mut dyn FnMut(Record) -> Result<(), Error>) -> Result<(), Error> {
+        let (order, index) = {
+            let st = self.lock();
+            (st.order.clone(), st.index.clone())
+        };
+        for id in order {
+            if let Some((o, l)) = index.get(&id) {
+                f(self.read(*o, *l)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn manifest(&self) -> Option<Manifest> {
+        self.manifest.clone()
+    }
+}

@@ -1,0 +1,384 @@
+//! Checkpoints: a run that is killed resumes where it stopped, calls no
+//! finished item again, and publishes each item exactly once.
+//!
+//! Every result is written to a [`CheckpointStore`] before it is published
+//! (a writer thread batches commits; the item waits for its commit). On the
+//! next run with the same store, a [`Checkpoint`] replays the records whose
+//! run identity and item fingerprint match, as the [`ResumePolicy`] allows.
+//! Replayed results are marked `replayed` and their tokens are reported
+//! apart from the current run's.
+//!
+//! Two stores share one record format: [`JsonlStore`] (append-only) and
+//! [`SqliteStore`] (WAL, indexed).
+
+mod jsonl;
+mod sqlite;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use jsonl::JsonlStore;
+pub use sqlite::{Durability, SqliteStore};
+use writer::Writer;
+
+use crate::error::{Error, ErrorCategory};
+use crate::item::{Item, Prompt};
+use crate::result::ItemResult;
+
+/// Name of the checkpoint format.
+pub const CHECKPOINT_SCHEMA: &str = "async-batch-llm/checkpoint";
+/// Version of the record format this build writes (it reads 1..=this).
+pub const RECORD_VERSION: u32 = 1;
+
+/// What a run is: records of another identity are never reused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Provider (`openai`, `gemini`, …).
+    pub provider: String,
+    /// Model name.
+    pub model: String,
+    /// Version of the prompt or template; change it to rerun everything.
+    #[serde(default)]
+    pub prompt_version: String,
+    /// Version of the output parser or schema.
+    #[serde(default)]
+    pub parser_version: String,
+    /// Version of the application.
+    #[serde(default)]
+    pub app_version: String,
+    /// Anything else that should invalidate old results.
+    #[serde(default)]
+    pub extra: BTreeMap<String, String>,
+}
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    use std::fmt::Write as _;
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+impl Identity {
+    /// SHA-256 of the identity (key order does not matter).
+    pub fn fingerprint(&self) -> String {
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        sha256_hex(&[&canonical])
+    }
+}
+
+/// SHA-256 of an item's id, prompt and context.
+pub fn item_fingerprint(item: &Item) -> String {
+    let prompt = serde_json::to_vec(&item.prompt).unwrap_or_default();
+    let context = item
+        .context
+        .as_ref()
+        .map(|c| serde_json::to_vec(c).unwrap_or_default())
+        .unwrap_or_default();
+    sha256_hex(&[item.id.as_bytes(), &prompt, &context])
+}
+
+/// One stored result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Record format version.
+    pub v: u32,
+    /// Item id.
+    pub id: String,
+    /// [`item_fingerprint`] of the item.
+    pub item_fp: String,
+    /// [`Identity::fingerprint`] of the run that made it.
+    pub identity_fp: String,
+    /// The result, output as JSON.
+    pub result: ItemResult<Value>,
+    /// The prompt, only when the checkpoint stores inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<Prompt>,
+}
+
+impl Record {
+    /// Reads a record line; older versions are accepted.
+    pub fn from_json(line: &str) -> Result<Self, String> {
+        let r: Record = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        if r.v == 0 || r.v > RECORD_VERSION {
+            return Err(format!(
+                "record version {} is not supported (this build reads 1..={RECORD_VERSION})",
+                r.v
+            ));
+        }
+        Ok(r)
+    }
+}
+
+/// The manifest a store keeps: what made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`CHECKPOINT_SCHEMA`].
+    pub schema: String,
+    /// Record format version.
+    pub version: u32,
+    /// The tool that created the store.
+    pub tool_version: String,
+    /// The identity of the run that created it.
+    pub identity: Identity,
+}
+
+impl Manifest {
+    /// The manifest of a store created now for `identity`.
+    pub fn new(identity: &Identity) -> Self {
+        Self {
+            schema: CHECKPOINT_SCHEMA.into(),
+            version: RECORD_VERSION,
+            tool_version: concat!("async-batch-llm ", env!("CARGO_PKG_VERSION")).into(),
+            identity: identity.clone(),
+        }
+    }
+}
+
+/// Where records live.
+pub trait CheckpointStore: Send + Sync + 'static {
+    /// The latest record of `id`.
+    fn lookup(&self, id: &str) -> Result<Option<Record>, Error>;
+    /// Writes records durably (as the store's durability setting says).
+    /// Called from one writer thread.
+    fn write_batch(&self, records: &[Record]) -> Result<(), Error>;
+    /// Visits every record, latest per id, in write order.
+    fn for_each(&self, f: &mut dyn FnMut(Record) -> Result<(), Error>) -> Result<(), Error>;
+    /// The manifest.
+    fn manifest(&self) -> Option<Manifest>;
+}
+
+/// Which stored results a new run reuses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResumePolicy {
+    /// Reuse nothing (records are still written).
+    None,
+    /// Reuse successes; failed items run again (default).
+    #[default]
+    Successes,
+    /// Reuse successes and failures, except stops and configuration
+    /// failures, which always run again.
+    All,
+}
+
+impl std::str::FromStr for ResumePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "successes" => Ok(Self::Successes),
+            "all" => Ok(Self::All),
+            other => Err(format!(
+                "resume policy {other:?}: expected none, successes or all"
+            )),
+        }
+    }
+}
+
+/// Failures that say nothing about the item: they always run again.
+pub fn always_reruns(category: ErrorCategory) -> bool {
+    category.is_stop()
+        || matches!(
+            category,
+            ErrorCategory::LogicError
+                | ErrorCategory::AdmissionError
+                | ErrorCategory::Authentication
+                | ErrorCategory::PermissionDenied
+                | ErrorCategory::InsufficientBalance
+                | ErrorCategory::QuotaExhausted
+                | ErrorCategory::RateLimitRetriesExceeded
+        )
+}
+
+/// Settings of a [`Checkpoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointOptions {
+    /// What to reuse.
+    pub resume: ResumePolicy,
+    /// Also store prompts and contexts (off: outputs only).
+    pub store_inputs: bool,
+    /// Most records in one commit (1,024).
+    pub batch_rows: usize,
+    /// Longest a record waits for its commit to fill (2 ms).
+    pub batch_delay: std::time::Duration,
+}
+
+impl Default for CheckpointOptions {
+    fn default() -> Self {
+        Self {
+            resume: ResumePolicy::Successes,
+            store_inputs: false,
+            batch_rows: 1024,
+            batch_delay: std::time::Duration::from_millis(2),
+        }
+    }
+}
+
+type Decode<T> = fn(Value) -> Result<T, String>;
+type Encode<T> = fn(&T) -> Result<Value, String>;
+
+/// A store bound to a run: replays matching records, and records every new
+/// result before it is published.
+pub struct Checkpoint<T> {
+    store: Arc<dyn CheckpointStore>,
+    writer: Writer,
+    identity_fp: String,
+    options: CheckpointOptions,
+    encode: Encode<T>,
+    decode: Decode<T>,
+}
+
+impl<T> std::fmt::Debug for Checkpoint<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("identity_fp", &self.identity_fp)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Checkpoint<T> {
+    /// Binds `store` to a run of `identity`.
+    pub fn new(
+        store: Arc<dyn CheckpointStore>,
+        identity: &Identity,
+        options: CheckpointOptions,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            writer: Writer::start(Arc::clone(&store), options.batch_rows, options.batch_delay)?,
+            store,
+            identity_fp: identity.fingerprint(),
+            options,
+            encode: |t| serde_json::to_value(t).map_err(|e| e.to_string()),
+            decode: |v| serde_json::from_value(v).map_err(|e| e.to_string()),
+        })
+    }
+}
+
+impl<T> Checkpoint<T> {
+    /// The stored result of `item` if this run may reuse it, marked replayed.
+    pub fn replay(
+        &self,
+        item: &Item,
+        fingerprint: &str,
+        index: u64,
+    ) -> Result<Option<ItemResult<T>>, Error> {
+        if self.options.resume == ResumePolicy::None {
+            return Ok(None);
+        }
+        let Some(rec) = self.store.lookup(&item.id)? else {
+            return Ok(None);
+        };
+        if rec.identity_fp != self.identity_fp || rec.item_fp != fingerprint {
+            return Ok(None);
+        }
+        let reuse = match &rec.result.outcome {
+            Ok(_) => true,
+            Err(e) => self.options.resume == ResumePolicy::All && !always_reruns(e.category),
+        };
+        if !reuse {
+            return Ok(None);
+        }
+        let r = rec.result;
+        let outcome = match r.outcome {
+            Ok(v) => match (self.decode)(v) {
+                Ok(t) => Ok(t),
+                // A stored output this build cannot read: run the item again.
+                Err(_) => return Ok(None),
+            },
+            Err(e) => Err(e),
+        };
+        Ok(Some(ItemResult {
+            id: r.id,
+            index,
+            outcome,
+            usage: r.usage,
+            attempts: r.attempts,
+            tries: r.tries,
+            timing: r.timing,
+            context: item.context.clone(),
+            replayed: true,
+        }))
+    }
+
+    /// Writes `result` durably; returns once it is committed.
+    pub async fn record(
+        &self,
+        result: &ItemResult<T>,
+        fingerprint: String,
+        prompt: Option<Prompt>,
+    ) -> Result<(), Error>
+    where
+        T: Sync,
+    {
+        let rec = self.encode_record(result, fingerprint, prompt)?;
+        self.commit(rec).await
+    }
+
+    /// Commits a record made by [`encode_record`](Self::encode_record).
+    pub async fn commit(&self, record: Record) -> Result<(), Error> {
+        self.writer.write(record).await
+    }
+
+    /// The record of `result` (output encoded as JSON).
+    pub fn encode_record(
+        &self,
+        result: &ItemResult<T>,
+        fingerprint: String,
+        prompt: Option<Prompt>,
+    ) -> Result<Record, Error> {
+        let outcome = match &result.outcome {
+            Ok(t) => Ok((self.encode)(t).map_err(|e| Error::Format {
+                place: format!("item {}", result.id),
+                message: e,
+            })?),
+            Err(e) => Err(e.clone()),
+        };
+        let rec = Record {
+            v: RECORD_VERSION,
+            id: result.id.clone(),
+            item_fp: fingerprint,
+            identity_fp: self.identity_fp.clone(),
+            result: ItemResult {
+                id: result.id.clone(),
+                index: result.index,
+                outcome,
+                usage: result.usage,
+                attempts: result.attempts,
+                tries: result.tries,
+                timing: result.timing.clone(),
+                context: if self.options.store_inputs {
+                    result.context.clone()
+                } else {
+                    None
+                },
+                replayed: false,
+            },
+            prompt: if self.options.store_inputs {
+                prompt
+            } else {
+                None
+            },
+        };
+        Ok(rec)
+    }
+
+    /// Whether prompts are stored (the host keeps a copy for them).
+    pub fn stores_inputs(&self) -> bool {
+        self.options.store_inputs
+    }
+}

@@ -1,0 +1,321 @@
+//! Checkpoints: records before publication, resume policies, identity and
+//! fingerprints, torn-line repair, both stores.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use async_batch_llm::store::{
+    CheckpointOptions, CheckpointStore, Durability, Identity, JsonlStore, Record, ResumePolicy,
+    SqliteStore,
+};
+use async_batch_llm::testing::{FakeStep, FakeStrategy};
+use async_batch_llm::{
+    BatchConfig, Error, Item, RunExtras, ScopeRegistry, TerminationReason, process_prompts_with,
+    store::Checkpoint,
+};
+
+fn identity(model: &str, prompt_version: &str) -> Identity {
+    Identity {
+        provider: "fake".into(),
+        model: model.into(),
+        prompt_version: prompt_version.into(),
+        ..Identity::default()
+    }
+}
+
+fn items(n: usize) -> Vec<Item> {
+    (0..n)
+        .map(|i| Item::new(format!("i{i}"), format!("i{i}")))
+        .collect()
+}
+
+fn config() -> BatchConfig {
+    BatchConfig {
+        concurrency: 8,
+        scopes: ScopeRegistry::new(),
+        ..BatchConfig::default()
+    }
+}
+
+async fn run(
+    store: Arc<dyn CheckpointStore>,
+    id: &Identity,
+    resume: ResumePolicy,
+    fake: &FakeStrategy,
+    items: Vec<Item>,
+) -> async_batch_llm::BatchResult<String> {
+    let cp = Checkpoint::new(
+        store,
+        id,
+        CheckpointOptions {
+            resume,
+            ..CheckpointOptions::default()
+        },
+    )
+    .unwrap();
+    let extras = RunExtras {
+        checkpoint: Some(Arc::new(cp)),
+        ..RunExtras::default()
+    };
+    process_prompts_with(fake.clone(), items, &config(), extras)
+        .await
+        .unwrap()
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Jsonl,
+    Sqlite,
+}
+
+fn open(kind: Kind, dir: &std::path::Path, id: &Identity) -> Arc<dyn CheckpointStore> {
+    match kind {
+        Kind::Jsonl => Arc::new(JsonlStore::open(dir.join("run.jsonl"), id, false).unwrap()),
+        Kind::Sqlite => {
+            Arc::new(SqliteStore::open(dir.join("run.sqlite"), id, Durability::Normal).unwrap())
+        }
+    }
+}
+
+#[tokio::test]
+async fn resume_reuses_successes_and_reruns_failures_in_both_stores() {
+    for kind in [Kind::Jsonl, Kind::Sqlite] {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity("m", "v1");
+        let first = FakeStrategy::echo().with_item_schedule("i3", vec![FakeStep::Permanent]);
+        let b1 = run(
+            open(kind, dir.path(), &id),
+            &id,
+            ResumePolicy::Successes,
+            &first,
+            items(20),
+        )
+        .await;
+        assert_eq!((b1.stats.succeeded, b1.stats.failed), (19, 1));
+        assert_eq!(first.calls(), 20);
+
+        // Reopen: successes replay without a call; the failure runs again.
+        let second = FakeStrategy::echo();
+        let b2 = run(
+            open(kind, dir.path(), &id),
+            &id,
+            ResumePolicy::Successes,
+            &second,
+            items(20),
+        )
+        .await;
+        assert_eq!(second.calls(), 1);
+        assert_eq!((b2.stats.succeeded, b2.stats.replayed), (20, 19));
+        assert_eq!(
+            b2.stats.usage.total, 15,
+            "only the rerun's tokens count as this run's"
+        );
+        assert_eq!(b2.stats.replayed_usage.total, 19 * 15);
+        let r = b2.results.iter().find(|r| r.id == "i5").unwrap();
+        assert!(r.replayed);
+        assert_eq!(r.output().map(String::as_str), Some("i5"));
+
+        // Resume "all" also reuses failures (not stops or configuration errors).
+        let third = FakeStrategy::echo();
+        run(
+            open(kind, dir.path(), &id),
+            &id,
+            ResumePolicy::All,
+            &third,
+            items(20),
+        )
+        .await;
+        assert_eq!(third.calls(), 0);
+        // "none" reuses nothing.
+        let fourth = FakeStrategy::echo();
+        run(
+            open(kind, dir.path(), &id),
+            &id,
+            ResumePolicy::None,
+            &fourth,
+            items(20),
+        )
+        .await;
+        assert_eq!(fourth.calls(), 20);
+    }
+}
+
+#[tokio::test]
+async fn a_changed_identity_reuses_nothing_and_a_changed_prompt_reruns_only_that_id() {
+    for kind in [Kind::Jsonl, Kind::Sqlite] {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity("m", "v1");
+        run(
+            open(kind, dir.path(), &id),
+            &id,
+            ResumePolicy::Successes,
+            &FakeStrategy::echo(),
+            items(10),
+        )
+        .await;
+        for other in [identity("other-model", "v1"), identity("m", "v2")] {
+            let fake = FakeStrategy::echo();
+            let b = run(
+                open(kind, dir.path(), &other),
+                &other,
+                ResumePolicy::Successes,
+                &fake,
+                items(10),
+            )
+            .await;
+            assert_eq!(
+                (fake.calls(), b.stats.replayed),
+                (10, 0),
+                "identity change reruns all"
+            );
+            // Write the original identity's records again for the next check.
+            run(
+                open(kind, dir.path(), &id),
+                &id,
+                ResumePolicy::None,
+                &FakeStrategy::echo(),
+                items(10),
+            )
+            .await;
+        }
+        let mut changed = items(10);
+        changed[4] = Item::new("i4", "a new prompt for i4");
+        let fake = FakeStrategy::echo().recording();
+        let b = run(
+            open(kind, dir.path(), &id),
+            &id,
+            ResumePolicy::Successes,
+            &fake,
+            changed,
+        )
+        .await;
+        assert_eq!(fake.calls(), 1);
+        assert_eq!(
+            fake.item_log("a new prompt for i4").execute_attempts,
+            vec![1]
+        );
+        assert_eq!(b.stats.replayed, 9);
+    }
+}
+
+#[tokio::test]
+async fn a_torn_last_jsonl_line_is_repaired_and_that_item_reruns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.jsonl");
+    let id = identity("m", "v1");
+    let store: Arc<dyn CheckpointStore> = Arc::new(JsonlStore::open(&path, &id, true).unwrap());
+    run(
+        store,
+        &id,
+        ResumePolicy::Successes,
+        &FakeStrategy::echo(),
+        items(5),
+    )
+    .await;
+    // Simulate a crash mid-write: cut the last record in half.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let last_start = text.trim_end().rfind('\n').unwrap() + 1;
+    let last: Record = serde_json::from_str(text[last_start..].trim_end()).unwrap();
+    std::fs::write(&path, &text[..last_start + (text.len() - last_start) / 2]).unwrap();
+    let store = JsonlStore::open(&path, &id, true).unwrap();
+    assert_eq!(store.repaired_line(), Some(6));
+    assert!(std::fs::read_to_string(&path).unwrap().ends_with('\n'));
+    let fake = FakeStrategy::echo().recording();
+    let b = run(
+        Arc::new(store),
+        &id,
+        ResumePolicy::Successes,
+        &fake,
+        items(5),
+    )
+    .await;
+    assert_eq!(fake.calls(), 1);
+    assert_eq!(
+        fake.item_log(&last.id).execute_attempts,
+        vec![1],
+        "the torn item ran again"
+    );
+    assert_eq!(b.stats.replayed, 4);
+    // A bad line in the middle is not a torn write: a clear error.
+    let mut lines: Vec<String> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines[2] = "{not json".into();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let err = JsonlStore::open(&path, &id, false).unwrap_err().to_string();
+    assert!(err.contains("run.jsonl:3"), "{err}");
+}
+
+struct Broken;
+
+impl CheckpointStore for Broken {
+    fn lookup(&self, _: &str) -> Result<Option<Record>, Error> {
+        Ok(None)
+    }
+    fn write_batch(&self, _: &[Record]) -> Result<(), Error> {
+        Err(Error::Io {
+            path: "/full/disk".into(),
+            source: std::io::Error::other("No space left on device"),
+        })
+    }
+    fn for_each(&self, _: &mut dyn FnMut(Record) -> Result<(), Error>) -> Result<(), Error> {
+        Ok(())
+    }
+    fn manifest(&self) -> Option<async_batch_llm::store::Manifest> {
+        None
+    }
+}
+
+#[tokio::test]
+async fn a_write_failure_stops_the_run_with_its_own_reason() {
+    let id = identity("m", "v1");
+    let b = run(
+        Arc::new(Broken),
+        &id,
+        ResumePolicy::Successes,
+        &FakeStrategy::echo(),
+        items(100),
+    )
+    .await;
+    assert_eq!(b.termination.reason, TerminationReason::CheckpointFailed);
+    assert!(
+        b.termination
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("No space left on device")
+    );
+    assert_eq!(b.results.len(), 100, "every item still has a result");
+}
+
+#[tokio::test]
+async fn sqlite_reopens_read_only_and_keeps_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = identity("m", "v1");
+    run(
+        open(Kind::Sqlite, dir.path(), &id),
+        &id,
+        ResumePolicy::Successes,
+        &FakeStrategy::echo(),
+        items(30),
+    )
+    .await;
+    let ro = SqliteStore::open_read_only(dir.path().join("run.sqlite")).unwrap();
+    assert_eq!(ro.len().unwrap(), 30);
+    assert_eq!(ro.manifest().unwrap().identity, id);
+    let mut n = 0;
+    ro.for_each(&mut |r| {
+        assert!(
+            r.prompt.is_none() && r.result.context.is_none(),
+            "inputs are not stored unless asked"
+        );
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(n, 30);
+    assert!(ro.write_batch(&[]).is_err());
+}
