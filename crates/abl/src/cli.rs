@@ -26,11 +26,14 @@ pub struct Cli {
 pub enum Command {
     /// Run a batch: a data file in, one JSONL record per item out.
     Run(Box<RunArgs>),
+    /// Checkpoint tools.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Run the mock provider as a standalone server.
     MockServer(abl_mock::MockConfig),
-    /// Print the summary of an output file.
+    /// Print the summary of an output file or a checkpoint.
     Summary {
-        /// An output JSONL file written by `abl run`.
+        /// An output JSONL file written by `abl run`, or a checkpoint (.jsonl or .sqlite).
         file: PathBuf,
         /// Also write the summary as JSON to this file.
         #[arg(long)]
@@ -40,7 +43,19 @@ pub enum Command {
 
 macro_rules! run_args {
     ($( $(#[$meta:meta])* $name:ident : $ty:ty ),+ $(,)?) => {
-        /// Settings of `abl run`.
+        /// Checkpoint tools.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// Copy a JSONL checkpoint into a SQLite one.
+    Import {
+        /// The JSONL checkpoint.
+        from: PathBuf,
+        /// The SQLite checkpoint to create or add to.
+        to: PathBuf,
+    },
+}
+
+/// Settings of `abl run`.
         #[derive(Debug, Clone, Default, Args, Deserialize)]
         #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
         pub struct RunArgs {
@@ -173,6 +188,24 @@ run_args! {
     /// Price of a million cached input tokens.
     #[arg(long, env = "ABL_PRICE_CACHED_INPUT")]
     price_cached_input: Option<f64>,
+    /// Checkpoint file (.sqlite/.db for SQLite, else JSONL): every result is recorded before it is written out, and a rerun resumes.
+    #[arg(long, env = "ABL_CHECKPOINT")]
+    checkpoint: Option<PathBuf>,
+    /// What a rerun reuses from the checkpoint: none, successes (default) or all.
+    #[arg(long, env = "ABL_RESUME", value_parser = ["none", "successes", "all"])]
+    resume: Option<String>,
+    /// Version of your prompt; records of another version are not reused.
+    #[arg(long, env = "ABL_PROMPT_VERSION")]
+    prompt_version: Option<String>,
+    /// Version of your application; records of another version are not reused.
+    #[arg(long, env = "ABL_APP_VERSION")]
+    app_version: Option<String>,
+    /// Also store prompts and contexts in the checkpoint.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    store_inputs: Option<bool>,
+    /// Make every checkpoint commit durable against power loss (fsync / synchronous=FULL).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    checkpoint_fsync: Option<bool>,
     /// Write the summary as JSON to this file.
     #[arg(long, env = "ABL_SUMMARY_JSON")]
     summary_json: Option<PathBuf>,

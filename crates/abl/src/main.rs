@@ -37,6 +37,9 @@ fn main() {
                 run::summary(&file, summary_json.as_deref())
             }
             cli::Command::MockServer(config) => mock_server(config).await,
+            cli::Command::Checkpoint(cli::CheckpointCommand::Import { from, to }) => {
+                run::import(&from, &to)
+            }
         };
         match result {
             Ok(code) => code,

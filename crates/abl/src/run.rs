@@ -12,7 +12,7 @@ use async_batch_llm::providers::{ApiKey, HttpOptions, ModelOptions, llm_with};
 use async_batch_llm::{
     BatchConfig, Budget, CharEstimator, CooldownPolicy, DynModel, ErrorCategory, Item, LlmResponse,
     ModelStrategy, Prices, RateLimits, ResponseParser, RetryPolicy, ScopeRegistry, StopMode,
-    SummaryCollector, Termination, TerminationReason, process_stream,
+    SummaryCollector, Termination, TerminationReason,
 };
 use futures::StreamExt as _;
 use serde_json::Value;
@@ -227,6 +227,119 @@ fn estimator(a: &RunArgs) -> anyhow::Result<Arc<dyn async_batch_llm::TokenEstima
     })
 }
 
+fn is_sqlite(path: &Path) -> bool {
+    matches!(
+        path.extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("sqlite" | "sqlite3" | "db")
+    )
+}
+
+/// The run's identity: what must match for a record to be reused.
+fn identity(a: &RunArgs, schema: Option<&str>) -> async_batch_llm::store::Identity {
+    let spec = a.model.clone().unwrap_or_default();
+    let (provider, model) = spec
+        .split_once(':')
+        .map_or((spec.clone(), String::new()), |(p, m)| {
+            (p.to_owned(), m.to_owned())
+        });
+    let mut extra = std::collections::BTreeMap::new();
+    if let Some(s) = &a.system {
+        extra.insert("system".to_owned(), s.clone());
+    }
+    if let Some(t) = a.temperature {
+        extra.insert("temperature".to_owned(), t.to_string());
+    }
+    if let Some(m) = a.max_output_tokens {
+        extra.insert("max_output_tokens".to_owned(), m.to_string());
+    }
+    async_batch_llm::store::Identity {
+        provider,
+        model,
+        prompt_version: a.prompt_version.clone().unwrap_or_default(),
+        parser_version: schema
+            .map(|s| async_batch_llm::key_fingerprint(s))
+            .unwrap_or_default(),
+        app_version: a.app_version.clone().unwrap_or_default(),
+        extra,
+    }
+}
+
+fn open_checkpoint(
+    a: &RunArgs,
+    path: &Path,
+    schema: Option<&str>,
+) -> anyhow::Result<async_batch_llm::store::Checkpoint<Value>> {
+    use async_batch_llm::store::{
+        Checkpoint, CheckpointOptions, CheckpointStore, Durability, JsonlStore, SqliteStore,
+    };
+    let id = identity(a, schema);
+    let fsync = a.checkpoint_fsync.unwrap_or(false);
+    let store: Arc<dyn CheckpointStore> = if is_sqlite(path) {
+        let durability = if fsync {
+            Durability::Full
+        } else {
+            Durability::Normal
+        };
+        Arc::new(SqliteStore::open(path, &id, durability).map_err(|e| usage(e.to_string()))?)
+    } else {
+        let s = JsonlStore::open(path, &id, fsync).map_err(|e| usage(e.to_string()))?;
+        if let Some(line) = s.repaired_line() {
+            eprintln_safe(&format!(
+                "abl: {}:{line}: cut off a torn last line (a crash mid-write); that item runs again",
+                path.display()
+            ));
+        }
+        Arc::new(s)
+    };
+    let resume = a
+        .resume
+        .as_deref()
+        .unwrap_or("successes")
+        .parse()
+        .map_err(|e: String| usage(format!("--resume: {e}")))?;
+    let options = CheckpointOptions {
+        resume,
+        store_inputs: a.store_inputs.unwrap_or(false),
+        ..CheckpointOptions::default()
+    };
+    Checkpoint::new(store, &id, options).map_err(|e| usage(e.to_string()))
+}
+
+/// `abl checkpoint import`: copies a JSONL checkpoint into SQLite.
+pub fn import(from: &Path, to: &Path) -> anyhow::Result<i32> {
+    use async_batch_llm::store::{CheckpointStore, Durability, JsonlStore, SqliteStore};
+    if !from.exists() {
+        return Err(usage(format!("{}: no such checkpoint", from.display())));
+    }
+    let src = JsonlStore::open(from, &async_batch_llm::store::Identity::default(), false)
+        .map_err(|e| usage(e.to_string()))?;
+    let identity = src.manifest().map(|m| m.identity).unwrap_or_default();
+    let dst =
+        SqliteStore::open(to, &identity, Durability::Normal).map_err(|e| usage(e.to_string()))?;
+    let mut batch = Vec::with_capacity(4096);
+    let mut n = 0u64;
+    src.for_each(&mut |r| {
+        batch.push(r);
+        n += 1;
+        if batch.len() == 4096 {
+            dst.write_batch(&batch)?;
+            batch.clear();
+        }
+        Ok(())
+    })
+    .map_err(|e| usage(e.to_string()))?;
+    dst.write_batch(&batch).map_err(|e| usage(e.to_string()))?;
+    eprintln!(
+        "abl: imported {n} records from {} into {}",
+        from.display(),
+        to.display()
+    );
+    Ok(exit::OK)
+}
+
 /// Checks every line of a file before any call is spent; returns the count.
 fn prescan(path: &str, format: Format, mapping: &Mapping) -> Result<u64, InputError> {
     let mut r = Reader::open(path, format, mapping.clone())?;
@@ -263,10 +376,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 .map_err(|e| usage(e.to_string()))?,
         )
     };
+    let mut schema_text = None;
     let schema = match &a.schema {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| usage(format!("{}: cannot read the schema: {e}", p.display())))?;
+            schema_text = Some(text.clone());
             let v: Value = serde_json::from_str(&text)
                 .map_err(|e| usage(format!("{}: not valid JSON: {e}", p.display())))?;
             if !v.is_object() {
@@ -429,7 +544,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
 
     let started = Instant::now();
-    let mut stream = process_stream(strategy, items, &config)?;
+    let checkpoint = match &a.checkpoint {
+        Some(path) => Some(Arc::new(open_checkpoint(&a, path, schema_text.as_deref())?)),
+        None => None,
+    };
+    let extras = async_batch_llm::RunExtras {
+        checkpoint,
+        ..async_batch_llm::RunExtras::default()
+    };
+    let mut stream = async_batch_llm::process_stream_with(strategy, items, &config, extras)?;
     let stop = stream.stop_handle();
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -544,26 +667,65 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     })
 }
 
-/// `abl summary FILE`: the summary of an output file.
+/// `abl summary FILE`: the summary of an output file or a checkpoint.
 pub fn summary(file: &Path, summary_json: Option<&Path>) -> anyhow::Result<i32> {
+    use async_batch_llm::store::{CheckpointStore, JsonlStore, SqliteStore};
     use std::io::BufRead as _;
-    let f = std::fs::File::open(file)
-        .map_err(|e| usage(format!("{}: cannot open: {e}", file.display())))?;
     let mut c = SummaryCollector::default();
-    for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line =
-            line.map_err(|e| usage(format!("{}:{}: cannot read: {e}", file.display(), n + 1)))?;
-        if line.trim().is_empty() {
-            continue;
+    let first_line = if is_sqlite(file) {
+        None
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| usage(format!("{}: cannot open: {e}", file.display())))?;
+        let mut first = String::new();
+        std::io::BufReader::new(f)
+            .read_line(&mut first)
+            .map_err(|e| usage(format!("{}:1: cannot read: {e}", file.display())))?;
+        Some(first)
+    };
+    let is_jsonl_checkpoint = first_line
+        .as_deref()
+        .is_some_and(|l| l.contains(async_batch_llm::store::CHECKPOINT_SCHEMA));
+    if is_sqlite(file) || is_jsonl_checkpoint {
+        let store: Box<dyn CheckpointStore> = if is_sqlite(file) {
+            Box::new(SqliteStore::open_read_only(file).map_err(|e| usage(e.to_string()))?)
+        } else {
+            Box::new(
+                JsonlStore::open(file, &async_batch_llm::store::Identity::default(), false)
+                    .map_err(|e| usage(e.to_string()))?,
+            )
+        };
+        store
+            .for_each(&mut |r| {
+                c.add(&r.result);
+                Ok(())
+            })
+            .map_err(|e| usage(e.to_string()))?;
+        if let Some(m) = store.manifest() {
+            println!(
+                "Checkpoint of {}:{} (prompt version {:?}), made by {}",
+                m.identity.provider, m.identity.model, m.identity.prompt_version, m.tool_version
+            );
         }
-        let r: async_batch_llm::ItemResult<Value> = serde_json::from_str(&line).map_err(|e| {
-            usage(format!(
-                "{}:{}: not a result record: {e}",
-                file.display(),
-                n + 1
-            ))
-        })?;
-        c.add(&r);
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| usage(format!("{}: cannot open: {e}", file.display())))?;
+        for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
+            let line =
+                line.map_err(|e| usage(format!("{}:{}: cannot read: {e}", file.display(), n + 1)))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let r: async_batch_llm::ItemResult<Value> =
+                serde_json::from_str(&line).map_err(|e| {
+                    usage(format!(
+                        "{}:{}: not a result record: {e}",
+                        file.display(),
+                        n + 1
+                    ))
+                })?;
+            c.add(&r);
+        }
     }
     let s = c.finish(Termination::completed(), Duration::ZERO);
     print!("{}", s.render(None));

@@ -378,15 +378,16 @@ impl BatchStats {
     pub fn add<T>(&mut self, r: &ItemResult<T>) {
         self.items += 1;
         if r.replayed {
+            // Calls made by an earlier run: not this run's.
             self.replayed += 1;
             self.replayed_usage += r.usage;
         } else {
             self.usage += r.usage;
+            self.tries += u64::from(r.tries);
+            self.attempts += u64::from(r.attempts);
+            self.rate_limit_retries += u64::from(r.tries.saturating_sub(r.attempts));
+            self.other_retries += u64::from(r.attempts.saturating_sub(1));
         }
-        self.tries += u64::from(r.tries);
-        self.attempts += u64::from(r.attempts);
-        self.rate_limit_retries += u64::from(r.tries.saturating_sub(r.attempts));
-        self.other_retries += u64::from(r.attempts.saturating_sub(1));
         match &r.outcome {
             Ok(_) => self.succeeded += 1,
             Err(e) => {
@@ -895,8 +896,9 @@ mod tests {
         assert_eq!(b.stats.replayed, 1);
         assert_eq!(b.stats.usage, TokenUsage::new(20, 10).with_cached_input(4));
         assert_eq!(b.stats.replayed_usage.total, 15);
-        assert_eq!(b.stats.rate_limit_retries, 3);
-        assert_eq!(b.stats.other_retries, 3);
+        // The replayed result's calls were an earlier run's.
+        assert_eq!(b.stats.rate_limit_retries, 2);
+        assert_eq!(b.stats.other_retries, 2);
         let s = b.summary_with_prices(Some(&Prices::new(1_000_000.0, 0.0)));
         assert!(
             s.contains("Batch completed: 3 items, 2 succeeded, 1 failed, 1 replayed"),

@@ -80,19 +80,17 @@ impl SqliteStore {
         let manifest = if let Some(m) = manifest {
             m
         } else {
-            {
-                let m = Manifest::new(identity);
-                let json = serde_json::to_string(&m).map_err(|e| Error::Format {
-                    place: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                w.execute(
-                    "INSERT OR REPLACE INTO manifest (key, value) VALUES ('manifest', ?1)",
-                    params![json],
-                )
-                .map_err(|e| db(&path, &e))?;
-                m
-            }
+            let m = Manifest::new(identity);
+            let json = serde_json::to_string(&m).map_err(|e| Error::Format {
+                place: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            w.execute(
+                "INSERT OR REPLACE INTO manifest (key, value) VALUES ('manifest', ?1)",
+                params![json],
+            )
+            .map_err(|e| db(&path, &e))?;
+            m
         };
         let r = Connection::open_with_flags(
             &path,
