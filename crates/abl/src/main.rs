@@ -5,6 +5,8 @@ mod input;
 mod progress;
 mod run;
 
+use std::io::Write as _;
+
 use clap::Parser as _;
 
 fn main() {
@@ -65,17 +67,18 @@ async fn mock_server(config: abl_mock::MockConfig) -> anyhow::Result<i32> {
             "cannot start the mock server: {e}"
         )))
     })?;
-    println!("abl mock-server listening on {}", server.base_url());
-    println!(
-        "  OpenAI:    {}/v1  (responses, chat/completions)",
-        server.base_url()
+    // Nobody may be reading stdout: a closed pipe must not stop the server.
+    let mut out = std::io::stdout();
+    let base = server.base_url();
+    let _ = writeln!(out, "abl mock-server listening on {base}");
+    let _ = writeln!(out, "  OpenAI:    {base}/v1  (responses, chat/completions)");
+    let _ = writeln!(
+        out,
+        "  Gemini:    {base}     (v1beta/models/MODEL:generateContent, cachedContents)"
     );
-    println!(
-        "  Gemini:    {}     (v1beta/models/MODEL:generateContent, cachedContents)",
-        server.base_url()
-    );
-    println!("  Anthropic: {}     (v1/messages)", server.base_url());
-    println!("  Stats:     {}/stats", server.base_url());
+    let _ = writeln!(out, "  Anthropic: {base}     (v1/messages)");
+    let _ = writeln!(out, "  Stats:     {base}/stats");
+    let _ = out.flush();
     let _ = tokio::signal::ctrl_c().await;
     server.shutdown().await;
     Ok(run::exit::OK)
