@@ -260,7 +260,7 @@ fn identity(a: &RunArgs, schema: Option<&str>) -> async_batch_llm::store::Identi
         model,
         prompt_version: a.prompt_version.clone().unwrap_or_default(),
         parser_version: schema
-            .map(|s| async_batch_llm::key_fingerprint(s))
+            .map(async_batch_llm::key_fingerprint)
             .unwrap_or_default(),
         app_version: a.app_version.clone().unwrap_or_default(),
         extra,
