@@ -322,7 +322,7 @@ pub fn import(from: &Path, to: &Path) -> anyhow::Result<i32> {
     let mut batch = Vec::with_capacity(4096);
     let mut n = 0u64;
     src.for_each(&mut |r| {
-        batch.push(r);
+        batch.push(async_batch_llm::store::EncodedRecord::new(&r)?);
         n += 1;
         if batch.len() == 4096 {
             dst.write_batch(&batch)?;

@@ -255,7 +255,7 @@ impl CheckpointStore for Broken {
     fn lookup(&self, _: &str) -> Result<Option<Record>, Error> {
         Ok(None)
     }
-    fn write_batch(&self, _: &[Record]) -> Result<(), Error> {
+    fn write_batch(&self, _: &[async_batch_llm::store::EncodedRecord]) -> Result<(), Error> {
         Err(Error::Io {
             path: "/full/disk".into(),
             source: std::io::Error::other("No space left on device"),

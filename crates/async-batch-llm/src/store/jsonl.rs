@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
-use super::{CHECKPOINT_SCHEMA, CheckpointStore, Identity, Manifest, Record};
+use super::{CHECKPOINT_SCHEMA, CheckpointStore, EncodedRecord, Identity, Manifest, Record};
 use crate::error::Error;
 
 struct State {
@@ -191,13 +191,12 @@ impl CheckpointStore for JsonlStore {
         at.map(|(o, l)| self.read(o, l)).transpose()
     }
 
-    fn write_batch(&self, records: &[Record]) -> Result<(), Error> {
-        let mut buf = Vec::with_capacity(records.len() * 256);
+    fn write_batch(&self, records: &[EncodedRecord]) -> Result<(), Error> {
+        let mut buf = Vec::with_capacity(records.iter().map(|r| r.body.len() + 1).sum());
         let mut spans = Vec::with_capacity(records.len());
         for r in records {
-            let start = buf.len();
-            serde_json::to_writer(&mut buf, r).map_err(|e| bad(&self.path, 0, e.to_string()))?;
-            spans.push((start, buf.len() - start));
+            spans.push((buf.len(), r.body.len()));
+            buf.extend_from_slice(r.body.as_bytes());
             buf.push(b'\n');
         }
         let mut st = self.lock();

@@ -123,6 +123,40 @@ impl Record {
     }
 }
 
+/// A record serialized for a store, with the fields stores index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedRecord {
+    /// Item id.
+    pub id: String,
+    /// Item fingerprint.
+    pub item_fp: String,
+    /// Identity fingerprint.
+    pub identity_fp: String,
+    /// Whether the item succeeded.
+    pub ok: bool,
+    /// The failure category, if any.
+    pub category: Option<&'static str>,
+    /// The whole record as one JSON line.
+    pub body: String,
+}
+
+impl EncodedRecord {
+    /// Serializes a record.
+    pub fn new(r: &Record) -> Result<Self, Error> {
+        Ok(Self {
+            id: r.id.clone(),
+            item_fp: r.item_fp.clone(),
+            identity_fp: r.identity_fp.clone(),
+            ok: r.result.outcome.is_ok(),
+            category: r.result.outcome.as_ref().err().map(|e| e.category.as_str()),
+            body: serde_json::to_string(r).map_err(|e| Error::Format {
+                place: format!("record {}", r.id),
+                message: e.to_string(),
+            })?,
+        })
+    }
+}
+
 /// The manifest a store keeps: what made it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -154,11 +188,16 @@ pub trait CheckpointStore: Send + Sync + 'static {
     fn lookup(&self, id: &str) -> Result<Option<Record>, Error>;
     /// Writes records durably (as the store's durability setting says).
     /// Called from one writer thread.
-    fn write_batch(&self, records: &[Record]) -> Result<(), Error>;
-    /// Visits every record, latest per id, in write order.
+    fn write_batch(&self, records: &[EncodedRecord]) -> Result<(), Error>;
+    /// Visits every record, latest per id.
     fn for_each(&self, f: &mut dyn FnMut(Record) -> Result<(), Error>) -> Result<(), Error>;
     /// The manifest.
     fn manifest(&self) -> Option<Manifest>;
+    /// False when the store held no record when it was opened, so this
+    /// run's items cannot be in it (lookups are skipped).
+    fn had_records_at_open(&self) -> bool {
+        true
+    }
 }
 
 /// Which stored results a new run reuses.
@@ -235,6 +274,7 @@ type Encode<T> = fn(&T) -> Result<Value, String>;
 /// result before it is published.
 pub struct Checkpoint<T> {
     store: Arc<dyn CheckpointStore>,
+    fresh: bool,
     writer: Writer,
     identity_fp: String,
     options: CheckpointOptions,
@@ -260,6 +300,7 @@ impl<T: Serialize + DeserializeOwned> Checkpoint<T> {
     ) -> Result<Self, Error> {
         Ok(Self {
             writer: Writer::start(Arc::clone(&store), options.batch_rows, options.batch_delay)?,
+            fresh: !store.had_records_at_open(),
             store,
             identity_fp: identity.fingerprint(),
             options,
@@ -277,7 +318,7 @@ impl<T> Checkpoint<T> {
         fingerprint: &str,
         index: u64,
     ) -> Result<Option<ItemResult<T>>, Error> {
-        if self.options.resume == ResumePolicy::None {
+        if self.options.resume == ResumePolicy::None || self.fresh {
             return Ok(None);
         }
         let Some(rec) = self.store.lookup(&item.id)? else {
@@ -331,7 +372,9 @@ impl<T> Checkpoint<T> {
 
     /// Commits a record made by [`encode_record`](Self::encode_record).
     pub async fn commit(&self, record: Record) -> Result<(), Error> {
-        self.writer.write(record).await
+        // Serialized here, on the caller's thread, so the one writer thread
+        // only writes.
+        self.writer.write(EncodedRecord::new(&record)?).await
     }
 
     /// The record of `result` (output encoded as JSON).

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 
-use super::{CheckpointStore, Identity, Manifest, Record};
+use super::{CheckpointStore, EncodedRecord, Identity, Manifest, Record};
 use crate::error::Error;
 
 /// How durable each commit is.
@@ -24,8 +24,27 @@ pub enum Durability {
 pub struct SqliteStore {
     path: PathBuf,
     writer: Option<Mutex<Connection>>,
-    reader: Mutex<Connection>,
+    /// Several read connections: lookups from different threads never wait
+    /// on each other (WAL lets them read beside the writer).
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
     manifest: Option<Manifest>,
+    had_records: bool,
+}
+
+const READERS: usize = 4;
+
+fn open_readers(path: &Path) -> Result<Vec<Mutex<Connection>>, Error> {
+    (0..READERS)
+        .map(|_| {
+            Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map(Mutex::new)
+            .map_err(|e| db(path, &e))
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -92,16 +111,18 @@ impl SqliteStore {
             .map_err(|e| db(&path, &e))?;
             m
         };
-        let r = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| db(&path, &e))?;
+        let had_records = w
+            .query_row("SELECT EXISTS (SELECT 1 FROM records)", [], |r| {
+                r.get::<_, bool>(0)
+            })
+            .map_err(|e| db(&path, &e))?;
         Ok(Self {
+            readers: open_readers(&path)?,
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
             path,
             writer: Some(Mutex::new(w)),
-            reader: Mutex::new(r),
             manifest: Some(manifest),
+            had_records,
         })
     }
 
@@ -120,20 +141,36 @@ impl SqliteStore {
         )
         .map_err(|e| db(&path, &e))?;
         let manifest = read_manifest(&r, &path)?;
+        drop(r);
         Ok(Self {
+            readers: open_readers(&path)?,
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
             path,
             writer: None,
-            reader: Mutex::new(r),
             manifest,
+            had_records: true,
         })
+    }
+
+    /// A read connection: a free one if any, else the next in turn.
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        for r in &self.readers {
+            if let Ok(guard) = r.try_lock() {
+                return guard;
+            }
+        }
+        let i = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % self.readers.len();
+        self.readers[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Number of records.
     pub fn len(&self) -> Result<u64, Error> {
-        let r = self
-            .reader
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = self.reader();
         r.query_row("SELECT count(*) FROM records", [], |row| {
             row.get::<_, i64>(0)
         })
@@ -178,10 +215,7 @@ fn read_manifest(c: &Connection, path: &Path) -> Result<Option<Manifest>, Error>
 
 impl CheckpointStore for SqliteStore {
     fn lookup(&self, id: &str) -> Result<Option<Record>, Error> {
-        let r = self
-            .reader
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = self.reader();
         let mut stmt = r
             .prepare_cached("SELECT body FROM records WHERE id = ?1")
             .map_err(|e| db(&self.path, &e))?;
@@ -198,7 +232,7 @@ impl CheckpointStore for SqliteStore {
         .transpose()
     }
 
-    fn write_batch(&self, records: &[Record]) -> Result<(), Error> {
+    fn write_batch(&self, records: &[EncodedRecord]) -> Result<(), Error> {
         let Some(w) = &self.writer else {
             return Err(Error::Config(format!(
                 "{}: opened read-only",
@@ -212,18 +246,13 @@ impl CheckpointStore for SqliteStore {
                 .prepare_cached("INSERT OR REPLACE INTO records (id, item_fp, identity_fp, ok, category, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
                 .map_err(|e| db(&self.path, &e))?;
             for r in records {
-                let body = serde_json::to_string(r).map_err(|e| Error::Format {
-                    place: self.path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                let category = r.result.outcome.as_ref().err().map(|e| e.category.as_str());
                 stmt.execute(params![
                     r.id,
                     r.item_fp,
                     r.identity_fp,
-                    r.result.outcome.is_ok(),
-                    category,
-                    body
+                    r.ok,
+                    r.category,
+                    r.body
                 ])
                 .map_err(|e| db(&self.path, &e))?;
             }
@@ -232,12 +261,9 @@ impl CheckpointStore for SqliteStore {
     }
 
     fn for_each(&self, f: &mut dyn FnMut(Record) -> Result<(), Error>) -> Result<(), Error> {
-        let r = self
-            .reader
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let r = self.reader();
         let mut stmt = r
-            .prepare("SELECT id, body FROM records ORDER BY rowid")
+            .prepare("SELECT id, body FROM records")
             .map_err(|e| db(&self.path, &e))?;
         let mut rows = stmt.query([]).map_err(|e| db(&self.path, &e))?;
         while let Some(row) = rows.next().map_err(|e| db(&self.path, &e))? {
@@ -253,5 +279,9 @@ impl CheckpointStore for SqliteStore {
 
     fn manifest(&self) -> Option<Manifest> {
         self.manifest.clone()
+    }
+
+    fn had_records_at_open(&self) -> bool {
+        self.had_records
     }
 }

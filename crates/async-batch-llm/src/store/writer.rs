@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{CheckpointStore, Record};
+use super::{CheckpointStore, EncodedRecord};
 use crate::error::Error;
 
-type Job = (Record, oneshot::Sender<Result<(), String>>);
+type Job = (EncodedRecord, oneshot::Sender<Result<(), String>>);
 
 pub(super) struct Writer {
     tx: Sender<Job>,
@@ -30,7 +30,7 @@ impl Writer {
         Ok(Self { tx })
     }
 
-    pub(super) async fn write(&self, record: Record) -> Result<(), Error> {
+    pub(super) async fn write(&self, record: EncodedRecord) -> Result<(), Error> {
         let (ack, done) = oneshot::channel();
         let id = record.id.clone();
         let gone = || Error::Format {
@@ -50,7 +50,7 @@ impl Writer {
 }
 
 fn run(store: &dyn CheckpointStore, rx: &Receiver<Job>, rows: usize, delay: Duration) {
-    let mut records: Vec<Record> = Vec::with_capacity(rows);
+    let mut records: Vec<EncodedRecord> = Vec::with_capacity(rows);
     let mut acks: Vec<oneshot::Sender<Result<(), String>>> = Vec::with_capacity(rows);
     while let Ok((first, ack)) = rx.recv() {
         records.push(first);
