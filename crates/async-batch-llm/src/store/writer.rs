@@ -57,13 +57,17 @@ fn run(store: &dyn CheckpointStore, rx: &Receiver<Job>, rows: usize, delay: Dura
         acks.push(ack);
         let until = Instant::now() + delay;
         while records.len() < rows {
-            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                Ok((r, ack)) => {
-                    records.push(r);
-                    acks.push(ack);
+            let next = if delay.is_zero() {
+                rx.try_recv().ok()
+            } else {
+                match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(job) => Some(job),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-            }
+            };
+            let Some((r, ack)) = next else { break };
+            records.push(r);
+            acks.push(ack);
         }
         let outcome = store.write_batch(&records).map_err(|e| e.to_string());
         records.clear();
