@@ -2,7 +2,7 @@
 //! (bounded by rows and by time) and each item waits for its commit.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -60,10 +60,8 @@ fn run(store: &dyn CheckpointStore, rx: &Receiver<Job>, rows: usize, delay: Dura
             let next = if delay.is_zero() {
                 rx.try_recv().ok()
             } else {
-                match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                    Ok(job) => Some(job),
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-                }
+                rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+                    .ok()
             };
             let Some((r, ack)) = next else { break };
             records.push(r);
