@@ -388,9 +388,16 @@ fn sigint_with_200_calls_in_flight_exits_130_with_an_intact_output() {
     assert_eq!(ids.len(), outs.len());
     // The calls in flight finished (drain); nothing else started.
     assert!(outs.len() >= 200 && outs.len() < 2000, "{}", outs.len());
+    // Calls in flight finish; items accepted but not yet started end cleanly
+    // as aborted, with no call made.
+    for r in &outs {
+        let finished = r["ok"] == true;
+        let not_started = r["error"]["category"] == "aborted" && r["tries"] == 0;
+        assert!(finished || not_started, "{r}");
+    }
     assert!(
-        outs.iter().all(|r| r["ok"] == true),
-        "in-flight calls finish on the first Ctrl-C"
+        outs.iter().filter(|r| r["ok"] == true).count() >= 200,
+        "the calls in flight finished"
     );
     assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
 }

@@ -259,7 +259,7 @@ impl BatchConfig {
         }
     }
 
-    pub(crate) fn result_buffer(&self) -> usize {
+    pub(crate) fn effective_result_buffer(&self) -> usize {
         if self.result_buffer == 0 {
             self.concurrency
         } else {

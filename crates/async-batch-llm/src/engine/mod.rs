@@ -1,4 +1,4 @@
-//! The engine: one per-item pipeline ([`pipeline`]) and the hosts that drive
+//! The engine: one per-item pipeline (`pipeline.rs`) and the hosts that drive
 //! it: [`process_prompts`], [`process_stream`], [`call`]/[`call_result`] and
 //! [`CallPool`].
 

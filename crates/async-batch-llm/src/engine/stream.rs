@@ -292,7 +292,7 @@ where
 {
     config.validate()?;
     let run = Arc::new(Run::new(strategy, config));
-    let (tx, rx) = mpsc::channel(config.result_buffer());
+    let (tx, rx) = mpsc::channel(config.effective_result_buffer());
     let control = Arc::new(Control {
         emitted: AtomicU64::new(0),
         notify: Notify::new(),
