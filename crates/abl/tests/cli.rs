@@ -366,7 +366,8 @@ fn sigint_with_200_calls_in_flight_exits_130_with_an_intact_output() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The whole run takes ~2 s; at 1 s calls are surely in flight.
+    std::thread::sleep(Duration::from_millis(1000));
     let t = Instant::now();
     assert!(
         Command::new("kill")
