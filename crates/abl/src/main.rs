@@ -47,7 +47,7 @@ fn main() {
             Ok(code) => code,
             Err(e) => {
                 let usage = e.downcast_ref::<run::UsageError>().is_some();
-                eprintln!("abl: error: {}", run::internal(&e));
+                eprintln!("abl: error: {e:#}");
                 if usage {
                     run::exit::USAGE
                 } else {

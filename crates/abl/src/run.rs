@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, anyhow, bail};
-use async_batch_llm::limit::ScopeSettings;
+use anyhow::{Context as _, bail};
 use async_batch_llm::providers::{ApiKey, HttpOptions, ModelOptions, llm_with};
 use async_batch_llm::{
     BatchConfig, Budget, CharEstimator, CooldownPolicy, DynModel, ErrorCategory, Item, LlmResponse,
@@ -51,7 +50,8 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.into()))
 }
 
-/// Output as text, or as JSON when a schema is given.
+/// Output as text, or as JSON when a schema is given (a dry run's
+/// placeholder is text).
 struct CliParser {
     json: bool,
 }
@@ -59,7 +59,7 @@ struct CliParser {
 impl ResponseParser for CliParser {
     type Output = Value;
     fn parse(&self, r: &LlmResponse) -> Result<Value, String> {
-        if self.json && !r.text.starts_with("[DRY-RUN]") {
+        if self.json {
             serde_json::from_str(&r.text).map_err(|e| format!("the reply is not valid JSON: {e}"))
         } else {
             Ok(Value::String(r.text.clone()))
@@ -400,7 +400,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut strategy = ModelStrategy::new(
         model,
         CliParser {
-            json: schema.is_some(),
+            json: schema.is_some() && !a.dry_run.unwrap_or(false),
         },
     );
     if let Some(s) = &a.system {
@@ -486,14 +486,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         ..config
     };
     config.validate().map_err(|e| usage(e.to_string()))?;
-    let scope = scopes.scope(
-        &scope_name,
-        &ScopeSettings {
-            cooldown: config.cooldown,
-            max_concurrency: config.scope_max_concurrency,
-            limits: config.limits,
-        },
-    );
+    let scope = scopes.scope(&scope_name, &config.scope_settings());
 
     // Output before any call: an unwritable path is a usage error.
     let mut out: Box<dyn std::io::Write + Send> = match a.output.as_deref() {
@@ -738,9 +731,4 @@ pub fn summary(file: &Path, summary_json: Option<&Path>) -> anyhow::Result<i32> 
     } else {
         exit::OK
     })
-}
-
-/// Error for an unknown situation.
-pub fn internal(e: &anyhow::Error) -> anyhow::Error {
-    anyhow!("{e:#}")
 }

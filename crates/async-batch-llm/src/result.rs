@@ -501,12 +501,24 @@ impl<T> BatchResult<T> {
 
     /// Percentiles of admission wait (cooldown plus admission) per item.
     pub fn admission_wait_percentiles(&self) -> Percentiles {
-        self.run_summary().admission_wait
+        self.percentiles_of(|t| t.cooldown_wait + t.admission_wait)
     }
 
     /// Percentiles of execution time per item.
     pub fn execution_percentiles(&self) -> Percentiles {
-        self.run_summary().execution
+        self.percentiles_of(|t| t.execution)
+    }
+
+    /// Percentiles of one timing over the results of this run (replayed ones
+    /// excluded).
+    fn percentiles_of(&self, f: impl Fn(&ItemTiming) -> Duration) -> Percentiles {
+        let mut v: Vec<Duration> = self
+            .results
+            .iter()
+            .filter(|r| !r.replayed)
+            .map(|r| f(&r.timing))
+            .collect();
+        Percentiles::of(&mut v)
     }
 
     /// The cost of the run's usage (replayed results excluded) at `prices`.

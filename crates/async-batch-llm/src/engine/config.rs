@@ -251,7 +251,9 @@ impl BatchConfig {
         Ok(())
     }
 
-    pub(crate) fn scope_settings(&self) -> ScopeSettings {
+    /// The settings a quota scope is created with (cooldown, concurrency
+    /// gate, rate limits), e.g. to look a scope up in [`ScopeRegistry`].
+    pub fn scope_settings(&self) -> ScopeSettings {
         ScopeSettings {
             cooldown: self.cooldown,
             max_concurrency: self.scope_max_concurrency,
