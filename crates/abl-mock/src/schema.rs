@@ -2,96 +2,9 @@
 //! types, properties, required, items, enum, const, anyOf/oneOf/allOf,
 //! `$ref` into `$defs`/`definitions`, Gemini's upper-case types).
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
-/// A value satisfying `schema`.
-pub fn value_for(schema: &Value) -> Value {
-    generate(schema, schema, 0)
-}
-
-fn resolve<'a>(root: &'a Value, reference: &str) -> Option<&'a Value> {
-    let path = reference.strip_prefix("#/")?;
-    path.split('/').try_fold(root, |v, seg| {
-        v.get(seg.replace("~1", "/").replace("~0", "~"))
-    })
-}
-
-fn type_of(schema: &Value) -> Option<String> {
-    match schema.get("type") {
-        Some(Value::String(t)) => Some(t.to_ascii_lowercase()),
-        Some(Value::Array(ts)) => ts
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_ascii_lowercase)
-            .find(|t| t != "null")
-            .or_else(|| Some("null".into())),
-        _ if schema.get("properties").is_some() => Some("object".into()),
-        _ if schema.get("items").is_some() => Some("array".into()),
-        _ => None,
-    }
-}
-
-fn generate(schema: &Value, root: &Value, depth: u32) -> Value {
-    if depth > 24 {
-        return Value::Null;
-    }
-    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        return resolve(root, r).map_or(Value::Null, |s| generate(s, root, depth + 1));
-    }
-    if let Some(c) = schema.get("const") {
-        return c.clone();
-    }
-    if let Some(first) = schema
-        .get("enum")
-        .and_then(Value::as_array)
-        .and_then(|e| e.first())
-    {
-        return first.clone();
-    }
-    for key in ["anyOf", "oneOf", "allOf"] {
-        if let Some(variants) = schema.get(key).and_then(Value::as_array) {
-            let pick = variants
-                .iter()
-                .find(|v| type_of(v).as_deref() != Some("null"))
-                .or_else(|| variants.first());
-            if let Some(v) = pick {
-                return generate(v, root, depth + 1);
-            }
-        }
-    }
-    match type_of(schema).as_deref() {
-        Some("object") => {
-            let mut out = Map::new();
-            if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-                for (name, sub) in props {
-                    out.insert(name.clone(), generate(sub, root, depth + 1));
-                }
-            }
-            Value::Object(out)
-        }
-        Some("array") => {
-            let n = schema
-                .get("minItems")
-                .and_then(Value::as_u64)
-                .unwrap_or(1)
-                .clamp(1, 8);
-            let item = schema
-                .get("items")
-                .map_or(Value::Null, |i| generate(i, root, depth + 1));
-            Value::Array(vec![item; n as usize])
-        }
-        Some("string") => match schema.get("format").and_then(Value::as_str) {
-            Some("date") => json!("2024-01-01"),
-            Some("date-time") => json!("2024-01-01T00:00:00Z"),
-            _ => json!("mock"),
-        },
-        Some("integer") => schema.get("minimum").cloned().unwrap_or(json!(1)),
-        Some("number") => schema.get("minimum").cloned().unwrap_or(json!(1.5)),
-        Some("boolean") => json!(true),
-        Some("null") => Value::Null,
-        _ => json!({}),
-    }
-}
+pub use async_batch_llm::schema::example_value as value_for;
 
 /// Why OpenAI's strict mode would reject `schema`: an object that is not
 /// closed (`additionalProperties: false`) or does not require every property.
@@ -158,6 +71,7 @@ pub fn gemini_problem(schema: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn nested_schema_with_refs_enums_and_options() {

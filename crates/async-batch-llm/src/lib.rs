@@ -83,8 +83,10 @@ pub mod observe;
 pub mod providers;
 mod rand;
 pub mod result;
+pub mod schema;
 pub mod store;
 pub mod strategy;
+pub mod structured;
 pub mod testing;
 pub mod usage;
 
@@ -110,5 +112,7 @@ pub use result::{
     BatchResult, BatchStats, ItemError, ItemResult, ItemTiming, RunSummary, SummaryCollector,
     Termination, TerminationReason, TryTiming,
 };
+pub use schema::{ResponseSchema, SchemaDialect};
 pub use strategy::{Completion, RetryState, Strategy, dry_run_placeholder};
+pub use structured::StructuredStrategy;
 pub use usage::{Prices, TokenUsage};

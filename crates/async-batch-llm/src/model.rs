@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::CallError;
 use crate::item::Prompt;
+use crate::schema::{ResponseSchema, SchemaDialect};
 use crate::strategy::{Completion, RetryState, Strategy, dry_run_placeholder};
 use crate::usage::TokenUsage;
 
@@ -24,8 +25,9 @@ pub struct LlmRequest {
     pub temperature: Option<f32>,
     /// Maximum output tokens.
     pub max_output_tokens: Option<u32>,
-    /// A JSON schema the reply must follow (provider-native structured output).
-    pub response_schema: Option<serde_json::Value>,
+    /// A JSON schema the reply must follow (provider-native structured
+    /// output); each provider sends it in its own dialect.
+    pub response_schema: Option<Arc<ResponseSchema>>,
     /// How long the call may take; providers use it as the HTTP timeout.
     pub timeout: Option<Duration>,
     /// Provider-specific fields merged into the request body (e.g. Gemini
@@ -152,6 +154,11 @@ pub trait Model: Send + Sync + 'static {
     fn quota_scope(&self) -> Option<String> {
         None
     }
+
+    /// The schema dialect this model sends for structured output.
+    fn schema_dialect(&self) -> SchemaDialect {
+        SchemaDialect::JsonSchema
+    }
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -172,6 +179,8 @@ pub trait DynModel: Send + Sync + 'static {
     fn dyn_name(&self) -> &str;
     /// See [`Model::quota_scope`].
     fn dyn_quota_scope(&self) -> Option<String>;
+    /// See [`Model::schema_dialect`].
+    fn dyn_schema_dialect(&self) -> SchemaDialect;
 }
 
 impl<M: Model> DynModel for M {
@@ -193,6 +202,9 @@ impl<M: Model> DynModel for M {
     fn dyn_quota_scope(&self) -> Option<String> {
         self.quota_scope()
     }
+    fn dyn_schema_dialect(&self) -> SchemaDialect {
+        self.schema_dialect()
+    }
 }
 
 impl Model for Arc<dyn DynModel> {
@@ -210,6 +222,9 @@ impl Model for Arc<dyn DynModel> {
     }
     fn quota_scope(&self) -> Option<String> {
         self.as_ref().dyn_quota_scope()
+    }
+    fn schema_dialect(&self) -> SchemaDialect {
+        self.as_ref().dyn_schema_dialect()
     }
 }
 
@@ -257,7 +272,7 @@ pub struct ModelStrategy<M, P = TextParser> {
     temperature: Option<f32>,
     max_output_tokens: Option<u32>,
     system: Option<String>,
-    response_schema: Option<serde_json::Value>,
+    response_schema: Option<Arc<ResponseSchema>>,
 }
 
 impl<M: Model> ModelStrategy<M, TextParser> {
@@ -301,11 +316,12 @@ impl<M: Model, P: ResponseParser> ModelStrategy<M, P> {
         self
     }
 
-    /// Asks for provider-native JSON output following `schema` (sent as is;
-    /// the reply text is the JSON).
+    /// Asks for provider-native JSON output following `schema` (translated
+    /// to each provider's dialect; the reply text is the JSON). For typed,
+    /// validated output use [`StructuredStrategy`](crate::StructuredStrategy).
     #[must_use]
     pub fn with_response_schema(mut self, schema: serde_json::Value) -> Self {
-        self.response_schema = Some(schema);
+        self.response_schema = Some(Arc::new(ResponseSchema::new("output", schema)));
         self
     }
 

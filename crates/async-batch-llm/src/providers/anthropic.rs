@@ -8,6 +8,7 @@ use crate::error::{CallError, Error};
 use crate::item::Role;
 use crate::limit::default_scope_name;
 use crate::model::{LlmRequest, LlmResponse, Model, ResponseMetadata};
+use crate::schema::SchemaDialect;
 
 /// The `anthropic-version` header sent with every request.
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -61,7 +62,7 @@ impl AnthropicModel {
     }
 
     /// The JSON body for `req`.
-    pub fn request_body(&self, req: &LlmRequest) -> Value {
+    pub fn request_body(&self, req: &LlmRequest) -> Result<Value, CallError> {
         let messages: Vec<Value> = turns(req)
             .iter()
             .map(|m| {
@@ -85,11 +86,12 @@ impl AnthropicModel {
             body["temperature"] = json!(t);
         }
         if let Some(schema) = &req.response_schema {
-            body["tools"] = json!([{"name": OUTPUT_TOOL, "description": "Record the answer in the required structure.", "input_schema": schema}]);
+            let input = schema.for_dialect(SchemaDialect::AnthropicTool)?;
+            body["tools"] = json!([{"name": OUTPUT_TOOL, "description": "Record the answer in the required structure.", "input_schema": input}]);
             body["tool_choice"] = json!({"type": "tool", "name": OUTPUT_TOOL});
         }
         merge(&mut body, req.provider_options.as_ref());
-        body
+        Ok(body)
     }
 
     /// Reads a Messages body. The input of a forced `output` tool call
@@ -158,7 +160,7 @@ impl AnthropicModel {
 
 impl Model for AnthropicModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
-        let body = self.request_body(request);
+        let body = self.request_body(request)?;
         let url = format!("{}/v1/messages", self.cfg.base_url.trim_end_matches('/'));
         let headers = [
             ("x-api-key", self.cfg.api_key.expose()),
@@ -178,5 +180,9 @@ impl Model for AnthropicModel {
 
     fn quota_scope(&self) -> Option<String> {
         Some(self.scope.clone())
+    }
+
+    fn schema_dialect(&self) -> SchemaDialect {
+        SchemaDialect::AnthropicTool
     }
 }

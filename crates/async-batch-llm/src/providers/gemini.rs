@@ -8,6 +8,7 @@ use crate::error::{CallError, Error};
 use crate::item::Role;
 use crate::limit::default_scope_name;
 use crate::model::{LlmRequest, LlmResponse, Model, ResponseMetadata};
+use crate::schema::SchemaDialect;
 
 /// Settings of a [`GeminiModel`] (the seed's `GeminiModel(model, client,
 /// safety_settings, system_instruction)`).
@@ -65,7 +66,11 @@ impl GeminiModel {
     }
 
     /// The JSON body for `req`; `cached_content` names a context cache.
-    pub fn request_body(&self, req: &LlmRequest, cached_content: Option<&str>) -> Value {
+    pub fn request_body(
+        &self,
+        req: &LlmRequest,
+        cached_content: Option<&str>,
+    ) -> Result<Value, CallError> {
         let contents: Vec<Value> = turns(req)
             .iter()
             .map(|m| {
@@ -98,7 +103,7 @@ impl GeminiModel {
         }
         if let Some(schema) = &req.response_schema {
             gc["responseMimeType"] = json!("application/json");
-            gc["responseSchema"] = schema.clone();
+            gc["responseSchema"] = schema.for_dialect(SchemaDialect::Gemini)?.clone();
         }
         if gc.as_object().is_some_and(|o| !o.is_empty()) {
             body["generationConfig"] = gc;
@@ -110,7 +115,7 @@ impl GeminiModel {
             body["cachedContent"] = json!(c);
         }
         merge(&mut body, req.provider_options.as_ref());
-        body
+        Ok(body)
     }
 
     /// Sends `body` to `generateContent`.
@@ -227,7 +232,7 @@ impl GeminiModel {
 
 impl Model for GeminiModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
-        let body = self.request_body(request, None);
+        let body = self.request_body(request, None)?;
         self.send(&body, request).await
     }
 
@@ -237,5 +242,9 @@ impl Model for GeminiModel {
 
     fn quota_scope(&self) -> Option<String> {
         Some(self.scope.clone())
+    }
+
+    fn schema_dialect(&self) -> SchemaDialect {
+        SchemaDialect::Gemini
     }
 }

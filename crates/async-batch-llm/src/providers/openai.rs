@@ -9,6 +9,7 @@ use crate::error::{CallError, Error};
 use crate::item::Role;
 use crate::limit::default_scope_name;
 use crate::model::{LlmRequest, LlmResponse, Model, ResponseMetadata};
+use crate::schema::SchemaDialect;
 
 fn role(r: Role) -> &'static str {
     match r {
@@ -124,7 +125,7 @@ impl OpenAiModel {
     }
 
     /// The JSON body for `req`.
-    pub fn request_body(&self, req: &LlmRequest) -> Value {
+    pub fn request_body(&self, req: &LlmRequest) -> Result<Value, CallError> {
         let turns = turns(req);
         let input = match turns.as_slice() {
             [only] if only.role == Role::User => json!(only.content),
@@ -146,10 +147,11 @@ impl OpenAiModel {
             body["max_output_tokens"] = json!(m);
         }
         if let Some(schema) = &req.response_schema {
-            body["text"] = json!({"format": {"type": "json_schema", "name": "output", "schema": schema, "strict": true}});
+            let strict = schema.for_dialect(SchemaDialect::OpenAiStrict)?;
+            body["text"] = json!({"format": {"type": "json_schema", "name": schema.name(), "schema": strict, "strict": true}});
         }
         merge(&mut body, req.provider_options.as_ref());
-        body
+        Ok(body)
     }
 
     /// Reads a Responses body.
@@ -219,7 +221,7 @@ impl OpenAiModel {
 
 impl Model for OpenAiModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
-        let body = self.request_body(request);
+        let body = self.request_body(request)?;
         let (v, id) = self.client.post("responses", &body, request, &[]).await?;
         Self::parse_response(&v, id)
     }
@@ -230,6 +232,10 @@ impl Model for OpenAiModel {
 
     fn quota_scope(&self) -> Option<String> {
         Some(self.client.scope.clone())
+    }
+
+    fn schema_dialect(&self) -> SchemaDialect {
+        SchemaDialect::OpenAiStrict
     }
 }
 
@@ -259,9 +265,22 @@ impl ChatModel {
     }
 
     /// The JSON body for `req`.
-    pub fn request_body(&self, req: &LlmRequest) -> Value {
+    pub fn request_body(&self, req: &LlmRequest) -> Result<Value, CallError> {
         let mut messages: Vec<Value> = Vec::new();
-        if let Some(s) = system_text(req) {
+        let mut system = system_text(req);
+        // DeepSeek has JSON mode but no schema: the schema goes in the
+        // system text and the reply is validated by the caller.
+        if self.flavor == ChatFlavor::DeepSeek
+            && let Some(schema) = &req.response_schema
+        {
+            let spec = schema.for_dialect(SchemaDialect::JsonSchema)?;
+            let ask = format!("Reply with one JSON object that follows this JSON schema:\n{spec}");
+            system = Some(match system {
+                Some(s) => format!("{s}\n\n{ask}"),
+                None => ask,
+            });
+        }
+        if let Some(s) = system {
             messages.push(json!({"role": "system", "content": s}));
         }
         messages.extend(
@@ -282,7 +301,12 @@ impl ChatModel {
             body[key] = json!(m);
         }
         if let Some(schema) = &req.response_schema {
-            body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}});
+            body["response_format"] = if self.flavor == ChatFlavor::DeepSeek {
+                json!({"type": "json_object"})
+            } else {
+                let strict = schema.for_dialect(SchemaDialect::OpenAiStrict)?;
+                json!({"type": "json_schema", "json_schema": {"name": schema.name(), "schema": strict, "strict": true}})
+            };
         }
         if let ChatFlavor::OpenRouter {
             provider: Some(p), ..
@@ -291,7 +315,7 @@ impl ChatModel {
             body["provider"] = p.clone();
         }
         merge(&mut body, req.provider_options.as_ref());
-        body
+        Ok(body)
     }
 
     /// Reads a Chat Completions body.
@@ -362,7 +386,7 @@ impl ChatModel {
 
 impl Model for ChatModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
-        let body = self.request_body(request);
+        let body = self.request_body(request)?;
         let mut extra: Vec<(&str, &str)> = Vec::new();
         if let ChatFlavor::OpenRouter { referer, title, .. } = &self.flavor {
             if let Some(r) = referer {
@@ -385,5 +409,9 @@ impl Model for ChatModel {
 
     fn quota_scope(&self) -> Option<String> {
         Some(self.client.scope.clone())
+    }
+
+    fn schema_dialect(&self) -> SchemaDialect {
+        SchemaDialect::OpenAiStrict
     }
 }
