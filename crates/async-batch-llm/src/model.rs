@@ -228,6 +228,32 @@ impl Model for Arc<dyn DynModel> {
     }
 }
 
+/// A shared model is a model: one instance (say, a context cache) can
+/// serve several strategies.
+impl<M: Model> Model for Arc<M> {
+    fn generate(
+        &self,
+        request: &LlmRequest,
+    ) -> impl Future<Output = Result<LlmResponse, CallError>> + Send {
+        self.as_ref().generate(request)
+    }
+    fn prepare(&self) -> impl Future<Output = Result<(), CallError>> + Send {
+        self.as_ref().prepare()
+    }
+    fn cleanup(&self) -> impl Future<Output = ()> + Send {
+        self.as_ref().cleanup()
+    }
+    fn name(&self) -> &str {
+        self.as_ref().name()
+    }
+    fn quota_scope(&self) -> Option<String> {
+        self.as_ref().quota_scope()
+    }
+    fn schema_dialect(&self) -> SchemaDialect {
+        self.as_ref().schema_dialect()
+    }
+}
+
 /// Turns a response into an output. A failure is a retryable
 /// `validation_error` that keeps the response's billed usage.
 pub trait ResponseParser: Send + Sync + 'static {

@@ -65,6 +65,10 @@ impl GeminiModel {
         &self.cfg
     }
 
+    pub(crate) fn http(&self) -> &Http {
+        &self.http
+    }
+
     /// The JSON body for `req`; `cached_content` names a context cache.
     pub fn request_body(
         &self,

@@ -116,6 +116,18 @@ impl Http {
             .await
     }
 
+    /// Sends a request with any method (JSON body optional).
+    pub(crate) async fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(u16, HeaderMap, bytes::Bytes), CallError> {
+        self.send(self.client.request(method, url), headers, body, None)
+            .await
+    }
+
     /// Sends any request.
     pub(crate) async fn send(
         &self,
@@ -213,6 +225,17 @@ fn parse_http_date(s: &str) -> Option<Duration> {
     let [h, mi, se] = hms.as_slice() else {
         return None;
     };
+    delay_until(year, month, day, *h * 3600 + *mi * 60 + *se, 0)
+}
+
+/// Time from now until a UTC civil time (zero if it has passed).
+pub(crate) fn delay_until(
+    year: i64,
+    month: i64,
+    day: i64,
+    second_of_day: i64,
+    nanos: u32,
+) -> Option<Duration> {
     // Days from civil date (Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -221,13 +244,12 @@ fn parse_http_date(s: &str) -> Option<Duration> {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    let at = days * 86_400 + h * 3600 + mi * 60 + se;
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    let now = i64::try_from(now).ok()?;
-    Some(Duration::from_secs(u64::try_from((at - now).max(0)).ok()?))
+    let secs = u64::try_from(days * 86_400 + second_of_day).ok()?;
+    let at = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// The retry hint of a response: `retry-after-ms` first, then

@@ -18,6 +18,7 @@
 mod anthropic;
 mod common;
 mod gemini;
+mod gemini_cache;
 mod http;
 mod openai;
 
@@ -25,6 +26,9 @@ use std::sync::Arc;
 
 pub use anthropic::{ANTHROPIC_VERSION, AnthropicConfig, AnthropicModel, OUTPUT_TOOL};
 pub use gemini::{GeminiConfig, GeminiModel};
+pub use gemini_cache::{
+    CONTENT_TAG, CacheOptions, CachedContent, GeminiCachedModel, TAG_PREFIX, content_fingerprint,
+};
 pub use http::{ApiKey, HttpOptions, classify_error, parse_body, parse_go_duration, retry_hint};
 pub use openai::{ChatFlavor, ChatModel, OpenAiConfig, OpenAiModel};
 

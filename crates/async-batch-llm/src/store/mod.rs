@@ -57,7 +57,8 @@ pub struct Identity {
     pub extra: BTreeMap<String, String>,
 }
 
-fn sha256_hex(parts: &[&[u8]]) -> String {
+/// Hex SHA-256 over length-prefixed parts.
+pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = Sha256::new();
     for p in parts {
