@@ -117,7 +117,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("t2", "[[mock:invalid-output]] VPN drops every hour"),
         ("t3", "[[mock:429:1*1]] Laptop battery swollen"),
         ("t4", "Badge reader at the east door is dead"),
-        ("t5", "[[mock:invalid-output]] Payroll export has wrong totals"),
+        (
+            "t5",
+            "[[mock:invalid-output]] Payroll export has wrong totals",
+        ),
         ("t6", "[[mock:429:1*1]] Wi-Fi slow in meeting room 4"),
     ];
     let items = prompts.iter().map(|(id, p)| Item::new(*id, *p));
@@ -128,7 +131,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let batch = process_prompts(strategy, items, &config).await?;
 
-    println!("\n{:<4} {:<8} {:>8} {:>6}  ticket", "id", "model", "attempts", "tries");
+    println!(
+        "\n{:<4} {:<8} {:>8} {:>6}  ticket",
+        "id", "model", "attempts", "tries"
+    );
     for r in &batch.results {
         match r.output() {
             Some((ticket, used)) => println!(

@@ -364,8 +364,21 @@ async fn handle(
     let output_chars = content.text().chars().count();
     let mut input = tokens(req.chars) + cached_tokens;
     let mut cached = cached_tokens;
-    // Prefix cache: a long system prompt seen before is served from cache.
-    if req.system.len() >= 1024 {
+    let mut cache_write = 0;
+    if format == Format::Anthropic {
+        // Anthropic caches only what a `cache_control` breakpoint marks: the
+        // first sight writes it, later ones read it.
+        if let Some(p) = req.cache_prefix.as_ref().filter(|p| p.len() >= 1024) {
+            let n = tokens(p.chars().count());
+            if lock(&s.prefixes).insert(hash_str(p)) {
+                cache_write = n;
+            } else {
+                cached += n;
+            }
+        }
+    } else if req.system.len() >= 1024 {
+        // Automatic prefix cache (OpenAI, DeepSeek): a long system prompt
+        // seen before is served from cache.
         let h = hash_str(&req.system);
         if !lock(&s.prefixes).insert(h) {
             cached += tokens(req.system.chars().count());
@@ -381,6 +394,7 @@ async fn handle(
         output: tokens(output_chars).max(1) + reasoning,
         cached,
         reasoning,
+        cache_write,
     };
     if let Some(q) = &s.quota
         && let Err(rej) = q.admit(usage.input + usage.output, arrived)

@@ -57,6 +57,8 @@ pub struct MockRequest {
     pub cached_content: Option<String>,
     /// Gemini: whether a system instruction was set.
     pub has_system_field: bool,
+    /// Anthropic: the text up to the last `cache_control` breakpoint.
+    pub cache_prefix: Option<String>,
 }
 
 /// Text of a content that is a string or a list of parts with `text`.
@@ -220,7 +222,16 @@ pub fn parse(format: Format, body: &Value, model: Option<&str>) -> Result<MockRe
             if body.get("max_tokens").and_then(Value::as_u64).is_none() {
                 return Err("max_tokens: Field required".into());
             }
+            let marked = |v: &Value| {
+                v.as_array()
+                    .is_some_and(|bs| bs.iter().any(|b| b.get("cache_control").is_some()))
+            };
+            let mut prefix = String::new();
             if let Some(s) = body.get("system") {
+                prefix.push_str(&text_of(s));
+                if marked(s) {
+                    r.cache_prefix = Some(prefix.clone());
+                }
                 push("system", text_of(s), &mut r);
             }
             let msgs = body
@@ -229,11 +240,12 @@ pub fn parse(format: Format, body: &Value, model: Option<&str>) -> Result<MockRe
                 .ok_or("messages: Field required")?;
             for m in msgs {
                 let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
-                push(
-                    role,
-                    m.get("content").map(text_of).unwrap_or_default(),
-                    &mut r,
-                );
+                let content = m.get("content").map(text_of).unwrap_or_default();
+                prefix.push_str(&content);
+                if m.get("content").is_some_and(marked) {
+                    r.cache_prefix = Some(prefix.clone());
+                }
+                push(role, content, &mut r);
             }
             if let Some(name) = body.pointer("/tool_choice/name").and_then(Value::as_str) {
                 let tool = body
@@ -271,6 +283,8 @@ pub struct Usage {
     pub cached: u64,
     /// Reasoning tokens.
     pub reasoning: u64,
+    /// Input tokens written to a prompt cache (Anthropic).
+    pub cache_write: u64,
 }
 
 /// The reply content: text, or a JSON value for a schema request.
@@ -435,8 +449,8 @@ pub fn success(
                 "stop_reason": stop,
                 "stop_sequence": null,
                 "usage": {
-                    "input_tokens": usage.input - usage.cached,
-                    "cache_creation_input_tokens": 0,
+                    "input_tokens": usage.input - usage.cached - usage.cache_write,
+                    "cache_creation_input_tokens": usage.cache_write,
                     "cache_read_input_tokens": usage.cached,
                     "output_tokens": usage.output,
                 }

@@ -84,6 +84,9 @@ pub struct LlmResponse {
     pub cached_input_tokens: Option<u64>,
     /// Reasoning tokens, if reported.
     pub reasoning_tokens: Option<u64>,
+    /// Input tokens written to a prompt cache, if reported (Anthropic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_input_tokens: Option<u64>,
     /// Provider details.
     pub metadata: ResponseMetadata,
     /// The raw body, when the provider keeps it.
@@ -101,6 +104,7 @@ impl LlmResponse {
             total_tokens: Some(usage.total),
             cached_input_tokens: Some(usage.cached_input),
             reasoning_tokens: Some(usage.reasoning),
+            cache_write_input_tokens: Some(usage.cache_write_input),
             ..Self::default()
         }
     }
@@ -121,6 +125,7 @@ impl LlmResponse {
             total: self.total_tokens.unwrap_or(input.saturating_add(output)),
             cached_input: self.cached_input_tokens.unwrap_or(0),
             reasoning: self.reasoning_tokens.unwrap_or(0),
+            cache_write_input: self.cache_write_input_tokens.unwrap_or(0),
         })
     }
 }

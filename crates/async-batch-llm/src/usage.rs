@@ -30,6 +30,15 @@ pub struct TokenUsage {
     /// The part of `output` spent on reasoning, when the provider reports it.
     #[serde(default)]
     pub reasoning: u64,
+    /// The part of `input` written to a prompt cache (Anthropic bills it at
+    /// a higher rate).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_input: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if signature
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl TokenUsage {
@@ -41,6 +50,7 @@ impl TokenUsage {
             total: input + output,
             cached_input: 0,
             reasoning: 0,
+            cache_write_input: 0,
         }
     }
 
@@ -48,6 +58,13 @@ impl TokenUsage {
     #[must_use]
     pub const fn with_cached_input(mut self, cached_input: u64) -> Self {
         self.cached_input = cached_input;
+        self
+    }
+
+    /// Sets the part of the input written to a prompt cache.
+    #[must_use]
+    pub const fn with_cache_write_input(mut self, cache_write_input: u64) -> Self {
+        self.cache_write_input = cache_write_input;
         self
     }
 
@@ -86,6 +103,7 @@ impl AddAssign for TokenUsage {
         self.total = self.total.saturating_add(rhs.total);
         self.cached_input = self.cached_input.saturating_add(rhs.cached_input);
         self.reasoning = self.reasoning.saturating_add(rhs.reasoning);
+        self.cache_write_input = self.cache_write_input.saturating_add(rhs.cache_write_input);
     }
 }
 
@@ -111,6 +129,10 @@ pub struct Prices {
     /// Price of one million cached input tokens; `None` bills them as uncached input.
     #[serde(default)]
     pub cached_input_per_million: Option<f64>,
+    /// Price of a million input tokens written to a prompt cache (Anthropic:
+    /// 1.25 × input); `None` uses the input price.
+    #[serde(default)]
+    pub cache_write_input_per_million: Option<f64>,
 }
 
 impl Prices {
@@ -120,6 +142,7 @@ impl Prices {
             input_per_million,
             output_per_million,
             cached_input_per_million: None,
+            cache_write_input_per_million: None,
         }
     }
 
@@ -130,15 +153,27 @@ impl Prices {
         self
     }
 
+    /// Sets the cache-write rate.
+    #[must_use]
+    pub const fn with_cache_write_input(mut self, per_million: f64) -> Self {
+        self.cache_write_input_per_million = Some(per_million);
+        self
+    }
+
     /// The cost of `usage` at these prices.
     pub fn cost(&self, usage: &TokenUsage) -> f64 {
         let cached = usage.cached_input.min(usage.input);
-        let uncached = usage.input - cached;
+        let written = usage.cache_write_input.min(usage.input - cached);
+        let plain = usage.input - cached - written;
         let cached_rate = self
             .cached_input_per_million
             .unwrap_or(self.input_per_million);
-        (uncached as f64 * self.input_per_million
+        let write_rate = self
+            .cache_write_input_per_million
+            .unwrap_or(self.input_per_million);
+        (plain as f64 * self.input_per_million
             + cached as f64 * cached_rate
+            + written as f64 * write_rate
             + usage.output as f64 * self.output_per_million)
             / 1_000_000.0
     }
@@ -162,7 +197,8 @@ mod tests {
                 output: 7,
                 total: 22,
                 cached_input: 4,
-                reasoning: 2
+                reasoning: 2,
+                cache_write_input: 0,
             }
         );
     }
@@ -175,5 +211,14 @@ mod tests {
         assert!((p.cost(&u) - 5.4).abs() < 1e-9);
         let no_cache_rate = Prices::new(2.0, 8.0);
         assert!((no_cache_rate.cost(&u) - 6.0).abs() < 1e-9);
+        // Anthropic: 300k read at 0.1x, 200k written at 1.25x, 500k plain.
+        let anthropic = Prices::new(3.0, 15.0)
+            .with_cached_input(0.3)
+            .with_cache_write_input(3.75);
+        let u = TokenUsage::new(1_000_000, 0)
+            .with_cached_input(300_000)
+            .with_cache_write_input(200_000);
+        // 500k * 3 + 300k * 0.3 + 200k * 3.75 = 1.5 + 0.09 + 0.75
+        assert!((anthropic.cost(&u) - 2.34).abs() < 1e-9);
     }
 }

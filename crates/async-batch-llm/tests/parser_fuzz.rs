@@ -106,6 +106,7 @@ fn real_bodies() -> Vec<Value> {
         output: 2,
         cached: 1,
         reasoning: 1,
+        cache_write: 0,
     };
     let mut out = Vec::new();
     for f in [

@@ -27,8 +27,23 @@ pub struct AnthropicConfig {
     pub api_key: ApiKey,
     /// `max_tokens` when a request sets none (required by the API; 1024).
     pub default_max_tokens: u32,
+    /// Which shared prefix to mark with `cache_control` (none by default).
+    pub prompt_cache: PromptCache,
     /// HTTP settings.
     pub http: HttpOptions,
+}
+
+/// Anthropic prompt caching: which shared prefix of every request gets a
+/// `cache_control: {"type": "ephemeral"}` breakpoint. Reads then cost a
+/// tenth of the input price and show as cached input tokens; the first
+/// write shows as cache-write tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PromptCache {
+    /// Mark the system text.
+    pub system: bool,
+    /// Mark the first N conversation turns (a shared document or few-shot
+    /// examples placed before the item's own question); 0 for none.
+    pub leading_turns: usize,
 }
 
 /// An Anthropic model over HTTP.
@@ -63,15 +78,23 @@ impl AnthropicModel {
 
     /// The JSON body for `req`.
     pub fn request_body(&self, req: &LlmRequest) -> Result<Value, CallError> {
+        let cache = self.cfg.prompt_cache;
+        let ephemeral = || json!({"type": "ephemeral"});
         let messages: Vec<Value> = turns(req)
             .iter()
-            .map(|m| {
+            .enumerate()
+            .map(|(i, m)| {
                 let role = if m.role == Role::Assistant {
                     "assistant"
                 } else {
                     "user"
                 };
-                json!({"role": role, "content": m.content})
+                // One breakpoint, on the last turn of the shared prefix.
+                if cache.leading_turns > 0 && i + 1 == cache.leading_turns {
+                    json!({"role": role, "content": [{"type": "text", "text": m.content, "cache_control": ephemeral()}]})
+                } else {
+                    json!({"role": role, "content": m.content})
+                }
             })
             .collect();
         let mut body = json!({
@@ -80,7 +103,11 @@ impl AnthropicModel {
             "messages": messages,
         });
         if let Some(s) = system_text(req) {
-            body["system"] = json!(s);
+            body["system"] = if cache.system {
+                json!([{"type": "text", "text": s, "cache_control": ephemeral()}])
+            } else {
+                json!(s)
+            };
         }
         if let Some(t) = req.temperature {
             body["temperature"] = json!(t);
@@ -151,6 +178,7 @@ impl AnthropicModel {
             total_tokens: input.zip(output).map(|(i, o)| i.saturating_add(o)),
             cached_input_tokens: read,
             reasoning_tokens: None,
+            cache_write_input_tokens: created,
             metadata: meta,
             raw: None,
         };

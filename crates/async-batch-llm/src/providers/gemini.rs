@@ -227,6 +227,7 @@ impl GeminiModel {
             total_tokens: usage.and_then(|u| u64_at(u, "/totalTokenCount")),
             cached_input_tokens: usage.and_then(|u| u64_at(u, "/cachedContentTokenCount")),
             reasoning_tokens: thoughts,
+            cache_write_input_tokens: None,
             metadata: meta,
             raw: None,
         };

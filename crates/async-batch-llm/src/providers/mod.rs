@@ -24,7 +24,7 @@ mod openai;
 
 use std::sync::Arc;
 
-pub use anthropic::{ANTHROPIC_VERSION, AnthropicConfig, AnthropicModel, OUTPUT_TOOL};
+pub use anthropic::{ANTHROPIC_VERSION, AnthropicConfig, AnthropicModel, OUTPUT_TOOL, PromptCache};
 pub use gemini::{GeminiConfig, GeminiModel};
 pub use gemini_cache::{
     CONTENT_TAG, CacheOptions, CachedContent, GeminiCachedModel, TAG_PREFIX, content_fingerprint,
@@ -162,6 +162,8 @@ pub struct ModelOptions {
     pub safety_settings: Option<serde_json::Value>,
     /// Gemini system instruction for every call.
     pub system_instruction: Option<String>,
+    /// Anthropic prompt caching of a shared prefix.
+    pub prompt_cache: PromptCache,
 }
 
 /// Builds a model from `"provider:model"` with keys from the environment.
@@ -243,6 +245,7 @@ pub fn llm_with(spec: &str, options: ModelOptions) -> Result<Arc<dyn DynModel>, 
             base_url,
             api_key: require_key()?,
             default_max_tokens: 1024,
+            prompt_cache: options.prompt_cache,
             http: options.http,
         })?),
     })

@@ -212,6 +212,7 @@ impl OpenAiModel {
                 .and_then(|u| u64_at(u, "/input_tokens_details/cached_tokens")),
             reasoning_tokens: usage
                 .and_then(|u| u64_at(u, "/output_tokens_details/reasoning_tokens")),
+            cache_write_input_tokens: None,
             metadata: meta,
             raw: None,
         };
@@ -362,6 +363,7 @@ impl ChatModel {
             cached_input_tokens: cached,
             reasoning_tokens: usage
                 .and_then(|u| u64_at(u, "/completion_tokens_details/reasoning_tokens")),
+            cache_write_input_tokens: None,
             metadata: ResponseMetadata {
                 finish_reason: finish.clone(),
                 model: body.get("model").and_then(Value::as_str).map(str::to_owned),
