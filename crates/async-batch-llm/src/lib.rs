@@ -61,6 +61,22 @@
 //! ```
 //!
 //! Any [`Model`] plus a parser is a strategy already: [`ModelStrategy`].
+//! A strategy that wraps others (like the escalation above, with a real model
+//! per tier) is best written generic over `M: Model`, so it works with every
+//! provider and with `Arc<dyn DynModel>` from [`providers::llm`]; see
+//! `examples/escalation.rs`.
+//!
+//! ## Typed output and caches
+//!
+//! - [`StructuredStrategy<T>`](StructuredStrategy) derives a JSON schema from
+//!   `T` (`schemars`), sends it in each provider's dialect ([`schema`]),
+//!   validates every reply and deserializes it; an invalid reply is retried
+//!   with the error shown to the model.
+//! - [`providers::GeminiCachedModel`] keeps a Gemini context cache alive for
+//!   the run (found or created once, renewed, replaced if it vanishes).
+//! - [`providers::PromptCache`] marks Anthropic's shared prefix for caching;
+//!   cached and cache-write tokens are counted in [`TokenUsage`] and priced by
+//!   [`Prices`].
 //!
 //! ## Hosts
 //!
