@@ -162,6 +162,17 @@ impl MockServer {
         &self.base_url
     }
 
+    /// The base URL a client of `spec` (`provider:model`) should use:
+    /// Gemini and Anthropic clients add their own version path, the
+    /// OpenAI-style ones expect `/v1` in it.
+    pub fn base_url_for(&self, spec: &str) -> String {
+        if spec.starts_with("gemini") || spec.starts_with("anthropic") {
+            self.base_url.clone()
+        } else {
+            format!("{}/v1", self.base_url)
+        }
+    }
+
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -238,6 +238,15 @@ impl CallError {
         self
     }
 
+    /// Attaches the usage when there is one (`None` leaves the error as is).
+    #[must_use]
+    pub fn with_usage_if(mut self, usage: Option<TokenUsage>) -> Self {
+        if usage.is_some() {
+            self.usage = usage;
+        }
+        self
+    }
+
     /// Attaches the HTTP status.
     #[must_use]
     pub fn with_status(mut self, status: u16) -> Self {

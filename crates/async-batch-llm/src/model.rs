@@ -377,13 +377,7 @@ impl<M: Model, P: ResponseParser> ModelStrategy<M, P> {
         let usage = response.token_usage();
         match self.parser.parse(response) {
             Ok(out) => Ok((out, usage)),
-            Err(msg) => {
-                let err = CallError::validation(msg);
-                Err(match usage {
-                    Some(u) => err.with_usage(u),
-                    None => err,
-                })
-            }
+            Err(msg) => Err(CallError::validation(msg).with_usage_if(usage)),
         }
     }
 }

@@ -317,11 +317,7 @@ where
                         error: msg.clone(),
                     },
                 );
-                let err = CallError::validation(msg);
-                Err(match usage {
-                    Some(u) => err.with_usage(u),
-                    None => err,
-                })
+                Err(CallError::validation(msg).with_usage_if(usage))
             }
         }
     }

@@ -24,11 +24,7 @@ async fn mock() -> MockServer {
 }
 
 fn model(m: &MockServer, spec: &str, prompt_cache: PromptCache) -> Arc<dyn DynModel> {
-    let base = if spec.starts_with("anthropic") {
-        m.base_url().to_owned()
-    } else {
-        format!("{}/v1", m.base_url())
-    };
+    let base = m.base_url_for(spec);
     llm_with(
         spec,
         ModelOptions {

@@ -25,11 +25,7 @@ async fn mock() -> MockServer {
 }
 
 fn base(mock: &MockServer, provider: &str) -> String {
-    if provider.starts_with("gemini") || provider.starts_with("anthropic") {
-        mock.base_url().to_owned()
-    } else {
-        format!("{}/v1", mock.base_url())
-    }
+    mock.base_url_for(provider)
 }
 
 fn model(mock: &MockServer, spec: &str) -> Arc<dyn DynModel> {

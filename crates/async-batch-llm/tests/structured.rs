@@ -47,11 +47,7 @@ async fn mock() -> MockServer {
 }
 
 fn model(m: &MockServer, spec: &str) -> Arc<dyn DynModel> {
-    let base = if spec.starts_with("gemini") || spec.starts_with("anthropic") {
-        m.base_url().to_owned()
-    } else {
-        format!("{}/v1", m.base_url())
-    };
+    let base = m.base_url_for(spec);
     llm_with(
         spec,
         ModelOptions {

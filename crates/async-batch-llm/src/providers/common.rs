@@ -53,10 +53,7 @@ pub(crate) fn u64_at(v: &Value, pointer: &str) -> Option<u64> {
 /// Checks a parsed response for an empty output or a content filter.
 /// A filter or refusal is final; an empty output without a reason is retried.
 pub(crate) fn check_output(resp: LlmResponse, filtered: bool) -> Result<LlmResponse, CallError> {
-    let with_usage = |e: CallError| match resp.token_usage() {
-        Some(u) => e.with_usage(u),
-        None => e,
-    };
+    let with_usage = |e: CallError| e.with_usage_if(resp.token_usage());
     if filtered || resp.metadata.refusal.is_some() {
         let why = resp
             .metadata

@@ -124,6 +124,8 @@ pub struct GeminiCachedModel {
     content: CachedContent,
     options: CacheOptions,
     display_name: String,
+    /// The tags in the display name, content fingerprint included.
+    tags: BTreeMap<String, String>,
     state: Mutex<State>,
 }
 
@@ -265,6 +267,7 @@ impl GeminiCachedModel {
             content,
             options,
             display_name,
+            tags,
             state: Mutex::new(State::default()),
         })
     }
@@ -324,12 +327,11 @@ impl GeminiCachedModel {
         else {
             return false;
         };
-        let fingerprint = self.display_name.as_str();
-        let ours: BTreeMap<String, Value> = fingerprint
-            .strip_prefix(TAG_PREFIX)
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or_default();
-        model_ok && ours.iter().all(|(k, v)| tags.get(k) == Some(v))
+        model_ok
+            && self
+                .tags
+                .iter()
+                .all(|(k, v)| tags.get(k).and_then(Value::as_str) == Some(v.as_str()))
     }
 
     /// Adopts a matching live cache that is not about to expire, or creates
