@@ -319,3 +319,153 @@ async fn sqlite_reopens_read_only_and_keeps_the_manifest() {
     assert_eq!(n, 30);
     assert!(ro.write_batch(&[]).is_err());
 }
+
+/// A resume reads stored records ahead in the order they were written; ids
+/// out of that order, new ids, and stored ids missing from the input must
+/// still get the right answer. 30,000 records (more than the read-ahead
+/// keeps), then a resume whose input is shuffled in blocks, drops every
+/// 7th stored id and adds 500 new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_in_another_order_with_new_and_missing_items_replays_exactly_the_stored_ones() {
+    for kind in [Kind::Sqlite, Kind::Jsonl] {
+        let dir = tempfile::tempdir().unwrap();
+        let id = identity("m", "v1");
+        let n = 30_000;
+        let first = FakeStrategy::echo();
+        let b = run(
+            open(kind, dir.path(), &id),
+            &id,
+            ResumePolicy::Successes,
+            &first,
+            items(n),
+        )
+        .await;
+        assert_eq!(b.stats.succeeded, n as u64);
+
+        // Reverse blocks of 5,000 (far out of write order within a block),
+        // drop every 7th id, and put new items between the blocks.
+        let mut input: Vec<Item> = Vec::new();
+        let mut expected_replays = 0u64;
+        for block in (0..n).collect::<Vec<_>>().chunks(5_000) {
+            for &i in block.iter().rev() {
+                if i % 7 != 0 {
+                    input.push(Item::new(format!("i{i}"), format!("i{i}")));
+                    expected_replays += 1;
+                }
+            }
+            for k in 0..100 {
+                input.push(Item::new(format!("new{}-{k}", block[0]), "fresh"));
+            }
+        }
+        let total = input.len() as u64;
+        let second = FakeStrategy::echo();
+        let b = run(
+            open(kind, dir.path(), &id),
+            &id,
+            ResumePolicy::Successes,
+            &second,
+            input,
+        )
+        .await;
+        assert_eq!(b.stats.items, total);
+        assert_eq!(b.stats.replayed, expected_replays, "{}", kind_name(kind));
+        assert_eq!(
+            second.calls(),
+            total - expected_replays,
+            "only the new items are called"
+        );
+        for r in &b.results {
+            assert!(r.is_ok());
+            let want = if r.id.starts_with("new") {
+                "fresh"
+            } else {
+                r.id.as_str()
+            };
+            assert_eq!(r.output().map(String::as_str), Some(want));
+            assert_eq!(r.replayed, !r.id.starts_with("new"));
+        }
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Jsonl => "jsonl",
+        Kind::Sqlite => "sqlite",
+    }
+}
+
+/// Counts what a store has committed, so a consumer can check that every
+/// result it receives was committed first.
+struct Witness {
+    inner: Arc<dyn CheckpointStore>,
+    committed: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl CheckpointStore for Witness {
+    fn lookup(&self, id: &str) -> Result<Option<Record>, Error> {
+        self.inner.lookup(id)
+    }
+    fn write_batch(&self, records: &[async_batch_llm::store::EncodedRecord]) -> Result<(), Error> {
+        self.inner.write_batch(records)?;
+        let mut c = self.committed.lock().unwrap();
+        c.extend(records.iter().map(|r| r.id.clone()));
+        Ok(())
+    }
+    fn for_each(&self, f: &mut dyn FnMut(Record) -> Result<(), Error>) -> Result<(), Error> {
+        self.inner.for_each(f)
+    }
+    fn manifest(&self) -> Option<async_batch_llm::store::Manifest> {
+        self.inner.manifest()
+    }
+    fn had_records_at_open(&self) -> bool {
+        self.inner.had_records_at_open()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_streamed_result_is_committed_before_the_consumer_sees_it() {
+    use futures::StreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let id = identity("m", "v1");
+    let witness = Arc::new(Witness {
+        inner: open(Kind::Sqlite, dir.path(), &id),
+        committed: std::sync::Mutex::default(),
+    });
+    let cp = Checkpoint::new(
+        Arc::clone(&witness) as Arc<dyn CheckpointStore>,
+        &id,
+        CheckpointOptions::default(),
+    )
+    .unwrap();
+    let extras = RunExtras {
+        checkpoint: Some(Arc::new(cp)),
+        ..RunExtras::default()
+    };
+    let fake = FakeStrategy::echo().with_item_schedule("i5", vec![FakeStep::Permanent]);
+    let config = BatchConfig {
+        concurrency: 64,
+        scopes: ScopeRegistry::new(),
+        ..BatchConfig::default()
+    };
+    let mut stream = async_batch_llm::process_stream_with(
+        fake,
+        futures::stream::iter(items(5_000)),
+        &config,
+        extras,
+    )
+    .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(r) = stream.next().await {
+        assert!(
+            witness.committed.lock().unwrap().contains(&r.id),
+            "{} was published before its record was committed",
+            r.id
+        );
+        assert!(seen.insert(r.id.clone()), "{} published twice", r.id);
+    }
+    assert_eq!(seen.len(), 5_000);
+    assert_eq!(
+        stream.termination().unwrap().reason,
+        TerminationReason::Completed
+    );
+}

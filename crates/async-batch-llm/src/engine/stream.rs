@@ -1,7 +1,7 @@
 //! Streaming and collecting hosts: `process_stream` and `process_prompts`.
 
 use std::collections::BTreeMap;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::item::Item;
 use crate::observe::Middleware;
 use crate::result::{BatchResult, ItemResult, Termination, TerminationReason};
-use crate::store::{Checkpoint, item_fingerprint};
+use crate::store::{Checkpoint, Decision, item_fingerprint};
 use crate::strategy::Strategy;
 
 /// Middleware for the items of one run.
@@ -330,48 +330,149 @@ where
     })
 }
 
-/// One item with a checkpoint: replay a matching record, or process the
-/// item and commit its result before it is published. Stops are not
-/// recorded (those items run again on resume).
+/// Stops the run because the checkpoint failed.
+fn checkpoint_failed<S: Strategy>(run: &Run<S>, message: String) {
+    run.stop.trigger(
+        Termination {
+            message: Some(message),
+            ..Termination::new(TerminationReason::CheckpointFailed)
+        },
+        false,
+    );
+}
+
+/// One item with a checkpoint that the staging step chose to run: process
+/// it and hand its result to the checkpoint writer, which publishes it once
+/// committed (the worker is free as soon as the record is queued). Stops
+/// are not recorded (those items run again on resume).
 async fn checkpointed<S: Strategy>(
-    run: &Run<S>,
+    run: &Arc<Run<S>>,
     cp: &Checkpoint<S::Output>,
     middleware: &[Arc<dyn Middleware<S::Output>>],
-    item: Item,
+    (item, fp): (Item, String),
     index: u64,
-) -> ItemResult<S::Output> {
-    let fail = |e: &Error| {
-        run.stop.trigger(
-            Termination {
-                reason: TerminationReason::CheckpointFailed,
-                message: Some(e.to_string()),
-                ..Termination::new(TerminationReason::CheckpointFailed)
-            },
-            false,
-        );
-    };
-    let fp = item_fingerprint(&item);
-    match cp.replay(&item, &fp, index) {
-        Ok(Some(r)) => return r,
-        Ok(None) => {}
-        Err(e) => {
-            fail(&e);
-            return run.unstarted(item, index);
-        }
-    }
+    publish: Publish<S::Output>,
+) {
     let prompt = cp.stores_inputs().then(|| item.prompt.clone());
     let result = after_middleware(middleware, process_item(run, item, index, None).await);
-    let stopped = result.error().is_some_and(|e| e.category.is_stop());
-    if !stopped {
-        let committed = match cp.encode_record(&result, fp, prompt) {
-            Ok(rec) => cp.commit(rec).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = committed {
-            fail(&e);
+    if result.error().is_some_and(|e| e.category.is_stop()) {
+        return publish.now(run, result).await;
+    }
+    match cp.encode_record(&result, fp, prompt) {
+        Ok(rec) => {
+            let run = Arc::clone(run);
+            cp.commit_then(
+                &rec,
+                Box::new(move |committed| {
+                    if let Err(e) = committed {
+                        checkpoint_failed(&run, e);
+                    }
+                    publish.blocking(&run, result);
+                }),
+            )
+            .await;
+        }
+        Err(e) => {
+            checkpoint_failed(run, e.to_string());
+            publish.now(run, result).await;
         }
     }
-    result
+}
+
+/// An input item after middleware and, with a checkpoint, after the resume
+/// decision.
+enum Staged<T> {
+    /// Process it (with its fingerprint when there is a checkpoint).
+    Run(Item, Option<String>),
+    /// Publish this stored result.
+    Replay(ItemResult<T>),
+    /// The checkpoint could not be read: the run stops; the item is not
+    /// started.
+    Failed(Item, String),
+}
+
+/// Input items decided per chunk on the blocking pool.
+const STAGE_CHUNK: usize = 1024;
+
+/// Applies `before` middleware and, when the checkpoint may replay, decides
+/// chunks of items off the async threads: one store round trip per chunk,
+/// and the next chunk is decided while this one is dispatched.
+fn staged<T, I>(
+    items: I,
+    middleware: Arc<[Arc<dyn Middleware<T>>]>,
+    checkpoint: Option<Arc<Checkpoint<T>>>,
+) -> Pin<Box<dyn Stream<Item = Staged<T>> + Send>>
+where
+    T: Send + 'static,
+    I: Stream<Item = Item> + Send + 'static,
+{
+    let items = items.filter_map(move |item| {
+        std::future::ready(middleware.iter().try_fold(item, |it, m| m.before(it)))
+    });
+    match checkpoint {
+        Some(cp) if cp.may_replay() => Box::pin(
+            items
+                .ready_chunks(STAGE_CHUNK)
+                .map(move |chunk| {
+                    let cp = Arc::clone(&cp);
+                    async move {
+                        // `decide_chunk` contains panics, so this fails only
+                        // when the runtime shuts down, and with it the run.
+                        tokio::task::spawn_blocking(move || decide_chunk(&cp, chunk))
+                            .await
+                            .unwrap_or_default()
+                    }
+                })
+                .buffered(4)
+                .flat_map(futures::stream::iter),
+        ),
+        Some(_) => Box::pin(items.map(|item| {
+            let fp = item_fingerprint(&item);
+            Staged::Run(item, Some(fp))
+        })),
+        None => Box::pin(items.map(|item| Staged::Run(item, None))),
+    }
+}
+
+/// The resume decisions of one chunk; a panic in the store becomes a
+/// failure of each item, so none is lost.
+fn decide_chunk<T>(cp: &Checkpoint<T>, chunk: Vec<Item>) -> Vec<Staged<T>> {
+    let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cp.stage(&chunk)));
+    match decided {
+        Ok(decisions) => chunk
+            .into_iter()
+            .zip(decisions)
+            .map(|(item, d)| match d {
+                Decision::Replay(r) => Staged::Replay(r),
+                Decision::Run(fp) => Staged::Run(item, Some(fp)),
+                Decision::Failed(message) => Staged::Failed(item, message),
+            })
+            .collect(),
+        Err(_) => chunk
+            .into_iter()
+            .map(|item| Staged::Failed(item, "the checkpoint lookup panicked".into()))
+            .collect(),
+    }
+}
+
+/// Hands one result to the consumer; holds the item's place in the run
+/// (the driver ends the stream only when every place is given back).
+struct Publish<T> {
+    tx: mpsc::Sender<ItemResult<T>>,
+    _place: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+impl<T: Send + 'static> Publish<T> {
+    async fn now<S: Strategy<Output = T>>(self, run: &Run<S>, result: ItemResult<T>) {
+        run.emit_terminal(&result);
+        let _ = self.tx.send(result).await;
+    }
+
+    /// From a thread outside the runtime (the checkpoint writer).
+    fn blocking<S: Strategy<Output = T>>(self, run: &Run<S>, result: ItemResult<T>) {
+        run.emit_terminal(&result);
+        let _ = self.tx.blocking_send(result);
+    }
 }
 
 /// Applies `after` to a success and `on_error` to a failure.
@@ -445,6 +546,35 @@ impl<S: Strategy> Driver<S> {
         }
     }
 
+    /// The task that processes one item and publishes its result; it
+    /// holds a worker until the result is published or handed to the
+    /// checkpoint writer.
+    fn item_task(
+        &self,
+        item: Item,
+        fp: Option<String>,
+        i: u64,
+        place: tokio_util::task::task_tracker::TaskTrackerToken,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let run = Arc::clone(&self.run);
+        let publish = Publish {
+            tx: self.tx.clone(),
+            _place: place,
+        };
+        let middleware = Arc::clone(&self.middleware);
+        let checkpoint = self.checkpoint.clone();
+        async move {
+            if let (Some(cp), Some(fp)) = (checkpoint, fp) {
+                checkpointed(&run, &cp, &middleware, (item, fp), i, publish).await;
+            } else {
+                let result = after_middleware(&middleware, process_item(&run, item, i, None).await);
+                publish.now(&run, result).await;
+            }
+            drop(permit);
+        }
+    }
+
     async fn drive<I: Stream<Item = Item> + Send + 'static>(self, items: I) {
         let run = &self.run;
         run.events.emit(|| crate::observe::Event::BatchStarted);
@@ -463,7 +593,7 @@ impl<S: Strategy> Driver<S> {
         self.spawn_deadline_timer(&finished);
         self.spawn_ramp(&workers, &finished);
         let _end_timer = finished.drop_guard();
-        let mut items = pin!(items);
+        let mut items = staged(items, Arc::clone(&self.middleware), self.checkpoint.clone());
         let mut index = 0u64;
         'feed: loop {
             let permit = tokio::select! {
@@ -487,34 +617,41 @@ impl<S: Strategy> Driver<S> {
                     }
                 }
             }
-            let item = tokio::select! {
+            let next = tokio::select! {
                 biased;
                 () = run.stop.stopping.cancelled() => break,
-                item = items.next() => item,
+                next = items.next() => next,
             };
-            let Some(item) = item else { break };
-            let Some(item) = self.middleware.iter().try_fold(item, |it, m| m.before(it)) else {
-                continue;
-            };
+            let Some(next) = next else { break };
             let i = index;
             index += 1;
-            let run = Arc::clone(run);
-            let tx = self.tx.clone();
-            let middleware = Arc::clone(&self.middleware);
-            let checkpoint = self.checkpoint.clone();
-            tracker.spawn(async move {
-                let result = match checkpoint {
-                    None => after_middleware(&middleware, process_item(&run, item, i, None).await),
-                    Some(cp) => checkpointed(&run, &cp, &middleware, item, i).await,
-                };
-                run.emit_terminal(&result);
-                let _ = tx.send(result).await;
-                drop(permit);
-            });
+            match next {
+                Staged::Run(item, fp) => {
+                    let place = tracker.token();
+                    tracker.spawn(self.item_task(item, fp, i, place, permit));
+                }
+                Staged::Replay(mut r) => {
+                    drop(permit);
+                    r.index = i;
+                    run.emit_terminal(&r);
+                    let _ = self.tx.send(r).await;
+                }
+                Staged::Failed(item, message) => {
+                    drop(permit);
+                    checkpoint_failed(run, message);
+                    let _ = self.tx.send(run.unstarted(item, i)).await;
+                }
+            }
         }
         if self.record_unstarted && run.stop.stopping.is_cancelled() {
-            while let Some(item) = items.next().await {
-                let r = run.unstarted(item, index);
+            while let Some(next) = items.next().await {
+                let r = match next {
+                    Staged::Replay(mut r) => {
+                        r.index = index;
+                        r
+                    }
+                    Staged::Run(item, _) | Staged::Failed(item, _) => run.unstarted(item, index),
+                };
                 index += 1;
                 if self.tx.send(r).await.is_err() {
                     break;

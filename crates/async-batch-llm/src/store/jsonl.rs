@@ -172,13 +172,20 @@ impl JsonlStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn read(&self, offset: u64, len: u32) -> Result<Record, Error> {
+    fn read_line(&self, offset: u64, len: u32) -> Result<String, Error> {
         let mut buf = vec![0u8; len as usize];
         self.reader
             .read_exact_at(&mut buf, offset)
             .map_err(|e| io(&self.path, e))?;
-        let text = std::str::from_utf8(&buf).map_err(|e| bad(&self.path, 0, e.to_string()))?;
-        Record::from_json(text).map_err(|e| Error::Format {
+        String::from_utf8(buf).map_err(|e| Error::Format {
+            place: format!("{} at byte {offset}", self.path.display()),
+            message: e.to_string(),
+        })
+    }
+
+    fn read(&self, offset: u64, len: u32) -> Result<Record, Error> {
+        let text = self.read_line(offset, len)?;
+        Record::from_json(&text).map_err(|e| Error::Format {
             place: format!("{} at byte {offset}", self.path.display()),
             message: e,
         })
@@ -189,6 +196,16 @@ impl CheckpointStore for JsonlStore {
     fn lookup(&self, id: &str) -> Result<Option<Record>, Error> {
         let at = self.lock().index.get(id).copied();
         at.map(|(o, l)| self.read(o, l)).transpose()
+    }
+
+    fn lookup_raw(&self, ids: &[&str]) -> Result<Vec<Option<String>>, Error> {
+        let at: Vec<_> = {
+            let st = self.lock();
+            ids.iter().map(|id| st.index.get(*id).copied()).collect()
+        };
+        at.into_iter()
+            .map(|a| a.map(|(o, l)| self.read_line(o, l)).transpose())
+            .collect()
     }
 
     fn write_batch(&self, records: &[EncodedRecord]) -> Result<(), Error> {

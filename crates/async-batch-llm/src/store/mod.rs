@@ -125,6 +125,28 @@ impl Record {
     }
 }
 
+/// A [`Record`] read with its output already in the run's type (one parse,
+/// no intermediate `Value`).
+#[derive(Deserialize)]
+#[serde(bound = "T: DeserializeOwned")]
+struct TypedRecord<T> {
+    v: u32,
+    item_fp: String,
+    identity_fp: String,
+    result: ItemResult<T>,
+}
+
+/// What a resume does with one input item.
+#[allow(clippy::large_enum_variant)] // short-lived, one per item in a chunk; boxing costs an allocation each
+pub(crate) enum Decision<T> {
+    /// Publish the stored result (its `index` is set by the caller).
+    Replay(ItemResult<T>),
+    /// Process the item; its fingerprint.
+    Run(String),
+    /// The store could not be read: the run stops with this message.
+    Failed(String),
+}
+
 /// A record serialized for a store, with the fields stores index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedRecord {
@@ -188,6 +210,23 @@ impl Manifest {
 pub trait CheckpointStore: Send + Sync + 'static {
     /// The latest record of `id`.
     fn lookup(&self, id: &str) -> Result<Option<Record>, Error>;
+    /// The latest stored line of each id, in the order asked (a resume
+    /// asks for a chunk of input items at once). The default looks each up
+    /// and serializes it again; stores keep their lines and return them.
+    fn lookup_raw(&self, ids: &[&str]) -> Result<Vec<Option<String>>, Error> {
+        ids.iter()
+            .map(|id| {
+                self.lookup(id)?
+                    .map(|r| {
+                        serde_json::to_string(&r).map_err(|e| Error::Format {
+                            place: format!("record {id}"),
+                            message: e.to_string(),
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
     /// Writes records durably (as the store's durability setting says).
     /// Called from one writer thread.
     fn write_batch(&self, records: &[EncodedRecord]) -> Result<(), Error>;
@@ -271,7 +310,12 @@ impl Default for CheckpointOptions {
     }
 }
 
-type Decode<T> = fn(Value) -> Result<T, String>;
+/// Most results that wait for the checkpoint writer at once: enough for
+/// large commits, small enough to keep a streamed run's memory flat
+/// (4,096 measured 72k appends/s at 47 MiB peak, 1,024 81–85k at 20 MiB).
+const WRITER_QUEUE: usize = 1024;
+
+type Parse<T> = fn(&str) -> Result<TypedRecord<T>, String>;
 type Encode<T> = fn(&T) -> Result<Value, String>;
 
 /// A store bound to a run: replays matching records, and records every new
@@ -283,7 +327,7 @@ pub struct Checkpoint<T> {
     identity_fp: String,
     options: CheckpointOptions,
     encode: Encode<T>,
-    decode: Decode<T>,
+    parse: Parse<T>,
 }
 
 impl<T> std::fmt::Debug for Checkpoint<T> {
@@ -303,13 +347,18 @@ impl<T: Serialize + DeserializeOwned> Checkpoint<T> {
         options: CheckpointOptions,
     ) -> Result<Self, Error> {
         Ok(Self {
-            writer: Writer::start(Arc::clone(&store), options.batch_rows, options.batch_delay)?,
+            writer: Writer::start(
+                Arc::clone(&store),
+                options.batch_rows,
+                options.batch_delay,
+                WRITER_QUEUE,
+            )?,
             fresh: !store.had_records_at_open(),
             store,
             identity_fp: identity.fingerprint(),
             options,
             encode: |t| serde_json::to_value(t).map_err(|e| e.to_string()),
-            decode: |v| serde_json::from_value(v).map_err(|e| e.to_string()),
+            parse: |line| serde_json::from_str(line).map_err(|e| e.to_string()),
         })
     }
 }
@@ -322,42 +371,97 @@ impl<T> Checkpoint<T> {
         fingerprint: &str,
         index: u64,
     ) -> Result<Option<ItemResult<T>>, Error> {
-        if self.options.resume == ResumePolicy::None || self.fresh {
+        if !self.may_replay() {
             return Ok(None);
         }
-        let Some(rec) = self.store.lookup(&item.id)? else {
-            return Ok(None);
+        let line = self.store.lookup_raw(&[item.id.as_str()])?.pop().flatten();
+        match self.decide(item, fingerprint.to_owned(), line) {
+            Decision::Replay(mut r) => {
+                r.index = index;
+                Ok(Some(r))
+            }
+            Decision::Run(_) => Ok(None),
+            Decision::Failed(message) => Err(Error::Format {
+                place: format!("checkpoint, item {}", item.id),
+                message,
+            }),
+        }
+    }
+
+    /// Whether this run can reuse anything (a resume policy and a store
+    /// that held records when it was opened).
+    pub(crate) fn may_replay(&self) -> bool {
+        self.options.resume != ResumePolicy::None && !self.fresh
+    }
+
+    /// Decides a chunk of input items with one store round trip: replay,
+    /// run (with its fingerprint), or fail. Called off the async threads.
+    pub(crate) fn stage(&self, items: &[Item]) -> Vec<Decision<T>> {
+        let fps = items.iter().map(item_fingerprint);
+        if !self.may_replay() {
+            return fps.map(Decision::Run).collect();
+        }
+        let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        match self.store.lookup_raw(&ids) {
+            Ok(lines) => items
+                .iter()
+                .zip(fps)
+                .zip(lines)
+                .map(|((item, fp), line)| self.decide(item, fp, line))
+                .collect(),
+            Err(e) => items
+                .iter()
+                .map(|_| Decision::Failed(e.to_string()))
+                .collect(),
+        }
+    }
+
+    /// What to do with `item` given its stored line, if any.
+    fn decide(&self, item: &Item, fp: String, line: Option<String>) -> Decision<T> {
+        let Some(line) = line else {
+            return Decision::Run(fp);
         };
-        if rec.identity_fp != self.identity_fp || rec.item_fp != fingerprint {
-            return Ok(None);
+        let rec = match (self.parse)(&line) {
+            Ok(rec) => rec,
+            // A sound record whose output this build cannot read: run the
+            // item again. A record that is not sound stops the run.
+            Err(typed) => {
+                return match Record::from_json(&line) {
+                    Ok(_) => Decision::Run(fp),
+                    Err(e) => {
+                        Decision::Failed(format!("record of item {}: {e} ({typed})", item.id))
+                    }
+                };
+            }
+        };
+        if rec.v == 0 || rec.v > RECORD_VERSION {
+            return Decision::Failed(format!(
+                "record of item {}: version {} is not supported (this build reads 1..={RECORD_VERSION})",
+                item.id, rec.v
+            ));
+        }
+        if rec.identity_fp != self.identity_fp || rec.item_fp != fp {
+            return Decision::Run(fp);
         }
         let reuse = match &rec.result.outcome {
             Ok(_) => true,
             Err(e) => self.options.resume == ResumePolicy::All && !always_reruns(e.category),
         };
         if !reuse {
-            return Ok(None);
+            return Decision::Run(fp);
         }
         let r = rec.result;
-        let outcome = match r.outcome {
-            Ok(v) => match (self.decode)(v) {
-                Ok(t) => Ok(t),
-                // A stored output this build cannot read: run the item again.
-                Err(_) => return Ok(None),
-            },
-            Err(e) => Err(e),
-        };
-        Ok(Some(ItemResult {
+        Decision::Replay(ItemResult {
             id: r.id,
-            index,
-            outcome,
+            index: 0,
+            outcome: r.outcome,
             usage: r.usage,
             attempts: r.attempts,
             tries: r.tries,
             timing: r.timing,
             context: item.context.clone(),
             replayed: true,
-        }))
+        })
     }
 
     /// Writes `result` durably; returns once it is committed.
@@ -379,6 +483,19 @@ impl<T> Checkpoint<T> {
         // Serialized here, on the caller's thread, so the one writer thread
         // only writes.
         self.writer.write(EncodedRecord::new(&record)?).await
+    }
+
+    /// Queues a record made by [`encode_record`](Self::encode_record);
+    /// `then` runs on the writer thread once it is committed (or with the
+    /// error). Waits only while the writer's queue is full.
+    pub(crate) async fn commit_then(&self, record: &Record, then: writer::Then) {
+        match EncodedRecord::new(record) {
+            Ok(encoded) => self.writer.write_then(encoded, then).await,
+            Err(e) => {
+                let message = e.to_string();
+                let _ = tokio::task::spawn_blocking(move || then(Err(message))).await;
+            }
+        }
     }
 
     /// The record of `result` (output encoded as JSON).
