@@ -469,3 +469,68 @@ async fn every_streamed_result_is_committed_before_the_consumer_sees_it() {
         TerminationReason::Completed
     );
 }
+
+/// A resume reads input ahead in chunks to decide them; when the run is
+/// stopped, every item it read still gets exactly one result (replayed or
+/// not started), and none it did not read does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_resume_gives_every_item_it_read_one_result() {
+    use futures::StreamExt as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let id = identity("m", "v1");
+    let first = FakeStrategy::echo();
+    run(
+        open(Kind::Sqlite, dir.path(), &id),
+        &id,
+        ResumePolicy::Successes,
+        &first,
+        items(3_000),
+    )
+    .await;
+
+    let cp = Checkpoint::new(
+        open(Kind::Sqlite, dir.path(), &id),
+        &id,
+        CheckpointOptions::default(),
+    )
+    .unwrap();
+    let extras = RunExtras {
+        checkpoint: Some(Arc::new(cp)),
+        ..RunExtras::default()
+    };
+    let read = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&read);
+    // Old items interleaved with new ones, which are slow.
+    let input = futures::stream::iter((0..6_000).map(|i| {
+        if i % 2 == 0 {
+            Item::new(format!("i{}", i / 2), format!("i{}", i / 2))
+        } else {
+            Item::new(format!("new{i}"), "fresh")
+        }
+    }))
+    .inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let fake = FakeStrategy::echo().with_latency(std::time::Duration::from_millis(20));
+    let mut stream =
+        async_batch_llm::process_stream_with(fake.clone(), input, &config(), extras).unwrap();
+    let stop = stream.stop_handle();
+    let mut seen = std::collections::HashSet::new();
+    let mut replayed = 0;
+    while let Some(r) = stream.next().await {
+        assert!(seen.insert(r.id.clone()), "{} twice", r.id);
+        replayed += u64::from(r.replayed);
+        if seen.len() == 100 {
+            stop.stop();
+        }
+    }
+    let read = read.load(Ordering::SeqCst);
+    assert!(read < 6_000, "the stop came before the end of the input");
+    assert_eq!(seen.len() as u64, read, "one result per item read");
+    assert!(replayed > 0);
+    assert_eq!(
+        stream.termination().unwrap().reason,
+        TerminationReason::Aborted
+    );
+}

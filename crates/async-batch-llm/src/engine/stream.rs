@@ -1,12 +1,12 @@
 //! Streaming and collecting hosts: `process_stream` and `process_prompts`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use futures::{Stream, StreamExt as _};
+use futures::{FutureExt as _, Stream, StreamExt as _};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -91,7 +91,9 @@ impl StopHandle {
 /// with [`BatchConfig::reorder_window`]). Dropping it stops the run: calls in
 /// flight are cancelled, `cleanup` runs, and no task outlives it for long.
 pub struct ResultStream<T> {
-    rx: mpsc::Receiver<ItemResult<T>>,
+    rx: mpsc::Receiver<Msg<T>>,
+    /// The rest of a group being handed out.
+    group: Option<std::vec::IntoIter<ItemResult<T>>>,
     reorder: Option<BTreeMap<u64, ItemResult<T>>>,
     next_index: u64,
     control: Arc<Control>,
@@ -143,6 +145,22 @@ impl<T> ResultStream<T> {
         self.stop.clone()
     }
 
+    /// The next result in arrival order.
+    fn recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<ItemResult<T>>> {
+        loop {
+            if let Some(r) = self.group.as_mut().and_then(Iterator::next) {
+                return Poll::Ready(Some(r));
+            }
+            self.group = None;
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(Msg::One(r))) => return Poll::Ready(Some(r)),
+                Poll::Ready(Some(Msg::Group(g))) => self.group = Some(g),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
     fn release(&mut self, r: ItemResult<T>) -> Poll<Option<ItemResult<T>>> {
         self.next_index = r.index + 1;
         self.control
@@ -153,13 +171,16 @@ impl<T> ResultStream<T> {
     }
 }
 
+// No field is pinned: the stream moves its results by value.
+impl<T> Unpin for ResultStream<T> {}
+
 impl<T> Stream for ResultStream<T> {
     type Item = ItemResult<T>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         if this.reorder.is_none() {
-            return this.rx.poll_recv(cx);
+            return this.recv(cx);
         }
         loop {
             let next = this.next_index;
@@ -168,7 +189,7 @@ impl<T> Stream for ResultStream<T> {
             {
                 return this.release(r);
             }
-            match this.rx.poll_recv(cx) {
+            match this.recv(cx) {
                 Poll::Ready(Some(r)) => {
                     if let Some(buf) = this.reorder.as_mut() {
                         buf.insert(r.index, r);
@@ -323,6 +344,7 @@ where
     tokio::spawn(driver.drive(items));
     Ok(ResultStream {
         rx,
+        group: None,
         reorder: config.reorder_window.map(|_| BTreeMap::new()),
         next_index: 0,
         control,
@@ -393,44 +415,141 @@ enum Staged<T> {
 
 /// Input items decided per chunk on the blocking pool.
 const STAGE_CHUNK: usize = 1024;
+/// Chunks being decided while the driver dispatches the current one.
+const STAGE_AHEAD: usize = 3;
+/// Most replayed results in one message to the consumer.
+const REPLAY_GROUP: usize = 64;
 
-/// Applies `before` middleware and, when the checkpoint may replay, decides
-/// chunks of items off the async threads: one store round trip per chunk,
-/// and the next chunk is decided while this one is dispatched.
-fn staged<T, I>(
-    items: I,
+/// The driver's input: items after `before` middleware and, when the
+/// checkpoint may replay, after the resume decision. Without replays an
+/// item is read only when the driver asks (so only when a worker is free).
+/// With replays, chunks of items that are ready are read and decided on
+/// the blocking pool (one store round trip per chunk) ahead of the driver.
+/// Items read are accepted: [`Feed::drain_taken`] returns those not yet
+/// dispatched when the run stops.
+struct Feed<T> {
+    items: Pin<Box<dyn Stream<Item = Item> + Send>>,
     middleware: Arc<[Arc<dyn Middleware<T>>]>,
-    checkpoint: Option<Arc<Checkpoint<T>>>,
-) -> Pin<Box<dyn Stream<Item = Staged<T>> + Send>>
-where
-    T: Send + 'static,
-    I: Stream<Item = Item> + Send + 'static,
-{
-    let items = items.filter_map(move |item| {
-        std::future::ready(middleware.iter().try_fold(item, |it, m| m.before(it)))
-    });
-    match checkpoint {
-        Some(cp) if cp.may_replay() => Box::pin(
-            items
-                .ready_chunks(STAGE_CHUNK)
-                .map(move |chunk| {
-                    let cp = Arc::clone(&cp);
-                    async move {
-                        // `decide_chunk` contains panics, so this fails only
-                        // when the runtime shuts down, and with it the run.
-                        tokio::task::spawn_blocking(move || decide_chunk(&cp, chunk))
-                            .await
-                            .unwrap_or_default()
-                    }
-                })
-                .buffered(4)
-                .flat_map(futures::stream::iter),
-        ),
-        Some(_) => Box::pin(items.map(|item| {
-            let fp = item_fingerprint(&item);
-            Staged::Run(item, Some(fp))
-        })),
-        None => Box::pin(items.map(|item| Staged::Run(item, None))),
+    replay: Option<Arc<Checkpoint<T>>>,
+    pending: VecDeque<Staged<T>>,
+    deciding: VecDeque<tokio::task::JoinHandle<Vec<Staged<T>>>>,
+    input_done: bool,
+}
+
+impl<T: Send + 'static> Feed<T> {
+    fn new(
+        items: Pin<Box<dyn Stream<Item = Item> + Send>>,
+        middleware: Arc<[Arc<dyn Middleware<T>>]>,
+        checkpoint: Option<&Arc<Checkpoint<T>>>,
+    ) -> Self {
+        Self {
+            items,
+            middleware,
+            replay: checkpoint.filter(|cp| cp.may_replay()).cloned(),
+            pending: VecDeque::new(),
+            deciding: VecDeque::new(),
+            input_done: false,
+        }
+    }
+
+    fn before(&self, item: Item) -> Option<Item> {
+        self.middleware.iter().try_fold(item, |it, m| m.before(it))
+    }
+
+    /// With replays: waits until something is staged (or the input ends).
+    async fn fill(&mut self) {
+        if self.replay.is_none() {
+            return;
+        }
+        while self.pending.is_empty() {
+            if let Some(h) = self.deciding.pop_front() {
+                // `decide_chunk` contains panics, so this fails only when
+                // the runtime shuts down, and with it the run.
+                self.pending = h.await.unwrap_or_default().into();
+            } else if self.input_done {
+                return;
+            } else {
+                let Some(first) = self.items.next().await else {
+                    self.input_done = true;
+                    return;
+                };
+                self.start_chunk(Some(first));
+            }
+        }
+        self.top_up();
+    }
+
+    /// Whether the next staged item is a replay (it needs no worker).
+    fn replay_next(&self) -> bool {
+        matches!(self.pending.front(), Some(Staged::Replay(_)))
+    }
+
+    /// The next item; `None` at the end of the input.
+    async fn next(&mut self) -> Option<Staged<T>> {
+        if self.replay.is_some() {
+            self.fill().await;
+            return self.pending.pop_front();
+        }
+        loop {
+            let item = self.items.next().await?;
+            if let Some(item) = self.before(item) {
+                return Some(Staged::Run(item, None));
+            }
+        }
+    }
+
+    /// Up to `max` replays from the front.
+    fn take_replays(&mut self, max: usize) -> Vec<ItemResult<T>> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.pending.pop_front() {
+                Some(Staged::Replay(r)) => out.push(r),
+                Some(other) => {
+                    self.pending.push_front(other);
+                    break;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Starts deciding the items that are ready now, `first` included.
+    fn start_chunk(&mut self, first: Option<Item>) -> bool {
+        let Some(cp) = &self.replay else { return false };
+        let mut chunk: Vec<Item> = first.and_then(|i| self.before(i)).into_iter().collect();
+        while chunk.len() < STAGE_CHUNK {
+            match self.items.next().now_or_never() {
+                Some(Some(item)) => chunk.extend(self.before(item)),
+                Some(None) => {
+                    self.input_done = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if chunk.is_empty() {
+            return false;
+        }
+        let cp = Arc::clone(cp);
+        self.deciding
+            .push_back(tokio::task::spawn_blocking(move || {
+                decide_chunk(&cp, chunk)
+            }));
+        true
+    }
+
+    /// Keeps [`STAGE_AHEAD`] chunks being decided while input is ready.
+    fn top_up(&mut self) {
+        while self.deciding.len() < STAGE_AHEAD && !self.input_done && self.start_chunk(None) {}
+    }
+
+    /// Items read from the input but not dispatched, in order.
+    async fn drain_taken(&mut self) -> Vec<Staged<T>> {
+        while let Some(h) = self.deciding.pop_front() {
+            self.pending.extend(h.await.unwrap_or_default());
+        }
+        self.pending.drain(..).collect()
     }
 }
 
@@ -458,21 +577,29 @@ fn decide_chunk<T>(cp: &Checkpoint<T>, chunk: Vec<Item>) -> Vec<Staged<T>> {
 /// Hands one result to the consumer; holds the item's place in the run
 /// (the driver ends the stream only when every place is given back).
 struct Publish<T> {
-    tx: mpsc::Sender<ItemResult<T>>,
+    tx: mpsc::Sender<Msg<T>>,
     _place: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 impl<T: Send + 'static> Publish<T> {
     async fn now<S: Strategy<Output = T>>(self, run: &Run<S>, result: ItemResult<T>) {
         run.emit_terminal(&result);
-        let _ = self.tx.send(result).await;
+        let _ = self.tx.send(Msg::One(result)).await;
     }
 
     /// From a thread outside the runtime (the checkpoint writer).
     fn blocking<S: Strategy<Output = T>>(self, run: &Run<S>, result: ItemResult<T>) {
         run.emit_terminal(&result);
-        let _ = self.tx.blocking_send(result);
+        let _ = self.tx.blocking_send(Msg::One(result));
     }
+}
+
+/// What the driver and the workers send the consumer: one result, or a
+/// group of replayed ones (one channel operation for many).
+#[allow(clippy::large_enum_variant)] // `One` is the common case; boxing it would allocate per result
+enum Msg<T> {
+    One(ItemResult<T>),
+    Group(std::vec::IntoIter<ItemResult<T>>),
 }
 
 /// Applies `after` to a success and `on_error` to a failure.
@@ -497,7 +624,7 @@ fn after_middleware<T>(
 
 struct Driver<S: Strategy> {
     run: Arc<Run<S>>,
-    tx: mpsc::Sender<ItemResult<S::Output>>,
+    tx: mpsc::Sender<Msg<S::Output>>,
     control: Arc<Control>,
     concurrency: usize,
     startup_ramp: Option<super::config::StartupRamp>,
@@ -565,7 +692,8 @@ impl<S: Strategy> Driver<S> {
         let middleware = Arc::clone(&self.middleware);
         let checkpoint = self.checkpoint.clone();
         async move {
-            if let (Some(cp), Some(fp)) = (checkpoint, fp) {
+            if let Some(cp) = checkpoint {
+                let fp = fp.unwrap_or_else(|| item_fingerprint(&item));
                 checkpointed(&run, &cp, &middleware, (item, fp), i, publish).await;
             } else {
                 let result = after_middleware(&middleware, process_item(&run, item, i, None).await);
@@ -573,6 +701,54 @@ impl<S: Strategy> Driver<S> {
             }
             drop(permit);
         }
+    }
+
+    /// How many more items the reorder window lets start now (waiting
+    /// while it is full); `None` once the run stops.
+    async fn window_room(&self, index: u64) -> Option<usize> {
+        let Some(w) = self.window else {
+            return Some(usize::MAX);
+        };
+        loop {
+            let notified = self.control.notify.notified();
+            let limit = self.control.emitted.load(Ordering::Acquire) + w as u64;
+            if index < limit {
+                return Some(usize::try_from(limit - index).unwrap_or(usize::MAX));
+            }
+            tokio::select! {
+                biased;
+                () = self.run.stop.stopping.cancelled() => return None,
+                () = notified => {}
+            }
+        }
+    }
+
+    /// Publishes replayed results as one message; returns the next index.
+    async fn publish_replays(&self, mut group: Vec<ItemResult<S::Output>>, mut index: u64) -> u64 {
+        for r in &mut group {
+            r.index = index;
+            index += 1;
+            self.run.emit_terminal(r);
+        }
+        if !group.is_empty() {
+            let _ = self.tx.send(Msg::Group(group.into_iter())).await;
+        }
+        index
+    }
+
+    /// Publishes an item read but not started after a stop (a replay is
+    /// still published as replayed); returns the next index.
+    async fn publish_unstarted(&self, staged: Staged<S::Output>, index: u64) -> u64 {
+        let r = match staged {
+            Staged::Replay(mut r) => {
+                r.index = index;
+                self.run.emit_terminal(&r);
+                r
+            }
+            Staged::Run(item, _) | Staged::Failed(item, _) => self.run.unstarted(item, index),
+        };
+        let _ = self.tx.send(Msg::One(r)).await;
+        index + 1
     }
 
     async fn drive<I: Stream<Item = Item> + Send + 'static>(self, items: I) {
@@ -593,36 +769,47 @@ impl<S: Strategy> Driver<S> {
         self.spawn_deadline_timer(&finished);
         self.spawn_ramp(&workers, &finished);
         let _end_timer = finished.drop_guard();
-        let mut items = staged(items, Arc::clone(&self.middleware), self.checkpoint.clone());
+        let mut feed = Feed::new(
+            Box::pin(items),
+            Arc::clone(&self.middleware),
+            self.checkpoint.as_ref(),
+        );
         let mut index = 0u64;
-        'feed: loop {
-            let permit = tokio::select! {
+        loop {
+            tokio::select! {
                 biased;
                 () = run.stop.stopping.cancelled() => break,
-                p = Arc::clone(&workers).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-            };
-            if let Some(w) = self.window {
-                loop {
-                    let notified = self.control.notify.notified();
-                    if index < self.control.emitted.load(Ordering::Acquire) + w as u64 {
-                        break;
-                    }
-                    tokio::select! {
-                        biased;
-                        () = run.stop.stopping.cancelled() => break 'feed,
-                        () = notified => {}
-                    }
+                () = feed.fill() => {}
+            }
+            // A replay needs no worker.
+            let permit = if feed.replay_next() {
+                None
+            } else {
+                tokio::select! {
+                    biased;
+                    () = run.stop.stopping.cancelled() => break,
+                    p = Arc::clone(&workers).acquire_owned() => match p {
+                        Ok(p) => Some(p),
+                        Err(_) => break,
+                    },
                 }
+            };
+            let Some(room) = self.window_room(index).await else {
+                break;
+            };
+            if permit.is_none() {
+                let group = feed.take_replays(room.min(REPLAY_GROUP));
+                index = self.publish_replays(group, index).await;
+                continue;
             }
             let next = tokio::select! {
                 biased;
                 () = run.stop.stopping.cancelled() => break,
-                next = items.next() => next,
+                next = feed.next() => next,
             };
-            let Some(next) = next else { break };
+            let (Some(next), Some(permit)) = (next, permit) else {
+                break;
+            };
             let i = index;
             index += 1;
             match next {
@@ -631,31 +818,23 @@ impl<S: Strategy> Driver<S> {
                     tracker.spawn(self.item_task(item, fp, i, place, permit));
                 }
                 Staged::Replay(mut r) => {
-                    drop(permit);
                     r.index = i;
                     run.emit_terminal(&r);
-                    let _ = self.tx.send(r).await;
+                    let _ = self.tx.send(Msg::One(r)).await;
                 }
                 Staged::Failed(item, message) => {
-                    drop(permit);
                     checkpoint_failed(run, message);
-                    let _ = self.tx.send(run.unstarted(item, i)).await;
+                    let _ = self.tx.send(Msg::One(run.unstarted(item, i))).await;
                 }
             }
         }
+        // Items already read were accepted: each gets its result.
+        for staged in feed.drain_taken().await {
+            index = self.publish_unstarted(staged, index).await;
+        }
         if self.record_unstarted && run.stop.stopping.is_cancelled() {
-            while let Some(next) = items.next().await {
-                let r = match next {
-                    Staged::Replay(mut r) => {
-                        r.index = index;
-                        r
-                    }
-                    Staged::Run(item, _) | Staged::Failed(item, _) => run.unstarted(item, index),
-                };
-                index += 1;
-                if self.tx.send(r).await.is_err() {
-                    break;
-                }
+            while let Some(staged) = feed.next().await {
+                index = self.publish_unstarted(staged, index).await;
             }
         }
         tracker.close();
