@@ -42,11 +42,11 @@ QUICK = {
     "reps": 1,
     "overhead_items": 5_000,
     "http_concurrency": [64, 256],
-    "http_waves": 10,
-    "rl_items": 300,
-    "quota_seconds": 10,
+    "http_waves": 6,
+    "rl_items": 150,
+    "quota_seconds": 8,
     "memory_items": 10_000,
-    "resume_items": 2_000,
+    "resume_items": 1_000,
 }
 
 

@@ -128,6 +128,10 @@ run_args! {
     /// Cap of cooldowns without a hint, in seconds (default 300).
     #[arg(long, env = "ABL_COOLDOWN_MAX")]
     cooldown_max: Option<f64>,
+    /// Window in seconds over which waiting calls are released after a cooldown
+    /// (default 5, never longer than the cooldown itself; 0 releases them at once).
+    #[arg(long, env = "ABL_COOLDOWN_RAMP")]
+    cooldown_ramp: Option<f64>,
     /// Requests per minute allowed by the provider (fractions allowed); never exceeded.
     #[arg(long, env = "ABL_RPM")]
     rpm: Option<f64>,

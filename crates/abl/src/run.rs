@@ -419,6 +419,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let cooldown = CooldownPolicy {
         default: secs(a.cooldown, "cooldown")?.unwrap_or(defaults.cooldown.default),
         max: secs(a.cooldown_max, "cooldown-max")?.unwrap_or(defaults.cooldown.max),
+        ramp: match a.cooldown_ramp {
+            Some(0.0) => Duration::ZERO,
+            r => secs(r, "cooldown-ramp")?.unwrap_or(defaults.cooldown.ramp),
+        },
         ..defaults.cooldown
     };
     let scopes = ScopeRegistry::new();

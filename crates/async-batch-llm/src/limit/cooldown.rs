@@ -26,7 +26,9 @@ pub struct CooldownPolicy {
     /// Cap for a provider's hint (600 s).
     #[serde(with = "crate::result::duration_ms")]
     pub max_hint: Duration,
-    /// Window over which waiting attempts are released after a cooldown (5 s).
+    /// Window over which waiting attempts are released after a cooldown
+    /// (5 s). Never longer than the cooldown itself: a provider that asks
+    /// for 1 s gets its traffic back within 1 s more, not 5.
     #[serde(with = "crate::result::duration_ms")]
     pub ramp: Duration,
 }
@@ -59,6 +61,8 @@ impl CooldownPolicy {
 struct State {
     /// End of the latest cooldown.
     until: Option<Instant>,
+    /// Release window after it.
+    ramp: Duration,
 }
 
 /// What [`Cooldown::report_rate_limit`] did.
@@ -117,12 +121,15 @@ impl Cooldown {
     /// An attempt blocked by a cooldown is released at a random point of the
     /// ramp window after it; one arriving inside the window is spread too.
     pub fn ready_at(&self, now: Instant) -> Option<Instant> {
-        let until = self.lock().until?;
-        let ramp_end = until + self.policy.ramp;
+        let (until, ramp) = {
+            let st = self.lock();
+            (st.until?, st.ramp)
+        };
+        let ramp_end = until + ramp;
         if now >= ramp_end {
             return None;
         }
-        let target = until + self.policy.ramp.mul_f64(crate::rand::unit());
+        let target = until + ramp.mul_f64(crate::rand::unit());
         (target > now).then_some(target)
     }
 
@@ -139,6 +146,7 @@ impl Cooldown {
         let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         let length = self.policy.length(consecutive, hint);
         st.until = Some(now + length);
+        st.ramp = self.policy.ramp.min(length);
         self.started_count.fetch_add(1, Ordering::Relaxed);
         drop(st);
         tracing::warn!(
@@ -228,8 +236,8 @@ mod tests {
     async fn ramp_spreads_release() {
         let c = Cooldown::new(CooldownPolicy::default());
         let t0 = Instant::now();
-        c.report_rate_limit(Some(Duration::from_secs(2)), t0);
-        let until = t0 + Duration::from_secs(2);
+        c.report_rate_limit(Some(Duration::from_secs(20)), t0);
+        let until = t0 + Duration::from_secs(20);
         let mut targets: Vec<Instant> = (0..200).filter_map(|_| c.ready_at(t0)).collect();
         assert_eq!(targets.len(), 200);
         targets.sort();
@@ -242,5 +250,26 @@ mod tests {
             "{mid:?}"
         );
         assert_eq!(c.ready_at(until + Duration::from_secs(5)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_cooldown_ramps_no_longer_than_itself() {
+        let c = Cooldown::new(CooldownPolicy::default());
+        let t0 = Instant::now();
+        c.report_rate_limit(Some(Duration::from_secs(1)), t0);
+        let until = t0 + Duration::from_secs(1);
+        let targets: Vec<Instant> = (0..200).filter_map(|_| c.ready_at(t0)).collect();
+        assert_eq!(targets.len(), 200);
+        assert!(
+            targets
+                .iter()
+                .all(|t| *t >= until && *t < until + Duration::from_secs(1))
+        );
+        assert!(
+            targets
+                .iter()
+                .any(|t| *t - until > Duration::from_millis(500))
+        );
+        assert_eq!(c.ready_at(until + Duration::from_secs(1)), None);
     }
 }
