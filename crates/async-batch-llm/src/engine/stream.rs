@@ -456,6 +456,11 @@ impl<T: Send + 'static> Feed<T> {
         self.middleware.iter().try_fold(item, |it, m| m.before(it))
     }
 
+    /// Whether items are decided ahead (the checkpoint may replay).
+    fn stages(&self) -> bool {
+        self.replay.is_some()
+    }
+
     /// With replays: waits until something is staged (or the input ends).
     async fn fill(&mut self) {
         if self.replay.is_none() {
@@ -683,7 +688,7 @@ impl<S: Strategy> Driver<S> {
         i: u64,
         place: tokio_util::task::task_tracker::TaskTrackerToken,
         permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> impl Future<Output = ()> + Send + 'static {
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         let run = Arc::clone(&self.run);
         let publish = Publish {
             tx: self.tx.clone(),
@@ -691,7 +696,9 @@ impl<S: Strategy> Driver<S> {
         };
         let middleware = Arc::clone(&self.middleware);
         let checkpoint = self.checkpoint.clone();
-        async move {
+        // Boxed: the item's state machine is kilobytes, and a box is
+        // cheaper than moving it through the spawn layers.
+        Box::pin(async move {
             if let Some(cp) = checkpoint {
                 let fp = fp.unwrap_or_else(|| item_fingerprint(&item));
                 checkpointed(&run, &cp, &middleware, (item, fp), i, publish).await;
@@ -700,7 +707,7 @@ impl<S: Strategy> Driver<S> {
                 publish.now(&run, result).await;
             }
             drop(permit);
-        }
+        })
     }
 
     /// How many more items the reorder window lets start now (waiting
@@ -776,10 +783,12 @@ impl<S: Strategy> Driver<S> {
         );
         let mut index = 0u64;
         loop {
-            tokio::select! {
-                biased;
-                () = run.stop.stopping.cancelled() => break,
-                () = feed.fill() => {}
+            if feed.stages() {
+                tokio::select! {
+                    biased;
+                    () = run.stop.stopping.cancelled() => break,
+                    () = feed.fill() => {}
+                }
             }
             // A replay needs no worker.
             let permit = if feed.replay_next() {
