@@ -480,7 +480,9 @@ def main():
     }
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / f"{mode}.json").write_text(json.dumps(results, indent=1))
+    # A subset (--only) never replaces the results of a whole run.
+    name = mode if len(names) == 6 else f"{mode}-only"
+    (out / f"{name}.json").write_text(json.dumps(results, indent=1))
     if len(names) == 6:
         text = tables(results)
         print(text)
