@@ -467,10 +467,14 @@ impl<T: Send + 'static> Feed<T> {
             return;
         }
         while self.pending.is_empty() {
-            if let Some(h) = self.deciding.pop_front() {
-                // `decide_chunk` contains panics, so this fails only when
-                // the runtime shuts down, and with it the run.
-                self.pending = h.await.unwrap_or_default().into();
+            if let Some(h) = self.deciding.front_mut() {
+                // Awaited in place: if the driver stops waiting (a stop), the
+                // chunk stays queued for `drain_taken`. `decide_chunk`
+                // contains panics, so this fails only when the runtime shuts
+                // down, and with it the run.
+                let decided = h.await.unwrap_or_default();
+                self.deciding.pop_front();
+                self.pending = decided.into();
             } else if self.input_done {
                 return;
             } else {
