@@ -125,14 +125,22 @@ impl Checkpointer {
             .name("abl-wal-checkpoint".into())
             .spawn(move || {
                 let (lock, cv) = &*signal;
-                let mut stopped = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                while !*stopped {
-                    stopped = cv
-                        .wait_timeout(stopped, CHECKPOINT_EVERY)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
+                loop {
+                    // The lock is held only while waiting, not while copying,
+                    // so dropping the store never waits on a long copy.
+                    let stopped = {
+                        let guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                        let (guard, _) = cv
+                            .wait_timeout_while(guard, CHECKPOINT_EVERY, |stop| !*stop)
+                            .unwrap_or_else(PoisonError::into_inner);
+                        *guard
+                    };
                     // PASSIVE never blocks the writer; a failure here only
-                    // leaves a longer WAL for the next round.
+                    // leaves a longer WAL for the next round. After the stop
+                    // the last connection to close copies the rest.
+                    if stopped {
+                        break;
+                    }
                     let _ = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
                 }
             })
