@@ -38,13 +38,12 @@ fn config() -> BatchConfig {
     }
 }
 
-async fn run(
+/// Run extras with a checkpoint on `store`.
+fn with_checkpoint(
     store: Arc<dyn CheckpointStore>,
     id: &Identity,
     resume: ResumePolicy,
-    fake: &FakeStrategy,
-    items: Vec<Item>,
-) -> async_batch_llm::BatchResult<String> {
+) -> RunExtras<String> {
     let cp = Checkpoint::new(
         store,
         id,
@@ -54,10 +53,20 @@ async fn run(
         },
     )
     .unwrap();
-    let extras = RunExtras {
+    RunExtras {
         checkpoint: Some(Arc::new(cp)),
         ..RunExtras::default()
-    };
+    }
+}
+
+async fn run(
+    store: Arc<dyn CheckpointStore>,
+    id: &Identity,
+    resume: ResumePolicy,
+    fake: &FakeStrategy,
+    items: Vec<Item>,
+) -> async_batch_llm::BatchResult<String> {
+    let extras = with_checkpoint(store, id, resume);
     process_prompts_with(fake.clone(), items, &config(), extras)
         .await
         .unwrap()
@@ -431,16 +440,11 @@ async fn every_streamed_result_is_committed_before_the_consumer_sees_it() {
         inner: open(Kind::Sqlite, dir.path(), &id),
         committed: std::sync::Mutex::default(),
     });
-    let cp = Checkpoint::new(
+    let extras = with_checkpoint(
         Arc::clone(&witness) as Arc<dyn CheckpointStore>,
         &id,
-        CheckpointOptions::default(),
-    )
-    .unwrap();
-    let extras = RunExtras {
-        checkpoint: Some(Arc::new(cp)),
-        ..RunExtras::default()
-    };
+        ResumePolicy::Successes,
+    );
     let fake = FakeStrategy::echo().with_item_schedule("i5", vec![FakeStep::Permanent]);
     let config = BatchConfig {
         concurrency: 64,
@@ -489,16 +493,11 @@ async fn a_stopped_resume_gives_every_item_it_read_one_result() {
     )
     .await;
 
-    let cp = Checkpoint::new(
+    let extras = with_checkpoint(
         open(Kind::Sqlite, dir.path(), &id),
         &id,
-        CheckpointOptions::default(),
-    )
-    .unwrap();
-    let extras = RunExtras {
-        checkpoint: Some(Arc::new(cp)),
-        ..RunExtras::default()
-    };
+        ResumePolicy::Successes,
+    );
     let read = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&read);
     // Old items interleaved with new ones, which are slow.

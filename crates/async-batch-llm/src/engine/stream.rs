@@ -747,16 +747,22 @@ impl<S: Strategy> Driver<S> {
         index
     }
 
-    /// Publishes an item read but not started after a stop (a replay is
-    /// still published as replayed); returns the next index.
-    async fn publish_unstarted(&self, staged: Staged<S::Output>, index: u64) -> u64 {
+    /// Publishes an item that takes no worker: a replay, an item whose
+    /// checkpoint could not be read (this stops the run), or one read but
+    /// not started after a stop. Returns the next index.
+    async fn publish_without_worker(&self, staged: Staged<S::Output>, index: u64) -> u64 {
         let r = match staged {
             Staged::Replay(mut r) => {
                 r.index = index;
                 self.run.emit_terminal(&r);
                 r
             }
-            Staged::Run(item, _) | Staged::Failed(item, _) => self.run.unstarted(item, index),
+            Staged::Failed(item, message) => {
+                // The first stop reason wins: after a stop this changes nothing.
+                checkpoint_failed(&self.run, message);
+                self.run.unstarted(item, index)
+            }
+            Staged::Run(item, _) => self.run.unstarted(item, index),
         };
         let _ = self.tx.send(Msg::One(r)).await;
         index + 1
@@ -830,24 +836,19 @@ impl<S: Strategy> Driver<S> {
                     let place = tracker.token();
                     tracker.spawn(self.item_task(item, fp, i, place, permit));
                 }
-                Staged::Replay(mut r) => {
-                    r.index = i;
-                    run.emit_terminal(&r);
-                    let _ = self.tx.send(Msg::One(r)).await;
-                }
-                Staged::Failed(item, message) => {
-                    checkpoint_failed(run, message);
-                    let _ = self.tx.send(Msg::One(run.unstarted(item, i))).await;
+                other => {
+                    drop(permit);
+                    self.publish_without_worker(other, i).await;
                 }
             }
         }
         // Items already read were accepted: each gets its result.
         for staged in feed.drain_taken().await {
-            index = self.publish_unstarted(staged, index).await;
+            index = self.publish_without_worker(staged, index).await;
         }
         if self.record_unstarted && run.stop.stopping.is_cancelled() {
             while let Some(staged) = feed.next().await {
-                index = self.publish_unstarted(staged, index).await;
+                index = self.publish_without_worker(staged, index).await;
             }
         }
         tracker.close();
