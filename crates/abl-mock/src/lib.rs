@@ -61,6 +61,16 @@ impl std::fmt::Debug for MockServer {
 }
 
 impl MockServer {
+    /// Starts a server with default settings that records every request
+    /// (what tests that check request bodies need).
+    pub async fn start_recording() -> std::io::Result<Self> {
+        Self::start(MockConfig {
+            record_requests: true,
+            ..MockConfig::default()
+        })
+        .await
+    }
+
     /// Starts the server on `127.0.0.1:{config.port}` (0: a free port) as a
     /// task of the current tokio runtime.
     pub async fn start(config: MockConfig) -> std::io::Result<Self> {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use abl_mock::{MockConfig, MockServer};
+use abl_mock::MockServer;
 use async_batch_llm::providers::{
     ApiKey, CacheOptions, CachedContent, GeminiCachedModel, GeminiConfig, GeminiModel, HttpOptions,
 };
@@ -22,12 +22,7 @@ use async_batch_llm::{
 use serde_json::Value;
 
 async fn mock() -> MockServer {
-    MockServer::start(MockConfig {
-        record_requests: true,
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap()
+    MockServer::start_recording().await.unwrap()
 }
 
 fn gemini(m: &MockServer) -> GeminiModel {

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use abl_mock::{MockConfig, MockServer};
+use abl_mock::MockServer;
 use async_batch_llm::providers::{ApiKey, ModelOptions, PromptCache, llm_with};
 use async_batch_llm::{
     BatchConfig, DynModel, Item, LlmRequest, Message, Model, ModelStrategy, Prices, Prompt, Role,
@@ -15,12 +15,7 @@ use async_batch_llm::{
 use serde_json::json;
 
 async fn mock() -> MockServer {
-    MockServer::start(MockConfig {
-        record_requests: true,
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap()
+    MockServer::start_recording().await.unwrap()
 }
 
 fn model(m: &MockServer, spec: &str, prompt_cache: PromptCache) -> Arc<dyn DynModel> {

@@ -16,12 +16,7 @@ use async_batch_llm::{
 use serde_json::json;
 
 async fn mock() -> MockServer {
-    MockServer::start(MockConfig {
-        record_requests: true,
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap()
+    MockServer::start_recording().await.unwrap()
 }
 
 fn base(mock: &MockServer, provider: &str) -> String {

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use abl_mock::{MockConfig, MockServer};
+use abl_mock::MockServer;
 use async_batch_llm::providers::{ApiKey, ModelOptions, llm_with};
 use async_batch_llm::{
     BatchConfig, DynModel, ErrorCategory, Item, StructuredStrategy, call_result, process_prompts,
@@ -38,12 +38,7 @@ struct Person {
 }
 
 async fn mock() -> MockServer {
-    MockServer::start(MockConfig {
-        record_requests: true,
-        ..MockConfig::default()
-    })
-    .await
-    .unwrap()
+    MockServer::start_recording().await.unwrap()
 }
 
 fn model(m: &MockServer, spec: &str) -> Arc<dyn DynModel> {
