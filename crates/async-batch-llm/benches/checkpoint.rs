@@ -3,7 +3,8 @@
 //! reopen time of the 1M-record store, and the rate at which a resume skips
 //! finished items. `cargo bench -p async-batch-llm --bench checkpoint`
 //! (`ABL_CP_ITEMS`, `ABL_CP_CONCURRENCY` scale it; `ABL_CP_APPEND_ONLY` stops
-//! after the append pass, `ABL_CP_PROFILE` adds per-row costs).
+//! after the append pass, `ABL_CP_PROFILE` adds per-row costs, `ABL_CP_STORE`
+//! keeps the store so a second run only resumes).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -55,6 +56,69 @@ async fn pass(path: &std::path::Path, n: u64, concurrency: usize) -> (f64, u64) 
     (n as f64 / t.elapsed().as_secs_f64(), replayed)
 }
 
+/// Per-row costs of the store alone (`ABL_CP_PROFILE`).
+fn profile(path: &std::path::Path, dir: &std::path::Path, n: u64) {
+    let store = SqliteStore::open(path, &Identity::default(), Durability::Normal).unwrap();
+    let t = Instant::now();
+    for i in 0..100_000u64 {
+        store.lookup(&i.to_string()).unwrap();
+    }
+    println!(
+        "  lookup + parse: {:.2} us each",
+        t.elapsed().as_secs_f64() * 1e6 / 1e5
+    );
+    let store = SqliteStore::open(path, &Identity::default(), Durability::Normal).unwrap();
+    let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    let t = Instant::now();
+    for chunk in ids.chunks(1024) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        store.lookup_raw(&refs).unwrap();
+    }
+    println!(
+        "  lookup_raw in input order, chunks of 1024: {:.2} us each",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    let body = serde_json::to_string(&store.lookup("7").unwrap().unwrap()).unwrap();
+    let t = Instant::now();
+    for _ in 0..100_000 {
+        let _ = async_batch_llm::store::Record::from_json(&body).unwrap();
+    }
+    println!(
+        "  parse alone: {:.2} us each ({} bytes)",
+        t.elapsed().as_secs_f64() * 1e6 / 1e5,
+        body.len()
+    );
+    let rec = store.lookup("7").unwrap().unwrap();
+    let fresh = SqliteStore::open(
+        dir.join("raw.sqlite"),
+        &Identity::default(),
+        Durability::Normal,
+    )
+    .unwrap();
+    let batch: Vec<_> = (0..1000)
+        .map(|i| {
+            let mut r = rec.clone();
+            r.id = format!("raw{i}");
+            async_batch_llm::store::EncodedRecord::new(&r).unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    for k in 0..100 {
+        let b: Vec<_> = batch
+            .iter()
+            .map(|r| async_batch_llm::store::EncodedRecord {
+                id: format!("{k}-{}", r.id),
+                ..r.clone()
+            })
+            .collect();
+        fresh.write_batch(&b).unwrap();
+    }
+    println!(
+        "  raw SQLite insert (1000-row commits): {:.2} us per row",
+        t.elapsed().as_secs_f64() * 1e6 / 1e5
+    );
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -68,11 +132,21 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bench.sqlite");
+    // `ABL_CP_STORE=path` keeps the store: a second run with the same path
+    // skips the append pass and only resumes (for profiling the resume).
+    let kept = std::env::var_os("ABL_CP_STORE").map(std::path::PathBuf::from);
+    let path = kept
+        .clone()
+        .unwrap_or_else(|| dir.path().join("bench.sqlite"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
+    if kept.is_some() && path.exists() {
+        let (rate, replayed) = rt.block_on(pass(&path, n, concurrency));
+        println!("resume skipping finished items: {rate:.0} items/s ({replayed} replayed)");
+        return;
+    }
     let (rate, _) = rt.block_on(pass(&path, n, concurrency));
     println!(
         "append through the engine to SQLite: {rate:.0} items/s ({n} items, concurrency {concurrency}); peak RSS {:.1} MiB",
@@ -88,65 +162,7 @@ fn main() {
         reopen.as_secs_f64()
     );
     if std::env::var("ABL_CP_PROFILE").is_ok() {
-        let store = SqliteStore::open(&path, &Identity::default(), Durability::Normal).unwrap();
-        let t = Instant::now();
-        for i in 0..100_000u64 {
-            store.lookup(&i.to_string()).unwrap();
-        }
-        println!(
-            "  lookup + parse: {:.2} us each",
-            t.elapsed().as_secs_f64() * 1e6 / 1e5
-        );
-        let store = SqliteStore::open(&path, &Identity::default(), Durability::Normal).unwrap();
-        let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-        let t = Instant::now();
-        for chunk in ids.chunks(1024) {
-            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            store.lookup_raw(&refs).unwrap();
-        }
-        println!(
-            "  lookup_raw in input order, chunks of 1024: {:.2} us each",
-            t.elapsed().as_secs_f64() * 1e6 / n as f64
-        );
-        let body = serde_json::to_string(&store.lookup("7").unwrap().unwrap()).unwrap();
-        let t = Instant::now();
-        for _ in 0..100_000 {
-            let _ = async_batch_llm::store::Record::from_json(&body).unwrap();
-        }
-        println!(
-            "  parse alone: {:.2} us each ({} bytes)",
-            t.elapsed().as_secs_f64() * 1e6 / 1e5,
-            body.len()
-        );
-        let rec = store.lookup("7").unwrap().unwrap();
-        let fresh = SqliteStore::open(
-            dir.path().join("raw.sqlite"),
-            &Identity::default(),
-            Durability::Normal,
-        )
-        .unwrap();
-        let batch: Vec<_> = (0..1000)
-            .map(|i| {
-                let mut r = rec.clone();
-                r.id = format!("raw{i}");
-                async_batch_llm::store::EncodedRecord::new(&r).unwrap()
-            })
-            .collect();
-        let t = Instant::now();
-        for k in 0..100 {
-            let b: Vec<_> = batch
-                .iter()
-                .map(|r| async_batch_llm::store::EncodedRecord {
-                    id: format!("{k}-{}", r.id),
-                    ..r.clone()
-                })
-                .collect();
-            fresh.write_batch(&b).unwrap();
-        }
-        println!(
-            "  raw SQLite insert (1000-row commits): {:.2} us per row",
-            t.elapsed().as_secs_f64() * 1e6 / 1e5
-        );
+        profile(&path, dir.path(), n);
     }
     if std::env::var("ABL_CP_APPEND_ONLY").is_ok() {
         return;

@@ -329,6 +329,34 @@ async fn sqlite_reopens_read_only_and_keeps_the_manifest() {
     assert!(ro.write_batch(&[]).is_err());
 }
 
+/// When the result stream ends, the SQLite file alone holds every record:
+/// the WAL has been copied in and emptied although the store is still open
+/// (a user may copy the file right after the run).
+#[tokio::test]
+async fn when_a_run_ends_the_sqlite_file_alone_holds_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = identity("m", "v1");
+    let store = open(Kind::Sqlite, dir.path(), &id);
+    let b = run(
+        Arc::clone(&store),
+        &id,
+        ResumePolicy::Successes,
+        &FakeStrategy::echo(),
+        items(300),
+    )
+    .await;
+    assert_eq!(b.results.len(), 300);
+    let wal = std::fs::metadata(dir.path().join("run.sqlite-wal")).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the WAL still holds records");
+    let copy = dir.path().join("copy.sqlite");
+    std::fs::copy(dir.path().join("run.sqlite"), &copy).unwrap();
+    assert_eq!(
+        SqliteStore::open_read_only(&copy).unwrap().len().unwrap(),
+        300
+    );
+    drop(store);
+}
+
 /// A resume reads stored records ahead in the order they were written; ids
 /// out of that order, new ids, and stored ids missing from the input must
 /// still get the right answer. 30,000 records (more than the read-ahead

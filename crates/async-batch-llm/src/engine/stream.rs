@@ -853,6 +853,14 @@ impl<S: Strategy> Driver<S> {
         }
         tracker.close();
         tracker.wait().await;
+        if let Some(cp) = &self.checkpoint {
+            let cp = Arc::clone(cp);
+            // Every record is committed; leave them in the main file, so the
+            // file alone is complete once the stream has ended.
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || cp.settle()).await {
+                tracing::warn!("checkpoint: {e}");
+            }
+        }
         self.finish(cooldowns_before, admission_before).await;
     }
 

@@ -234,6 +234,12 @@ pub trait CheckpointStore: Send + Sync + 'static {
     fn write_batch(&self, records: &[EncodedRecord]) -> Result<(), Error>;
     /// Visits every record, latest per id.
     fn for_each(&self, f: &mut dyn FnMut(Record) -> Result<(), Error>) -> Result<(), Error>;
+    /// Called when a run has ended with every record committed: move them
+    /// where the store keeps them for good (SQLite copies its WAL into the
+    /// database file). The default does nothing.
+    fn settle(&self) -> Result<(), Error> {
+        Ok(())
+    }
     /// The manifest.
     fn manifest(&self) -> Option<Manifest>;
     /// False when the store held no record when it was opened, so this
@@ -541,6 +547,13 @@ impl<T> Checkpoint<T> {
             },
         };
         Ok(rec)
+    }
+
+    /// Settles the store once a run has ended (see
+    /// [`CheckpointStore::settle`]); the engine calls it before the result
+    /// stream ends.
+    pub fn settle(&self) -> Result<(), Error> {
+        self.store.settle()
     }
 
     /// Whether prompts are stored (the host keeps a copy for them).
