@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use async_batch_llm::store::{
@@ -148,6 +149,54 @@ async fn resume_reuses_successes_and_reruns_failures_in_both_stores() {
         .await;
         assert_eq!(fourth.calls(), 20);
     }
+}
+
+/// A JSONL checkpoint written by the first release (record version 1,
+/// every field) resumes in this build: its successes replay with their
+/// outputs, usage and timing, and the new records are version 2.
+#[tokio::test]
+async fn a_version_1_checkpoint_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = identity("m", "v1");
+    let path = dir.path().join("old.jsonl");
+    let mut text = format!(
+        "{{\"schema\":\"async-batch-llm/checkpoint\",\"version\":1,\"tool_version\":\"async-batch-llm 0.1.0\",\"identity\":{}}}\n",
+        serde_json::to_string(&id).unwrap()
+    );
+    let all = items(10);
+    for item in &all[..6] {
+        writeln!(
+            text,
+            "{{\"v\":1,\"id\":\"{i}\",\"item_fp\":\"{fp}\",\"identity_fp\":\"{idf}\",\"result\":{{\"id\":\"{i}\",\"index\":3,\"ok\":true,\"output\":\"old {i}\",\"usage\":{{\"input\":20,\"output\":20,\"total\":40,\"cached_input\":0,\"reasoning\":0}},\"attempts\":1,\"tries\":1,\"timing\":{{\"total_ms\":5.691,\"cooldown_wait_ms\":0.0,\"admission_wait_ms\":0.0,\"execution_ms\":5.686,\"backoff_ms\":0.0,\"tries\":[{{\"attempt\":1,\"cooldown_wait_ms\":0.0,\"admission_wait_ms\":0.0,\"execution_ms\":5.686}}]}},\"replayed\":false}}}}",
+            i = item.id,
+            fp = async_batch_llm::store::item_fingerprint(item),
+            idf = id.fingerprint(),
+        )
+        .unwrap();
+    }
+    std::fs::write(&path, text).unwrap();
+    let fake = FakeStrategy::echo();
+    let store: Arc<dyn CheckpointStore> = Arc::new(JsonlStore::open(&path, &id, false).unwrap());
+    let b = run(store, &id, ResumePolicy::Successes, &fake, all).await;
+    assert_eq!(fake.calls(), 4);
+    assert_eq!(b.stats.replayed, 6);
+    assert_eq!(b.stats.replayed_usage.total, 6 * 40);
+    let r = b.results.iter().find(|r| r.id == "i2").unwrap();
+    assert!(r.replayed);
+    assert_eq!(r.output().map(String::as_str), Some("old i2"));
+    assert_eq!(r.timing.execution, std::time::Duration::from_micros(5686));
+    assert_eq!(r.timing.tries.len(), 1);
+    let written: Vec<u64> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["v"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(written, [1, 1, 1, 1, 1, 1, 2, 2, 2, 2]);
 }
 
 #[tokio::test]

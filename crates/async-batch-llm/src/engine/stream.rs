@@ -571,7 +571,11 @@ fn decide_chunk<T>(cp: &Checkpoint<T>, chunk: Vec<Item>) -> Vec<Staged<T>> {
             .into_iter()
             .zip(decisions)
             .map(|(item, d)| match d {
-                Decision::Replay(r) => Staged::Replay(r),
+                Decision::Replay(mut r) => {
+                    r.id = item.id;
+                    r.context = item.context;
+                    Staged::Replay(r)
+                }
                 Decision::Run(fp) => Staged::Run(item, Some(fp)),
                 Decision::Failed(message) => Staged::Failed(item, message),
             })

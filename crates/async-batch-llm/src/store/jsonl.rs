@@ -11,7 +11,9 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
-use super::{CHECKPOINT_SCHEMA, CheckpointStore, EncodedRecord, Identity, Manifest, Record};
+use super::{
+    CHECKPOINT_SCHEMA, CheckpointStore, EncodedRecord, Identity, Manifest, Record, StoredLine,
+};
 use crate::error::Error;
 
 struct State {
@@ -198,13 +200,16 @@ impl CheckpointStore for JsonlStore {
         at.map(|(o, l)| self.read(o, l)).transpose()
     }
 
-    fn lookup_raw(&self, ids: &[&str]) -> Result<Vec<Option<String>>, Error> {
+    fn lookup_raw(&self, ids: &[&str]) -> Result<Vec<Option<StoredLine>>, Error> {
         let at: Vec<_> = {
             let st = self.lock();
             ids.iter().map(|id| st.index.get(*id).copied()).collect()
         };
         at.into_iter()
-            .map(|a| a.map(|(o, l)| self.read_line(o, l)).transpose())
+            .map(|a| {
+                a.map(|(o, l)| self.read_line(o, l).map(StoredLine::from))
+                    .transpose()
+            })
             .collect()
     }
 

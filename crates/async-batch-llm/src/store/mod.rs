@@ -12,6 +12,7 @@
 //! [`SqliteStore`] (WAL, indexed).
 
 mod jsonl;
+mod record;
 mod sqlite;
 mod writer;
 
@@ -24,6 +25,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use jsonl::JsonlStore;
+use record::TypedRecord;
+pub use record::{RECORD_VERSION, Record};
 pub use sqlite::{Durability, SqliteStore};
 use writer::Writer;
 
@@ -33,8 +36,6 @@ use crate::result::ItemResult;
 
 /// Name of the checkpoint format.
 pub const CHECKPOINT_SCHEMA: &str = "async-batch-llm/checkpoint";
-/// Version of the record format this build writes (it reads 1..=this).
-pub const RECORD_VERSION: u32 = 1;
 
 /// What a run is: records of another identity are never reused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,8 +58,11 @@ pub struct Identity {
     pub extra: BTreeMap<String, String>,
 }
 
-/// Hex SHA-256 over length-prefixed parts.
-pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
+/// A SHA-256 as 64 lowercase hex digits, on the stack.
+type Hex = [u8; 64];
+
+/// SHA-256 over length-prefixed parts, as hex digits.
+fn sha256_hex_digits(parts: &[&[u8]]) -> Hex {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut h = Sha256::new();
     for p in parts {
@@ -66,12 +70,22 @@ pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
         h.update(p);
     }
     // Hand-rolled: `format!("{b:02x}")` per byte cost more than the hash.
-    let mut out = String::with_capacity(64);
-    for b in h.finalize() {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    let mut out = [0u8; 64];
+    for (i, b) in h.finalize().into_iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
     out
+}
+
+/// The digits as text (they are ASCII).
+fn hex_str(h: &Hex) -> &str {
+    std::str::from_utf8(h).unwrap_or_default()
+}
+
+/// Hex SHA-256 over length-prefixed parts.
+pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
+    hex_str(&sha256_hex_digits(parts)).to_owned()
 }
 
 impl Identity {
@@ -84,64 +98,49 @@ impl Identity {
 
 /// SHA-256 of an item's id, prompt and context.
 pub fn item_fingerprint(item: &Item) -> String {
-    let prompt = serde_json::to_vec(&item.prompt).unwrap_or_default();
-    let context = item
-        .context
-        .as_ref()
-        .map(|c| serde_json::to_vec(c).unwrap_or_default())
-        .unwrap_or_default();
-    sha256_hex(&[item.id.as_bytes(), &prompt, &context])
+    hex_str(&item_fingerprint_digits(item)).to_owned()
 }
 
-/// One stored result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    /// Record format version.
-    pub v: u32,
-    /// Item id.
-    pub id: String,
-    /// [`item_fingerprint`] of the item.
-    pub item_fp: String,
-    /// [`Identity::fingerprint`] of the run that made it.
-    pub identity_fp: String,
-    /// The result, output as JSON.
-    pub result: ItemResult<Value>,
-    /// The prompt, only when the checkpoint stores inputs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prompt: Option<Prompt>,
+thread_local! {
+    /// Where an item's prompt and context are serialized to be hashed (a
+    /// resume fingerprints every input item).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-impl Record {
-    /// Reads a record line; older versions are accepted.
-    pub fn from_json(line: &str) -> Result<Self, String> {
-        let r: Record = serde_json::from_str(line).map_err(|e| e.to_string())?;
-        if r.v == 0 || r.v > RECORD_VERSION {
-            return Err(format!(
-                "record version {} is not supported (this build reads 1..={RECORD_VERSION})",
-                r.v
-            ));
+/// [`item_fingerprint`] without an allocation.
+fn item_fingerprint_digits(item: &Item) -> Hex {
+    let hash = |buf: &mut Vec<u8>| {
+        buf.clear();
+        // A value that cannot be serialized counts as empty.
+        if serde_json::to_writer(&mut *buf, &item.prompt).is_err() {
+            buf.clear();
         }
-        Ok(r)
-    }
-}
-
-/// A [`Record`] read with its output already in the run's type (one parse,
-/// no intermediate `Value`).
-#[derive(Deserialize)]
-#[serde(bound = "T: DeserializeOwned")]
-struct TypedRecord<'a, T> {
-    v: u32,
-    #[serde(borrow)]
-    item_fp: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    identity_fp: std::borrow::Cow<'a, str>,
-    result: ItemResult<T>,
+        let split = buf.len();
+        if let Some(c) = &item.context
+            && serde_json::to_writer(&mut *buf, c).is_err()
+        {
+            buf.truncate(split);
+        }
+        let (prompt, context) = buf.split_at(split);
+        sha256_hex_digits(&[item.id.as_bytes(), prompt, context])
+    };
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            let digits = hash(&mut buf);
+            if buf.capacity() > 64 << 10 {
+                *buf = Vec::new();
+            }
+            digits
+        }
+        Err(_) => hash(&mut Vec::new()),
+    })
 }
 
 /// What a resume does with one input item.
 #[allow(clippy::large_enum_variant)] // short-lived, one per item in a chunk; boxing costs an allocation each
 pub(crate) enum Decision<T> {
-    /// Publish the stored result (its `index` is set by the caller).
+    /// Publish the stored result. Its id is empty and its context `None`:
+    /// the caller moves them from the item (which it owns), and sets `index`.
     Replay(ItemResult<T>),
     /// Process the item; its fingerprint.
     Run(String),
@@ -188,7 +187,8 @@ impl EncodedRecord {
 pub struct Manifest {
     /// Always [`CHECKPOINT_SCHEMA`].
     pub schema: String,
-    /// Record format version.
+    /// Record format version when the store was created (each record
+    /// carries its own; a store may hold several).
     pub version: u32,
     /// The tool that created the store.
     pub tool_version: String,
@@ -208,6 +208,39 @@ impl Manifest {
     }
 }
 
+/// One stored record line as a store hands it to a resume. Lines read
+/// together may share one buffer (one allocation for many records).
+#[derive(Debug, Clone)]
+pub struct StoredLine {
+    buf: Arc<String>,
+    start: usize,
+    end: usize,
+}
+
+impl StoredLine {
+    /// The line `start..end` of a shared buffer (an empty line when the
+    /// range is not in it).
+    pub fn shared(buf: Arc<String>, range: std::ops::Range<usize>) -> Self {
+        Self {
+            buf,
+            start: range.start,
+            end: range.end,
+        }
+    }
+
+    /// The text of the line.
+    pub fn as_str(&self) -> &str {
+        self.buf.get(self.start..self.end).unwrap_or_default()
+    }
+}
+
+impl From<String> for StoredLine {
+    fn from(line: String) -> Self {
+        let end = line.len();
+        Self::shared(Arc::new(line), 0..end)
+    }
+}
+
 /// Where records live.
 pub trait CheckpointStore: Send + Sync + 'static {
     /// The latest record of `id`.
@@ -215,15 +248,17 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// The latest stored line of each id, in the order asked (a resume
     /// asks for a chunk of input items at once). The default looks each up
     /// and serializes it again; stores keep their lines and return them.
-    fn lookup_raw(&self, ids: &[&str]) -> Result<Vec<Option<String>>, Error> {
+    fn lookup_raw(&self, ids: &[&str]) -> Result<Vec<Option<StoredLine>>, Error> {
         ids.iter()
             .map(|id| {
                 self.lookup(id)?
                     .map(|r| {
-                        serde_json::to_string(&r).map_err(|e| Error::Format {
-                            place: format!("record {id}"),
-                            message: e.to_string(),
-                        })
+                        serde_json::to_string(&r)
+                            .map(StoredLine::from)
+                            .map_err(|e| Error::Format {
+                                place: format!("record {id}"),
+                                message: e.to_string(),
+                            })
                     })
                     .transpose()
             })
@@ -383,8 +418,14 @@ impl<T> Checkpoint<T> {
             return Ok(None);
         }
         let line = self.store.lookup_raw(&[item.id.as_str()])?.pop().flatten();
-        match self.decide(item, fingerprint.to_owned(), line) {
+        match self.decide(
+            item,
+            Some(fingerprint),
+            line.as_ref().map(StoredLine::as_str),
+        ) {
             Decision::Replay(mut r) => {
+                r.id.clone_from(&item.id);
+                r.context.clone_from(&item.context);
                 r.index = index;
                 Ok(Some(r))
             }
@@ -405,71 +446,73 @@ impl<T> Checkpoint<T> {
     /// Decides a chunk of input items with one store round trip: replay,
     /// run (with its fingerprint), or fail. Called off the async threads.
     pub(crate) fn stage(&self, items: &[Item]) -> Vec<Decision<T>> {
-        let fps = items.iter().map(item_fingerprint);
         if !self.may_replay() {
-            return fps.map(Decision::Run).collect();
+            return items
+                .iter()
+                .map(|item| Decision::Run(item_fingerprint(item)))
+                .collect();
         }
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
         match self.store.lookup_raw(&ids) {
             Ok(lines) => items
                 .iter()
-                .zip(fps)
                 .zip(lines)
-                .map(|((item, fp), line)| self.decide(item, fp, line))
+                .map(|(item, line)| self.decide(item, None, line.as_ref().map(StoredLine::as_str)))
                 .collect(),
-            Err(e) => items
-                .iter()
-                .map(|_| Decision::Failed(e.to_string()))
-                .collect(),
+            Err(e) => {
+                let message = e.to_string();
+                items
+                    .iter()
+                    .map(|_| Decision::Failed(message.clone()))
+                    .collect()
+            }
         }
     }
 
-    /// What to do with `item` given its stored line, if any.
-    fn decide(&self, item: &Item, fp: String, line: Option<String>) -> Decision<T> {
-        let Some(line) = line else {
-            return Decision::Run(fp);
+    /// What to do with `item` given its stored line, if any. `fp` is the
+    /// item's fingerprint when the caller has it.
+    fn decide(&self, item: &Item, fp: Option<&str>, line: Option<&str>) -> Decision<T> {
+        let computed: Hex;
+        let fp = if let Some(fp) = fp {
+            fp
+        } else {
+            computed = item_fingerprint_digits(item);
+            hex_str(&computed)
         };
-        let rec = match (self.parse)(&line) {
+        let run = || Decision::Run(fp.to_owned());
+        let Some(line) = line else {
+            return run();
+        };
+        let rec = match (self.parse)(line) {
             Ok(rec) => rec,
             // A sound record whose output this build cannot read: run the
             // item again. A record that is not sound stops the run.
             Err(typed) => {
-                return match Record::from_json(&line) {
-                    Ok(_) => Decision::Run(fp),
+                return match Record::from_json(line) {
+                    Ok(_) => run(),
                     Err(e) => {
                         Decision::Failed(format!("record of item {}: {e} ({typed})", item.id))
                     }
                 };
             }
         };
-        if rec.v == 0 || rec.v > RECORD_VERSION {
-            return Decision::Failed(format!(
-                "record of item {}: version {} is not supported (this build reads 1..={RECORD_VERSION})",
-                item.id, rec.v
-            ));
+        if let Err(e) = record::check_version(rec.v).and_then(|()| rec.result.check()) {
+            return Decision::Failed(format!("record of item {}: {e}", item.id));
         }
         if rec.identity_fp != self.identity_fp || rec.item_fp != fp {
-            return Decision::Run(fp);
+            return run();
         }
-        let reuse = match &rec.result.outcome {
-            Ok(_) => true,
-            Err(e) => self.options.resume == ResumePolicy::All && !always_reruns(e.category),
+        let reuse = match rec.result.failure() {
+            None => true,
+            Some(category) => self.options.resume == ResumePolicy::All && !always_reruns(category),
         };
         if !reuse {
-            return Decision::Run(fp);
+            return run();
         }
-        let r = rec.result;
-        Decision::Replay(ItemResult {
-            id: r.id,
-            index: 0,
-            outcome: r.outcome,
-            usage: r.usage,
-            attempts: r.attempts,
-            tries: r.tries,
-            timing: r.timing,
-            context: item.context.clone(),
-            replayed: true,
-        })
+        let mut r = rec.result.into_result(String::new(), None);
+        r.context = None;
+        r.replayed = true;
+        Decision::Replay(r)
     }
 
     /// Writes `result` durably; returns once it is committed.

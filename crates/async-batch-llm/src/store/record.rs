@@ -1,0 +1,475 @@
+//! The record format: one JSON object per stored result, the same for both
+//! stores (a line of a JSONL checkpoint, the `body` of a SQLite row).
+//!
+//! Version 2 (written by this build):
+//!
+//! ```text
+//! {"v":2,"id":ID,"item_fp":HEX,"identity_fp":HEX,
+//!  "result":{"id":ID,"ok":true,"output":OUTPUT | "ok":false,"error":{…},
+//!            "usage":{"input":N,"output":N,"total":N, cached_input, reasoning, cache_write_input},
+//!            "attempts":N,"tries":N,
+//!            "timing":{"total_ms":MS, cooldown_wait_ms, admission_wait_ms, execution_ms,
+//!                      backoff_ms, tries},
+//!            context},
+//!  prompt}
+//! ```
+//!
+//! Counts and durations that are zero are left out, as are `context` and
+//! `prompt` unless the checkpoint stores inputs. `timing.tries` (one entry
+//! per physical call) is left out when the item made one call whose waits
+//! and execution are the item's totals, the common case; a reader rebuilds
+//! it. A resume parses every stored record, so a short record is a faster
+//! resume.
+//!
+//! Version 1 carried every field, plus the publication's `index` and
+//! `replayed` flag inside `result`; it is still read.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ErrorCategory;
+use crate::item::Prompt;
+use crate::result::{ItemError, ItemResult, ItemTiming, TryTiming, duration_ms};
+use crate::usage::TokenUsage;
+
+/// Version of the record format this build writes (it reads 1..=this).
+pub const RECORD_VERSION: u32 = 2;
+
+/// One stored result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Record format version (records are always written in
+    /// [`RECORD_VERSION`]; this is the version a record was read in).
+    pub v: u32,
+    /// Item id.
+    pub id: String,
+    /// [`item_fingerprint`](super::item_fingerprint) of the item.
+    pub item_fp: String,
+    /// [`Identity::fingerprint`](super::Identity::fingerprint) of the run that made it.
+    pub identity_fp: String,
+    /// The result, output as JSON. Its `index` is 0 and `replayed` false:
+    /// they belong to a publication, not to the record.
+    pub result: ItemResult<Value>,
+    /// The prompt, only when the checkpoint stores inputs.
+    pub prompt: Option<Prompt>,
+}
+
+impl Record {
+    /// Reads a record line; older versions are accepted.
+    pub fn from_json(line: &str) -> Result<Self, String> {
+        serde_json::from_str(line).map_err(|e| e.to_string())
+    }
+}
+
+/// An error unless this build reads records of version `v`.
+pub(super) fn check_version(v: u32) -> Result<(), String> {
+    if v == 0 || v > RECORD_VERSION {
+        return Err(format!(
+            "record version {v} is not supported (this build reads 1..={RECORD_VERSION})"
+        ));
+    }
+    Ok(())
+}
+
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = &self.result;
+        let t = &r.timing;
+        let one_plain_try = matches!(t.tries.as_slice(), [only] if *only == TryTiming {
+            attempt: 1,
+            cooldown_wait: t.cooldown_wait,
+            admission_wait: t.admission_wait,
+            execution: t.execution,
+            error: None,
+        });
+        WireOut {
+            v: RECORD_VERSION,
+            id: &self.id,
+            item_fp: &self.item_fp,
+            identity_fp: &self.identity_fp,
+            result: ResultOut {
+                id: &r.id,
+                ok: r.outcome.is_ok(),
+                output: r.outcome.as_ref().ok(),
+                error: r.outcome.as_ref().err(),
+                usage: UsageOut {
+                    input: r.usage.input,
+                    output: r.usage.output,
+                    total: r.usage.total,
+                    cached_input: r.usage.cached_input,
+                    reasoning: r.usage.reasoning,
+                    cache_write_input: r.usage.cache_write_input,
+                },
+                attempts: r.attempts,
+                tries: r.tries,
+                timing: TimingOut {
+                    total: t.total,
+                    cooldown_wait: t.cooldown_wait,
+                    admission_wait: t.admission_wait,
+                    execution: t.execution,
+                    backoff: t.backoff,
+                    tries: (!one_plain_try).then_some(t.tries.as_slice()),
+                },
+                context: r.context.as_ref(),
+            },
+            prompt: self.prompt.as_ref(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let r = WireRecord::<'de, Value>::deserialize(d)?;
+        check_version(r.v)
+            .and_then(|()| r.result.check())
+            .map_err(serde::de::Error::custom)?;
+        let id = r.id.into_owned();
+        let result = r.result.into_result(id.clone(), None);
+        Ok(Self {
+            v: r.v,
+            id,
+            item_fp: r.item_fp.into_owned(),
+            identity_fp: r.identity_fp.into_owned(),
+            result,
+            prompt: r.prompt,
+        })
+    }
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if signature
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Serialize)]
+struct WireOut<'a> {
+    v: u32,
+    id: &'a str,
+    item_fp: &'a str,
+    identity_fp: &'a str,
+    result: ResultOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<&'a Prompt>,
+}
+
+#[derive(Serialize)]
+struct ResultOut<'a> {
+    id: &'a str,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a ItemError>,
+    usage: UsageOut,
+    attempts: u32,
+    tries: u32,
+    timing: TimingOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<&'a Value>,
+}
+
+#[derive(Serialize)]
+struct UsageOut {
+    input: u64,
+    output: u64,
+    total: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    cached_input: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    reasoning: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    cache_write_input: u64,
+}
+
+#[derive(Serialize)]
+struct TimingOut<'a> {
+    #[serde(with = "duration_ms", rename = "total_ms")]
+    total: Duration,
+    #[serde(
+        with = "duration_ms",
+        rename = "cooldown_wait_ms",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    cooldown_wait: Duration,
+    #[serde(
+        with = "duration_ms",
+        rename = "admission_wait_ms",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    admission_wait: Duration,
+    #[serde(
+        with = "duration_ms",
+        rename = "execution_ms",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    execution: Duration,
+    #[serde(
+        with = "duration_ms",
+        rename = "backoff_ms",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    backoff: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tries: Option<&'a [TryTiming]>,
+}
+
+/// A record as read, with strings borrowed from the line where possible.
+#[derive(Deserialize)]
+#[serde(bound = "T: DeserializeOwned")]
+struct WireRecord<'a, T> {
+    v: u32,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    item_fp: Cow<'a, str>,
+    #[serde(borrow)]
+    identity_fp: Cow<'a, str>,
+    #[serde(borrow)]
+    result: WireResult<'a, T>,
+    #[serde(default)]
+    prompt: Option<Prompt>,
+}
+
+/// What a resume reads of a record: its output already in the run's type,
+/// the item's id, context and prompt left out (the input has them).
+#[derive(Deserialize)]
+#[serde(bound = "T: DeserializeOwned")]
+pub(super) struct TypedRecord<'a, T> {
+    pub(super) v: u32,
+    #[serde(borrow)]
+    pub(super) item_fp: Cow<'a, str>,
+    #[serde(borrow)]
+    pub(super) identity_fp: Cow<'a, str>,
+    #[serde(borrow)]
+    pub(super) result: WireResult<'a, T>,
+}
+
+/// A stored result as read (v1 fields it no longer writes are skipped).
+#[derive(Deserialize)]
+#[serde(bound = "T: DeserializeOwned")]
+pub(super) struct WireResult<'a, T> {
+    #[serde(borrow, default)]
+    #[allow(dead_code)] // read to skip it without an allocation
+    id: Cow<'a, str>,
+    ok: bool,
+    #[serde(default = "none")]
+    output: Option<T>,
+    #[serde(default)]
+    error: Option<ItemError>,
+    #[serde(default)]
+    usage: TokenUsage,
+    attempts: u32,
+    tries: u32,
+    timing: WireTiming,
+    #[serde(default)]
+    context: Option<Value>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+#[derive(Deserialize)]
+struct WireTiming {
+    #[serde(default, with = "duration_ms", rename = "total_ms")]
+    total: Duration,
+    #[serde(default, with = "duration_ms", rename = "cooldown_wait_ms")]
+    cooldown_wait: Duration,
+    #[serde(default, with = "duration_ms", rename = "admission_wait_ms")]
+    admission_wait: Duration,
+    #[serde(default, with = "duration_ms", rename = "execution_ms")]
+    execution: Duration,
+    #[serde(default, with = "duration_ms", rename = "backoff_ms")]
+    backoff: Duration,
+    #[serde(default)]
+    tries: Option<Vec<TryTiming>>,
+}
+
+impl<T> WireResult<'_, T> {
+    /// An error unless `ok` agrees with what is stored.
+    pub(super) fn check(&self) -> Result<(), String> {
+        match (self.ok, self.output.is_some(), self.error.is_some()) {
+            (true, true, false) | (false, false, true) => Ok(()),
+            (true, false, _) => Err("ok is true but output is missing".into()),
+            (true, true, true) => Err("ok is true but an error is present".into()),
+            (false, _, false) => Err("ok is false but error is missing".into()),
+            (false, true, true) => Err("ok is false but an output is present".into()),
+        }
+    }
+
+    /// The category of a stored failure (`None` for a success).
+    pub(super) fn failure(&self) -> Option<ErrorCategory> {
+        if self.ok {
+            None
+        } else {
+            self.error.as_ref().map(|e| e.category)
+        }
+    }
+
+    /// The result, with the id and context given (a resume uses the
+    /// input's); `index` 0, not replayed. Call [`check`](Self::check)
+    /// first: a record that fails it reads as a logic error.
+    pub(super) fn into_result(self, id: String, context: Option<Value>) -> ItemResult<T> {
+        let outcome = match (self.ok, self.output, self.error) {
+            (true, Some(out), _) => Ok(out),
+            (_, _, Some(err)) => Err(err),
+            _ => Err(ItemError::new(
+                ErrorCategory::LogicError,
+                "stored record has neither output nor error",
+            )),
+        };
+        let t = self.timing;
+        let tries = t.tries.unwrap_or_else(|| {
+            vec![TryTiming {
+                attempt: 1,
+                cooldown_wait: t.cooldown_wait,
+                admission_wait: t.admission_wait,
+                execution: t.execution,
+                error: None,
+            }]
+        });
+        ItemResult {
+            id,
+            index: 0,
+            outcome,
+            usage: self.usage,
+            attempts: self.attempts,
+            tries: self.tries,
+            timing: ItemTiming {
+                total: t.total,
+                cooldown_wait: t.cooldown_wait,
+                admission_wait: t.admission_wait,
+                execution: t.execution,
+                backoff: t.backoff,
+                tries,
+            },
+            context: context.or(self.context),
+            replayed: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCategory;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_micros(n * 1000 + 250)
+    }
+
+    fn record(timing: ItemTiming, outcome: Result<Value, ItemError>) -> Record {
+        Record {
+            v: RECORD_VERSION,
+            id: "a\"1".into(),
+            item_fp: "f".repeat(64),
+            identity_fp: "i".repeat(64),
+            result: ItemResult {
+                id: "a\"1".into(),
+                index: 0,
+                outcome,
+                usage: TokenUsage::new(10, 5).with_cached_input(4),
+                attempts: 1,
+                tries: u32::try_from(timing.tries.len()).unwrap(),
+                timing,
+                context: None,
+                replayed: false,
+            },
+            prompt: None,
+        }
+    }
+
+    fn one_try() -> ItemTiming {
+        ItemTiming {
+            total: ms(7),
+            cooldown_wait: Duration::ZERO,
+            admission_wait: ms(1),
+            execution: ms(5),
+            backoff: Duration::ZERO,
+            tries: vec![TryTiming {
+                attempt: 1,
+                cooldown_wait: Duration::ZERO,
+                admission_wait: ms(1),
+                execution: ms(5),
+                error: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn one_plain_try_and_zero_fields_are_left_out_and_read_back() {
+        let r = record(one_try(), Ok(serde_json::json!({"label": "x"})));
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.starts_with(r#"{"v":2,"id":"a\"1","#), "{line}");
+        for absent in [
+            "\"tries\":[",
+            "index",
+            "replayed",
+            "reasoning",
+            "cooldown_wait_ms",
+        ] {
+            assert!(!line.contains(absent), "{absent} in {line}");
+        }
+        assert!(line.contains(r#""cached_input":4"#));
+        assert_eq!(Record::from_json(&line).unwrap(), r);
+    }
+
+    #[test]
+    fn tries_that_differ_from_the_totals_are_kept() {
+        let mut retried = one_try();
+        retried.tries.push(TryTiming {
+            attempt: 2,
+            cooldown_wait: ms(3),
+            admission_wait: Duration::ZERO,
+            execution: ms(2),
+            error: None,
+        });
+        retried.tries[0].error = Some(ErrorCategory::ServerError);
+        let mut failed_once = one_try();
+        failed_once.tries[0].error = Some(ErrorCategory::ApiTimeout);
+        let mut no_try = one_try();
+        no_try.tries.clear();
+        for timing in [retried, failed_once, no_try] {
+            let r = record(
+                timing,
+                Err(ItemError::new(ErrorCategory::ApiTimeout, "slow")),
+            );
+            let line = serde_json::to_string(&r).unwrap();
+            assert!(line.contains("\"tries\":["), "{line}");
+            assert_eq!(Record::from_json(&line).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn version_1_records_are_read() {
+        // Written by the first release: every field, index and replayed.
+        let v1 = r#"{"v":1,"id":"t-2","item_fp":"e","identity_fp":"a","result":{"id":"t-2","index":1,"ok":true,"output":"shipping","usage":{"input":20,"output":20,"total":40,"cached_input":0,"reasoning":0},"attempts":1,"tries":1,"timing":{"total_ms":5.691,"cooldown_wait_ms":0.0,"admission_wait_ms":0.0,"execution_ms":5.686,"backoff_ms":0.0,"tries":[{"attempt":1,"cooldown_wait_ms":0.0,"admission_wait_ms":0.0,"execution_ms":5.686}]},"replayed":false}}"#;
+        let r = Record::from_json(v1).unwrap();
+        assert_eq!(r.v, 1);
+        assert_eq!(r.result.output(), Some(&Value::from("shipping")));
+        assert_eq!(r.result.usage.total, 40);
+        assert_eq!(r.result.timing.execution, Duration::from_micros(5686));
+        assert_eq!(r.result.timing.tries.len(), 1);
+        // Written again, it is version 2 and reads back the same.
+        let again = Record::from_json(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(again.v, 2);
+        assert_eq!(again.result, r.result);
+    }
+
+    #[test]
+    fn unsound_and_future_records_are_refused() {
+        let future = r#"{"v":3,"id":"x","item_fp":"e","identity_fp":"a","result":{"id":"x","ok":true,"output":1,"attempts":1,"tries":1,"timing":{"total_ms":1}}}"#;
+        assert!(Record::from_json(future).unwrap_err().contains("version 3"));
+        let no_output = r#"{"v":2,"id":"x","item_fp":"e","identity_fp":"a","result":{"id":"x","ok":true,"attempts":1,"tries":1,"timing":{"total_ms":1}}}"#;
+        assert!(
+            Record::from_json(no_output)
+                .unwrap_err()
+                .contains("output is missing")
+        );
+    }
+}
