@@ -18,6 +18,19 @@ use async_batch_llm::testing::FakeStrategy;
 use async_batch_llm::{BatchConfig, Item, RunExtras, ScopeRegistry, process_stream_with};
 use futures::StreamExt as _;
 
+/// CPU seconds this process has used (user + system).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the
+    // 12th, stime the 13th, in clock ticks of 1/100 s.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
+}
+
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -44,7 +57,7 @@ async fn pass(path: &std::path::Path, n: u64, concurrency: usize) -> (f64, u64) 
     };
     let items =
         futures::stream::iter((0..n).map(|i| Item::new(i.to_string(), format!("ticket {i}"))));
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_secs());
     let extras = RunExtras {
         checkpoint: Some(Arc::new(cp)),
         ..RunExtras::default()
@@ -53,7 +66,15 @@ async fn pass(path: &std::path::Path, n: u64, concurrency: usize) -> (f64, u64) 
     let replayed = stream
         .fold(0u64, |n, r| std::future::ready(n + u64::from(r.replayed)))
         .await;
-    (n as f64 / t.elapsed().as_secs_f64(), replayed)
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    if replayed > 0 {
+        println!(
+            "  {:.2} us of CPU per item over {} cores",
+            (cpu_secs() - cpu) * 1e6 / n as f64,
+            std::thread::available_parallelism().map_or(1, usize::from)
+        );
+    }
+    (rate, replayed)
 }
 
 /// Per-row costs of the store alone (`ABL_CP_PROFILE`).
@@ -144,7 +165,10 @@ fn main() {
         .unwrap();
     if kept.is_some() && path.exists() {
         let (rate, replayed) = rt.block_on(pass(&path, n, concurrency));
-        println!("resume skipping finished items: {rate:.0} items/s ({replayed} replayed)");
+        println!(
+            "resume skipping finished items: {rate:.0} items/s ({replayed} replayed); peak RSS {:.1} MiB",
+            peak_rss_mib()
+        );
         return;
     }
     let (rate, _) = rt.block_on(pass(&path, n, concurrency));

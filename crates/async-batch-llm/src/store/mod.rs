@@ -137,11 +137,10 @@ fn item_fingerprint_digits(item: &Item) -> Hex {
 }
 
 /// What a resume does with one input item.
-#[allow(clippy::large_enum_variant)] // short-lived, one per item in a chunk; boxing costs an allocation each
 pub(crate) enum Decision<T> {
     /// Publish the stored result. Its id is empty and its context `None`:
     /// the caller moves them from the item (which it owns), and sets `index`.
-    Replay(ItemResult<T>),
+    Replay(Box<ItemResult<T>>),
     /// Process the item; its fingerprint.
     Run(String),
     /// The store could not be read: the run stops with this message.
@@ -427,7 +426,7 @@ impl<T> Checkpoint<T> {
                 r.id.clone_from(&item.id);
                 r.context.clone_from(&item.context);
                 r.index = index;
-                Ok(Some(r))
+                Ok(Some(*r))
             }
             Decision::Run(_) => Ok(None),
             Decision::Failed(message) => Err(Error::Format {
@@ -509,7 +508,8 @@ impl<T> Checkpoint<T> {
         if !reuse {
             return run();
         }
-        let mut r = rec.result.into_result(String::new(), None);
+        // Boxed: a replay is moved a dozen times on its way to the consumer.
+        let mut r = Box::new(rec.result.into_result(String::new(), None));
         r.context = None;
         r.replayed = true;
         Decision::Replay(r)
