@@ -229,8 +229,7 @@ struct WireRecord<'a, T> {
     item_fp: Cow<'a, str>,
     #[serde(borrow)]
     identity_fp: Cow<'a, str>,
-    #[serde(borrow)]
-    result: WireResult<'a, T>,
+    result: WireResult<T>,
     #[serde(default)]
     prompt: Option<Prompt>,
 }
@@ -245,17 +244,15 @@ pub(super) struct TypedRecord<'a, T> {
     pub(super) item_fp: Cow<'a, str>,
     #[serde(borrow)]
     pub(super) identity_fp: Cow<'a, str>,
-    #[serde(borrow)]
-    pub(super) result: WireResult<'a, T>,
+    pub(super) result: WireResult<T>,
 }
 
 /// A stored result as read (v1 fields it no longer writes are skipped).
 #[derive(Deserialize)]
 #[serde(bound = "T: DeserializeOwned")]
-pub(super) struct WireResult<'a, T> {
-    #[serde(borrow, default)]
-    #[allow(dead_code)] // read to skip it without an allocation
-    id: Cow<'a, str>,
+pub(super) struct WireResult<T> {
+    // `id` is the record's own; `index` and `replayed` (version 1) belong to
+    // a publication. All three are skipped.
     ok: bool,
     #[serde(default = "none")]
     output: Option<T>,
@@ -290,7 +287,7 @@ struct WireTiming {
     tries: Option<Vec<TryTiming>>,
 }
 
-impl<T> WireResult<'_, T> {
+impl<T> WireResult<T> {
     /// An error unless `ok` agrees with what is stored.
     pub(super) fn check(&self) -> Result<(), String> {
         match (self.ok, self.output.is_some(), self.error.is_some()) {

@@ -220,8 +220,10 @@ impl Scan {
             let mut evict = |s: &Slot| {
                 let keep = s.rowid >= keep_from;
                 if !keep
-                    && let Some(b) = usize::try_from(s.block - first)
-                        .ok()
+                    && let Some(b) = s
+                        .block
+                        .checked_sub(first)
+                        .and_then(|i| usize::try_from(i).ok())
                         .and_then(|i| blocks.get_mut(i))
                 {
                     b.live = b.live.saturating_sub(1);
