@@ -442,6 +442,78 @@ mod tests {
         }
     }
 
+    fn micros() -> impl proptest::strategy::Strategy<Value = Duration> {
+        use proptest::prelude::*;
+        prop_oneof![Just(0u64), 1u64..5_000_000].prop_map(Duration::from_micros)
+    }
+
+    fn try_timing() -> impl proptest::strategy::Strategy<Value = TryTiming> {
+        use proptest::prelude::*;
+        (
+            1u32..4,
+            micros(),
+            micros(),
+            micros(),
+            proptest::option::of(proptest::sample::select(ErrorCategory::ALL)),
+        )
+            .prop_map(|(attempt, c, a, e, error)| TryTiming {
+                attempt,
+                cooldown_wait: c,
+                admission_wait: a,
+                execution: e,
+                error,
+            })
+    }
+
+    proptest::proptest! {
+        /// Whatever is left out when written comes back when read: any
+        /// timing (none, one plain try, one try equal to the totals, many),
+        /// any usage with zeros, successes and failures.
+        #[test]
+        fn every_record_reads_back_as_written(
+            tries in proptest::collection::vec(try_timing(), 0..4),
+            totals in (micros(), micros(), micros(), micros(), micros()),
+            plain in proptest::bool::ANY,
+            usage in proptest::collection::vec(0u64..3, 6),
+            ok in proptest::bool::ANY,
+        ) {
+            let mut timing = ItemTiming {
+                total: totals.0,
+                cooldown_wait: totals.1,
+                admission_wait: totals.2,
+                execution: totals.3,
+                backoff: totals.4,
+                tries,
+            };
+            if plain {
+                // The case the writer leaves out: one try equal to the totals.
+                timing.tries = vec![TryTiming {
+                    attempt: 1,
+                    cooldown_wait: timing.cooldown_wait,
+                    admission_wait: timing.admission_wait,
+                    execution: timing.execution,
+                    error: None,
+                }];
+            }
+            let outcome = if ok {
+                Ok(serde_json::json!({"k": [1, "x"]}))
+            } else {
+                Err(ItemError::new(ErrorCategory::ServerError, "boom"))
+            };
+            let mut r = record(timing, outcome);
+            r.result.usage = TokenUsage {
+                input: usage[0],
+                output: usage[1],
+                total: usage[2],
+                cached_input: usage[3],
+                reasoning: usage[4],
+                cache_write_input: usage[5],
+            };
+            let line = serde_json::to_string(&r).unwrap();
+            proptest::prop_assert_eq!(Record::from_json(&line).unwrap(), r);
+        }
+    }
+
     #[test]
     fn version_1_records_are_read() {
         // Written by the first release: every field, index and replayed.
