@@ -44,6 +44,14 @@ pub enum Prompt {
 }
 
 impl Prompt {
+    /// Bytes of text it holds (a measure of its size in memory).
+    pub(crate) fn text_bytes(&self) -> usize {
+        match self {
+            Prompt::Text(t) => t.len(),
+            Prompt::Messages(m) => m.iter().map(|m| m.content.len()).sum(),
+        }
+    }
+
     /// The prompt as one text: the text itself, or the chat's non-system
     /// messages joined by blank lines.
     pub fn text(&self) -> std::borrow::Cow<'_, str> {

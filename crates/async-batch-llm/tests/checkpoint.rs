@@ -151,6 +151,54 @@ async fn resume_reuses_successes_and_reruns_failures_in_both_stores() {
     }
 }
 
+/// With large prompts a resume reads ahead a bounded amount of text, not
+/// eight chunks of 1,024 items: 512 KiB prompts, and the first result
+/// arrives with fewer than 100 of 150 items read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_reads_ahead_a_bounded_amount_of_prompt_text() {
+    use futures::StreamExt as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let id = identity("m", "v1");
+    // One record, so the resume reads ahead at all.
+    run(
+        open(Kind::Sqlite, dir.path(), &id),
+        &id,
+        ResumePolicy::Successes,
+        &FakeStrategy::echo(),
+        items(1),
+    )
+    .await;
+    let read = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&read);
+    let input = futures::stream::iter(
+        (0..150).map(|i| Item::new(format!("big{i}"), "x".repeat(512 << 10))),
+    )
+    .inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let slow =
+        FakeStrategy::new(|_| "ok".into()).with_latency(std::time::Duration::from_millis(50));
+    let extras = with_checkpoint(
+        open(Kind::Sqlite, dir.path(), &id),
+        &id,
+        ResumePolicy::Successes,
+    );
+    let mut stream = async_batch_llm::process_stream_with(slow, input, &config(), extras).unwrap();
+    let first = stream.next().await.unwrap();
+    assert!(first.is_ok());
+    let at_first = read.load(Ordering::SeqCst);
+    assert!(
+        at_first < 100,
+        "{at_first} items read before the first result"
+    );
+    let mut n = 1;
+    while stream.next().await.is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 150);
+}
+
 /// A JSONL checkpoint written by the first release (record version 1,
 /// every field) resumes in this build: its successes replay with their
 /// outputs, usage and timing, and the new records are version 2.

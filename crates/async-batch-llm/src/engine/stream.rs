@@ -421,6 +421,9 @@ const STAGE_CHUNK: usize = 1024;
 /// one parsed, leaving a core idle (1.5 of 2 cores busy, 390–440k replays/s);
 /// with eight, 1.7 cores and 640–730k/s.
 const STAGE_AHEAD: usize = 8;
+/// Most prompt text in one chunk: with large prompts a chunk holds fewer
+/// items, so what a resume reads ahead stays near STAGE_AHEAD × this.
+const STAGE_CHUNK_BYTES: usize = 4 << 20;
 /// Most replayed results in one message to the consumer.
 const REPLAY_GROUP: usize = 64;
 
@@ -531,9 +534,15 @@ impl<T: Send + 'static> Feed<T> {
     fn start_chunk(&mut self, first: Option<Item>) -> bool {
         let Some(cp) = &self.replay else { return false };
         let mut chunk: Vec<Item> = first.and_then(|i| self.before(i)).into_iter().collect();
-        while chunk.len() < STAGE_CHUNK {
+        let mut bytes: usize = chunk.iter().map(|i| i.prompt.text_bytes()).sum();
+        while chunk.len() < STAGE_CHUNK && bytes < STAGE_CHUNK_BYTES {
             match self.items.next().now_or_never() {
-                Some(Some(item)) => chunk.extend(self.before(item)),
+                Some(Some(item)) => {
+                    if let Some(item) = self.before(item) {
+                        bytes += item.prompt.text_bytes();
+                        chunk.push(item);
+                    }
+                }
                 Some(None) => {
                     self.input_done = true;
                     break;
