@@ -88,6 +88,37 @@ fn open(kind: Kind, dir: &std::path::Path, id: &Identity) -> Arc<dyn CheckpointS
     }
 }
 
+/// A new directory whose SQLite checkpoint holds `n` echoed items.
+async fn sqlite_holding(n: usize) -> (tempfile::TempDir, Identity) {
+    let dir = tempfile::tempdir().unwrap();
+    let id = identity("m", "v1");
+    run(
+        open(Kind::Sqlite, dir.path(), &id),
+        &id,
+        ResumePolicy::Successes,
+        &FakeStrategy::echo(),
+        items(n),
+    )
+    .await;
+    (dir, id)
+}
+
+/// `input`, and a count of the items read from it so far.
+fn counted(
+    input: impl futures::Stream<Item = Item> + Send + 'static,
+) -> (
+    impl futures::Stream<Item = Item> + Send + 'static,
+    Arc<std::sync::atomic::AtomicU64>,
+) {
+    use futures::StreamExt as _;
+    let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = Arc::clone(&read);
+    let input = input.inspect(move |_| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    (input, read)
+}
+
 #[tokio::test]
 async fn resume_reuses_successes_and_reruns_failures_in_both_stores() {
     for kind in [Kind::Jsonl, Kind::Sqlite] {
@@ -157,26 +188,11 @@ async fn resume_reuses_successes_and_reruns_failures_in_both_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_reads_ahead_a_bounded_amount_of_prompt_text() {
     use futures::StreamExt as _;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let dir = tempfile::tempdir().unwrap();
-    let id = identity("m", "v1");
     // One record, so the resume reads ahead at all.
-    run(
-        open(Kind::Sqlite, dir.path(), &id),
-        &id,
-        ResumePolicy::Successes,
-        &FakeStrategy::echo(),
-        items(1),
-    )
-    .await;
-    let read = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&read);
-    let input = futures::stream::iter(
+    let (dir, id) = sqlite_holding(1).await;
+    let (input, read) = counted(futures::stream::iter(
         (0..150).map(|i| Item::new(format!("big{i}"), "x".repeat(512 << 10))),
-    )
-    .inspect(move |_| {
-        counter.fetch_add(1, Ordering::SeqCst);
-    });
+    ));
     let slow =
         FakeStrategy::new(|_| "ok".into()).with_latency(std::time::Duration::from_millis(50));
     let extras = with_checkpoint(
@@ -187,7 +203,7 @@ async fn a_resume_reads_ahead_a_bounded_amount_of_prompt_text() {
     let mut stream = async_batch_llm::process_stream_with(slow, input, &config(), extras).unwrap();
     let first = stream.next().await.unwrap();
     assert!(first.is_ok());
-    let at_first = read.load(Ordering::SeqCst);
+    let at_first = read.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
         at_first < 100,
         "{at_first} items read before the first result"
@@ -399,16 +415,7 @@ async fn a_write_failure_stops_the_run_with_its_own_reason() {
 
 #[tokio::test]
 async fn sqlite_reopens_read_only_and_keeps_the_manifest() {
-    let dir = tempfile::tempdir().unwrap();
-    let id = identity("m", "v1");
-    run(
-        open(Kind::Sqlite, dir.path(), &id),
-        &id,
-        ResumePolicy::Successes,
-        &FakeStrategy::echo(),
-        items(30),
-    )
-    .await;
+    let (dir, id) = sqlite_holding(30).await;
     let ro = SqliteStore::open_read_only(dir.path().join("run.sqlite")).unwrap();
     assert_eq!(ro.len().unwrap(), 30);
     assert_eq!(ro.manifest().unwrap().identity, id);
@@ -605,38 +612,21 @@ async fn every_streamed_result_is_committed_before_the_consumer_sees_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_resume_gives_every_item_it_read_one_result() {
     use futures::StreamExt as _;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let dir = tempfile::tempdir().unwrap();
-    let id = identity("m", "v1");
-    let first = FakeStrategy::echo();
-    run(
-        open(Kind::Sqlite, dir.path(), &id),
-        &id,
-        ResumePolicy::Successes,
-        &first,
-        items(3_000),
-    )
-    .await;
-
+    let (dir, id) = sqlite_holding(3_000).await;
     let extras = with_checkpoint(
         open(Kind::Sqlite, dir.path(), &id),
         &id,
         ResumePolicy::Successes,
     );
-    let read = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&read);
-    // Old items interleaved with new ones, which are slow.
-    // More than the engine reads ahead (8 chunks of 1,024).
-    let input = futures::stream::iter((0..20_000).map(|i| {
+    // Old items interleaved with new ones, which are slow; more than the
+    // engine reads ahead (8 chunks of 1,024).
+    let (input, read) = counted(futures::stream::iter((0..20_000).map(|i| {
         if i % 2 == 0 {
             Item::new(format!("i{}", i / 2), format!("i{}", i / 2))
         } else {
             Item::new(format!("new{i}"), "fresh")
         }
-    }))
-    .inspect(move |_| {
-        counter.fetch_add(1, Ordering::SeqCst);
-    });
+    })));
     let fake = FakeStrategy::echo().with_latency(std::time::Duration::from_millis(20));
     let mut stream =
         async_batch_llm::process_stream_with(fake.clone(), input, &config(), extras).unwrap();
@@ -650,7 +640,7 @@ async fn a_stopped_resume_gives_every_item_it_read_one_result() {
             stop.stop();
         }
     }
-    let read = read.load(Ordering::SeqCst);
+    let read = read.load(std::sync::atomic::Ordering::SeqCst);
     assert!(read < 20_000, "the stop came before the end of the input");
     assert_eq!(seen.len() as u64, read, "one result per item read");
     assert!(replayed > 0);
