@@ -168,7 +168,9 @@ run_args! {
     /// Maximum output tokens per call.
     #[arg(long, env = "ABL_MAX_OUTPUT_TOKENS")]
     max_output_tokens: Option<u32>,
-    /// JSON schema file: the provider returns JSON following it; output is that JSON.
+    /// JSON schema file: the provider is asked for JSON following it, each
+    /// reply is checked against it (one that does not match is a
+    /// validation error, retried), and the output is that JSON.
     #[arg(long, env = "ABL_SCHEMA")]
     schema: Option<PathBuf>,
     /// Run everything but the calls: projected tokens and cost.

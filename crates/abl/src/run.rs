@@ -10,8 +10,8 @@ use anyhow::{Context as _, bail};
 use async_batch_llm::providers::{ApiKey, HttpOptions, ModelOptions, llm_with};
 use async_batch_llm::{
     BatchConfig, Budget, CharEstimator, CooldownPolicy, DynModel, ErrorCategory, Item, LlmResponse,
-    ModelStrategy, Prices, RateLimits, ResponseParser, RetryPolicy, ScopeRegistry, StopMode,
-    SummaryCollector, Termination, TerminationReason,
+    ModelStrategy, Prices, RateLimits, ResponseParser, ResponseSchema, RetryPolicy, ScopeRegistry,
+    StopMode, SummaryCollector, Termination, TerminationReason,
 };
 use futures::StreamExt as _;
 use serde_json::Value;
@@ -50,19 +50,19 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(msg.into()))
 }
 
-/// Output as text, or as JSON when a schema is given (a dry run's
-/// placeholder is text).
+/// Output as text, or, with `--schema`, as JSON checked against the
+/// schema (a reply that does not match is a validation error, retried like
+/// one). A dry run's placeholder is text.
 struct CliParser {
-    json: bool,
+    schema: Option<async_batch_llm::structured::Validator<Value>>,
 }
 
 impl ResponseParser for CliParser {
     type Output = Value;
     fn parse(&self, r: &LlmResponse) -> Result<Value, String> {
-        if self.json {
-            serde_json::from_str(&r.text).map_err(|e| format!("the reply is not valid JSON: {e}"))
-        } else {
-            Ok(Value::String(r.text.clone()))
+        match &self.schema {
+            Some(v) => v.parse(&r.text),
+            None => Ok(Value::String(r.text.clone())),
         }
     }
 }
@@ -397,12 +397,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let (model, _mock) = build_model(&a, concurrency)?;
     let scope_name =
         async_batch_llm::Model::quota_scope(&model).unwrap_or_else(|| "default".into());
-    let mut strategy = ModelStrategy::new(
-        model,
-        CliParser {
-            json: schema.is_some() && !a.dry_run.unwrap_or(false),
-        },
-    );
+    let validator = match schema.as_ref().filter(|_| !a.dry_run.unwrap_or(false)) {
+        Some(s) => Some(
+            async_batch_llm::structured::Validator::with_schema(ResponseSchema::new(
+                "output",
+                s.clone(),
+            ))
+            .map_err(|e| usage(format!("--schema: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut strategy = ModelStrategy::new(model, CliParser { schema: validator });
     if let Some(s) = &a.system {
         strategy = strategy.with_system(s.clone());
     }

@@ -167,6 +167,73 @@ fn stdin_to_stdout_and_schema_output_is_json() {
     }
 }
 
+/// With `--schema` a reply that does not match the schema is a validation
+/// error: retried, and recorded as one when it never matches.
+#[test]
+fn replies_that_do_not_match_the_schema_are_retried_then_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            "{\"id\": \"good\", \"prompt\": \"ticket\"}\n",
+            "{\"id\": \"once\", \"prompt\": \"ticket [[mock:invalid-output*1]]\"}\n",
+            "{\"id\": \"never\", \"prompt\": \"ticket [[mock:invalid-output]]\"}\n",
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let o = run(&[
+        "run",
+        input.to_str().unwrap(),
+        "--model",
+        "mock:echo",
+        "--schema",
+        examples().join("ticket.schema.json").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let outs = records(&out);
+    let by = |id: &str| outs.iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!(by("good")["tries"], 1);
+    assert_eq!(by("once")["tries"], 2);
+    assert_eq!(by("once")["output"]["category"], "billing");
+    let never = by("never");
+    assert_eq!(never["ok"], false);
+    assert_eq!(never["error"]["category"], "validation_error");
+    assert!(
+        never["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not match the schema"),
+        "{never}"
+    );
+}
+
+#[test]
+fn a_schema_that_is_not_a_json_schema_is_a_usage_error_before_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("bad.schema.json");
+    std::fs::write(&schema, r#"{"type": 5}"#).unwrap();
+    let o = run(&[
+        "run",
+        examples().join("prompts.jsonl").to_str().unwrap(),
+        "--model",
+        "mock:echo",
+        "--schema",
+        schema.to_str().unwrap(),
+        "-o",
+        dir.path().join("out.jsonl").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a valid JSON schema"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn scripted_permanent_failures_exit_1_and_are_recorded() {
     let dir = tempfile::tempdir().unwrap();
