@@ -616,6 +616,29 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// The wall time and the rates (replays apart from processed items).
+    fn render_wall_time(&self, out: &mut String) {
+        let (s, secs) = (&self.stats, self.wall_time.as_secs_f64());
+        if secs <= 0.0 {
+            return;
+        }
+        let live = s.items - s.replayed;
+        let _ = if s.replayed == 0 {
+            writeln!(
+                out,
+                "Wall time {secs:.2} s ({:.1} items/s)",
+                live as f64 / secs
+            )
+        } else {
+            writeln!(
+                out,
+                "Wall time {secs:.2} s ({:.1} items/s processed, {:.1} items/s replayed)",
+                live as f64 / secs,
+                s.replayed as f64 / secs
+            )
+        };
+    }
+
     /// The human summary text.
     pub fn render(&self, prices: Option<&Prices>) -> String {
         let s = &self.stats;
@@ -645,15 +668,7 @@ impl RunSummary {
         if let Some(m) = &self.termination.message {
             let _ = writeln!(out, "Stop: {m}");
         }
-        let secs = self.wall_time.as_secs_f64();
-        if secs > 0.0 {
-            let live = s.items - s.replayed;
-            let _ = writeln!(
-                out,
-                "Wall time {secs:.2} s ({:.1} items/s)",
-                live as f64 / secs
-            );
-        }
+        self.render_wall_time(&mut out);
         let _ = writeln!(
             out,
             "Calls {} (rate-limit retries {}, other retries {}, cooldowns {})",
@@ -918,6 +933,11 @@ mod tests {
         );
         assert!(s.contains("item_deadline: 1 (e.g. a)"), "{s}");
         assert!(s.contains("Cost 20.0000"), "{s}");
+        // 2 processed and 1 replayed in 1.5 s.
+        assert!(
+            s.contains("Wall time 1.50 s (1.3 items/s processed, 0.7 items/s replayed)"),
+            "{s}"
+        );
         let ordered: Vec<u64> = b.in_input_order().results.iter().map(|r| r.index).collect();
         assert_eq!(ordered, vec![0, 1, 2]);
     }
