@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 
@@ -59,6 +59,9 @@ fn bad(path: &Path, line: u64, message: impl Into<String>) -> Error {
         message: message.into(),
     }
 }
+
+/// Longest span a chunk lookup reads at once.
+const SPAN_MAX: u64 = 16 << 20;
 
 /// The fields of a line the index needs: a manifest has `schema`, a
 /// record `v` and `id`; the rest is checked for syntax only.
@@ -195,12 +198,22 @@ impl JsonlStore {
     }
 
     fn read_line(&self, offset: u64, len: u32) -> Result<String, Error> {
-        let mut buf = vec![0u8; len as usize];
+        self.read_span(offset, offset + u64::from(len))
+    }
+
+    /// The bytes `from..to` of the file as text (whole lines, so whole
+    /// characters).
+    fn read_span(&self, from: u64, to: u64) -> Result<String, Error> {
+        let len = usize::try_from(to.saturating_sub(from)).map_err(|_| Error::Format {
+            place: format!("{} at byte {from}", self.path.display()),
+            message: "span too long to read".into(),
+        })?;
+        let mut buf = vec![0u8; len];
         self.reader
-            .read_exact_at(&mut buf, offset)
+            .read_exact_at(&mut buf, from)
             .map_err(|e| io(&self.path, e))?;
         String::from_utf8(buf).map_err(|e| Error::Format {
-            place: format!("{} at byte {offset}", self.path.display()),
+            place: format!("{} at byte {from}", self.path.display()),
             message: e.to_string(),
         })
     }
@@ -225,6 +238,30 @@ impl CheckpointStore for JsonlStore {
             let st = self.lock();
             ids.iter().map(|id| st.index.get(*id).copied()).collect()
         };
+        // The lines a resume asks for together were mostly written together:
+        // read the span that holds them at once when it is mostly theirs.
+        let (lo, hi) = at
+            .iter()
+            .flatten()
+            .fold((u64::MAX, 0u64), |(lo, hi), &(o, l)| {
+                (lo.min(o), hi.max(o + u64::from(l)))
+            });
+        let wanted: u64 = at.iter().flatten().map(|&(_, l)| u64::from(l)).sum();
+        if lo < hi && hi - lo <= SPAN_MAX && hi - lo <= 4 * wanted {
+            let buf = Arc::new(self.read_span(lo, hi)?);
+            return Ok(at
+                .into_iter()
+                .map(|a| {
+                    a.map(|(o, l)| {
+                        let start = usize::try_from(o - lo).unwrap_or(usize::MAX);
+                        StoredLine::shared(
+                            Arc::clone(&buf),
+                            start..start.saturating_add(l as usize),
+                        )
+                    })
+                })
+                .collect());
+        }
         at.into_iter()
             .map(|a| {
                 a.map(|(o, l)| self.read_line(o, l).map(StoredLine::from))
@@ -297,6 +334,28 @@ mod tests {
     }
 
     const GOOD: &str = r#"{"v":2,"id":"a","item_fp":"f","identity_fp":"i","result":{"id":"a","ok":true,"output":1,"usage":{"input":1,"output":1,"total":2},"attempts":1,"tries":1,"timing":{"total_ms":1}}}"#;
+
+    #[test]
+    fn a_chunk_lookup_reads_near_lines_at_once_and_far_ones_apart() {
+        let lines: Vec<String> = (0..100)
+            .map(|i| GOOD.replace("\"a\"", &format!("\"r{i}\"")))
+            .collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let store = open_with(&refs).unwrap();
+        let text = |got: Vec<Option<StoredLine>>| -> Vec<Option<String>> {
+            got.into_iter()
+                .map(|l| l.map(|l| l.as_str().to_owned()))
+                .collect()
+        };
+        // Near each other: one span (lines 5 to 7, one missing id).
+        let near = text(store.lookup_raw(&["r6", "r5", "missing", "r7"]).unwrap());
+        let want = |i: usize| Some(lines[i].clone());
+        assert_eq!(near, vec![want(6), want(5), None, want(7)]);
+        // Far apart: two lines out of a hundred, read one by one.
+        let far = text(store.lookup_raw(&["r99", "r0"]).unwrap());
+        assert_eq!(far, vec![want(99), want(0)]);
+        assert_eq!(text(store.lookup_raw(&["nope"]).unwrap()), vec![None]);
+    }
 
     #[test]
     fn bad_lines_before_the_last_are_errors_that_name_the_line() {
