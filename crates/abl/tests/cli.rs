@@ -25,6 +25,14 @@ fn run(args: &[&str]) -> Output {
     abl().args(args).output().unwrap()
 }
 
+/// `abl run INPUT --model mock:echo -o OUT EXTRA…`
+fn run_mock(input: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (input, out) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = vec!["run", input, "--model", "mock:echo", "-o", out];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 fn records(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -42,15 +50,7 @@ fn jsonl_end_to_end_item_by_item() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let input = examples().join("prompts.jsonl");
-    let o = run(&[
-        "run",
-        input.to_str().unwrap(),
-        "--model",
-        "mock:echo",
-        "-o",
-        out.to_str().unwrap(),
-        "--preserve-order",
-    ]);
+    let o = run_mock(&input, &out, &["--preserve-order"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let inputs: Vec<Value> = std::fs::read_to_string(&input)
         .unwrap()
@@ -99,14 +99,7 @@ fn csv_with_a_template_and_text_and_chat() {
     assert!(row7["context"]["lang"].is_string());
 
     let out = dir.path().join("txt.jsonl");
-    let o = run(&[
-        "run",
-        examples().join("prompts.txt").to_str().unwrap(),
-        "--model",
-        "mock:echo",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = run_mock(&examples().join("prompts.txt"), &out, &[]);
     assert_eq!(o.status.code(), Some(0));
     let outs = records(&out);
     assert_eq!(outs.len(), 20);
@@ -117,14 +110,7 @@ fn csv_with_a_template_and_text_and_chat() {
     );
 
     let out = dir.path().join("chat.jsonl");
-    let o = run(&[
-        "run",
-        examples().join("chat.jsonl").to_str().unwrap(),
-        "--model",
-        "mock:echo",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = run_mock(&examples().join("chat.jsonl"), &out, &[]);
     assert_eq!(o.status.code(), Some(0));
     let outs = records(&out);
     assert_eq!(outs.len(), 10);
@@ -183,16 +169,14 @@ fn replies_that_do_not_match_the_schema_are_retried_then_failed() {
     )
     .unwrap();
     let out = dir.path().join("out.jsonl");
-    let o = run(&[
-        "run",
-        input.to_str().unwrap(),
-        "--model",
-        "mock:echo",
-        "--schema",
-        examples().join("ticket.schema.json").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = run_mock(
+        &input,
+        &out,
+        &[
+            "--schema",
+            examples().join("ticket.schema.json").to_str().unwrap(),
+        ],
+    );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let outs = records(&out);
     let by = |id: &str| outs.iter().find(|r| r["id"] == id).unwrap().clone();
@@ -216,16 +200,11 @@ fn a_schema_that_is_not_a_json_schema_is_a_usage_error_before_any_call() {
     let dir = tempfile::tempdir().unwrap();
     let schema = dir.path().join("bad.schema.json");
     std::fs::write(&schema, r#"{"type": 5}"#).unwrap();
-    let o = run(&[
-        "run",
-        examples().join("prompts.jsonl").to_str().unwrap(),
-        "--model",
-        "mock:echo",
-        "--schema",
-        schema.to_str().unwrap(),
-        "-o",
-        dir.path().join("out.jsonl").to_str().unwrap(),
-    ]);
+    let o = run_mock(
+        &examples().join("prompts.jsonl"),
+        &dir.path().join("out.jsonl"),
+        &["--schema", schema.to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("not a valid JSON schema"),
@@ -251,14 +230,7 @@ fn scripted_permanent_failures_exit_1_and_are_recorded() {
     }
     drop(f);
     let out = dir.path().join("out.jsonl");
-    let o = run(&[
-        "run",
-        input.to_str().unwrap(),
-        "--model",
-        "mock:echo",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = run_mock(&input, &out, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let outs = records(&out);
     assert_eq!(outs.len(), 300);
@@ -378,20 +350,18 @@ fn bad_input_exits_2_with_a_message_naming_the_place() {
 fn a_batch_deadline_exits_3_with_every_item_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
-    let o = run(&[
-        "run",
-        examples().join("prompts.jsonl").to_str().unwrap(),
-        "--model",
-        "mock:echo",
-        "--mock-latency-ms",
-        "200",
-        "--concurrency",
-        "10",
-        "--batch-deadline",
-        "0.5",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = run_mock(
+        &examples().join("prompts.jsonl"),
+        &out,
+        &[
+            "--mock-latency-ms",
+            "200",
+            "--concurrency",
+            "10",
+            "--batch-deadline",
+            "0.5",
+        ],
+    );
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let outs = records(&out);
     let ids: HashSet<&str> = outs.iter().map(|r| r["id"].as_str().unwrap()).collect();
@@ -537,14 +507,7 @@ fn the_progress_bar_renders_in_a_pseudo_terminal_and_shows_a_cooldown() {
 fn summary_of_an_output_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
-    run(&[
-        "run",
-        examples().join("prompts.txt").to_str().unwrap(),
-        "--model",
-        "mock:echo",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    run_mock(&examples().join("prompts.txt"), &out, &[]);
     let o = run(&["summary", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stdout).contains("20 items, 20 succeeded"));
@@ -562,20 +525,18 @@ fn budgets_and_fail_fast_exit_3_and_unknown_categories_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.jsonl");
     let input = examples().join("prompts.jsonl");
-    let o = run(&[
-        "run",
-        input.to_str().unwrap(),
-        "--model",
-        "mock:echo",
-        "--mock-latency-ms",
-        "20",
-        "--concurrency",
-        "4",
-        "--max-tokens",
-        "500",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = run_mock(
+        &input,
+        &out,
+        &[
+            "--mock-latency-ms",
+            "20",
+            "--concurrency",
+            "4",
+            "--max-tokens",
+            "500",
+        ],
+    );
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("Batch budget_exceeded"),
@@ -607,20 +568,18 @@ fn budgets_and_fail_fast_exit_3_and_unknown_categories_exit_2() {
         writeln!(f, "{{\"id\": {i}, \"prompt\": \"p{i}{marker}\"}}").unwrap();
     }
     drop(f);
-    let o = run(&[
-        "run",
-        bad.to_str().unwrap(),
-        "--model",
-        "mock:echo",
-        "--mock-latency-ms",
-        "20",
-        "--concurrency",
-        "2",
-        "--fail-fast",
-        "authentication",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = run_mock(
+        &bad,
+        &out,
+        &[
+            "--mock-latency-ms",
+            "20",
+            "--concurrency",
+            "2",
+            "--fail-fast",
+            "authentication",
+        ],
+    );
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("Stopped by item 3 (authentication)"),
