@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-pub use async_batch_llm::schema::example_value as value_for;
+pub use abl_example_value::example_value as value_for;
 
 /// Why OpenAI's strict mode would reject `schema`: an object that is not
 /// closed (`additionalProperties: false`) or does not require every property.

@@ -92,6 +92,7 @@
 
 pub mod engine;
 pub mod error;
+mod fingerprint;
 pub mod item;
 pub mod limit;
 pub mod model;
@@ -104,6 +105,7 @@ pub mod store;
 pub mod strategy;
 pub mod structured;
 pub mod testing;
+pub mod time;
 pub mod usage;
 
 pub use engine::{

@@ -4,9 +4,12 @@
 
 mod call;
 mod config;
+mod driver;
 mod pipeline;
 mod pool;
 mod prepare;
+mod publish;
+mod resume;
 mod stream;
 
 pub use call::{call, call_result};

@@ -18,10 +18,9 @@ use crate::error::{CallError, ErrorCategory, ErrorClassifier, RetryDecision};
 use crate::item::{Item, Prompt};
 use crate::limit::{CooldownOutcome, Reservation, Scope, TokenEstimator};
 use crate::observe::{Event, EventSink};
-use crate::result::{
-    ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming, micros,
-};
+use crate::result::{ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming};
 use crate::strategy::{RetryState, Strategy};
+use crate::time::micros;
 use crate::usage::TokenUsage;
 
 /// Stop signals of a run: `stopping` ends admission and every wait;

@@ -12,8 +12,9 @@ use super::config::BatchConfig;
 use super::pipeline::{Run, process_item};
 use crate::error::{Error, ErrorCategory};
 use crate::item::Item;
-use crate::result::{ItemError, ItemResult, ItemTiming, Termination, TerminationReason, micros};
+use crate::result::{ItemError, ItemResult, ItemTiming, Termination, TerminationReason};
 use crate::strategy::Strategy;
+use crate::time::micros;
 
 /// Why a pool refused a submission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

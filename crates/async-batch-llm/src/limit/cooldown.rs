@@ -16,20 +16,20 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CooldownPolicy {
     /// Length of a cooldown when the provider gives no hint (10 s).
-    #[serde(with = "crate::result::duration_ms")]
+    #[serde(with = "crate::time::duration_ms")]
     pub default: Duration,
     /// Growth per consecutive cooldown without a success in between (1.5).
     pub multiplier: f64,
     /// Cap for cooldowns without a hint (300 s).
-    #[serde(with = "crate::result::duration_ms")]
+    #[serde(with = "crate::time::duration_ms")]
     pub max: Duration,
     /// Cap for a provider's hint (600 s).
-    #[serde(with = "crate::result::duration_ms")]
+    #[serde(with = "crate::time::duration_ms")]
     pub max_hint: Duration,
     /// Window over which waiting attempts are released after a cooldown
     /// (5 s). Never longer than the cooldown itself: a provider that asks
     /// for 1 s gets its traffic back within 1 s more, not 5.
-    #[serde(with = "crate::result::duration_ms")]
+    #[serde(with = "crate::time::duration_ms")]
     pub ramp: Duration,
 }
 

@@ -4,34 +4,19 @@
 
 mod admission;
 mod cooldown;
+mod estimate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-#[cfg(feature = "tiktoken")]
-pub use admission::TiktokenEstimator;
-pub use admission::{
-    Admission, AdmissionError, AdmissionStats, CharEstimator, RateLimits, Reservation,
-    TokenEstimator,
-};
+pub use crate::fingerprint::key_fingerprint;
+pub use admission::{Admission, AdmissionError, AdmissionStats, RateLimits, Reservation};
 pub use cooldown::{Cooldown, CooldownOutcome, CooldownPolicy};
-
-/// A short, non-reversible fingerprint of an API key (the first 8 hex
-/// digits of its SHA-256), safe to show in scope names and logs.
-pub fn key_fingerprint(api_key: &str) -> String {
-    use sha2::{Digest, Sha256};
-    use std::fmt::Write as _;
-    let digest = Sha256::digest(api_key.as_bytes());
-    digest
-        .iter()
-        .take(4)
-        .fold(String::with_capacity(8), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
+#[cfg(feature = "tiktoken")]
+pub use estimate::TiktokenEstimator;
+pub use estimate::{CharEstimator, TokenEstimator};
 
 /// The default quota scope name: provider, base URL (without a trailing
 /// slash), key fingerprint and model. Two clients on the same key and model
@@ -163,7 +148,6 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert!(!a.contains("secret"));
-        assert_eq!(key_fingerprint("abc"), "ba7816bf");
         let reg = ScopeRegistry::new();
         let s1 = reg.scope(&a, &ScopeSettings::default());
         let s2 = reg.scope(&b, &ScopeSettings::default());

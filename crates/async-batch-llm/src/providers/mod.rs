@@ -16,20 +16,21 @@
 //! provider, base URL, key fingerprint and model.
 
 mod anthropic;
-mod common;
 mod gemini;
-mod gemini_cache;
 mod http;
+mod key;
 mod openai;
+mod wire;
 
 use std::sync::Arc;
 
 pub use anthropic::{ANTHROPIC_VERSION, AnthropicConfig, AnthropicModel, OUTPUT_TOOL, PromptCache};
-pub use gemini::{GeminiConfig, GeminiModel};
-pub use gemini_cache::{
-    CONTENT_TAG, CacheOptions, CachedContent, GeminiCachedModel, TAG_PREFIX, content_fingerprint,
+pub use gemini::{
+    CONTENT_TAG, CacheOptions, CachedContent, GeminiCachedModel, GeminiConfig, GeminiModel,
+    TAG_PREFIX, content_fingerprint,
 };
-pub use http::{ApiKey, HttpOptions, classify_error, parse_body, parse_go_duration, retry_hint};
+pub use http::{HttpOptions, classify_error, parse_body, parse_go_duration, retry_hint};
+pub use key::ApiKey;
 pub use openai::{ChatFlavor, ChatModel, OpenAiConfig, OpenAiModel};
 
 use crate::error::Error;

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 pub use jsonl::JsonlStore;
 use record::TypedRecord;
@@ -31,6 +30,7 @@ pub use sqlite::{Durability, SqliteStore};
 use writer::Writer;
 
 use crate::error::{Error, ErrorCategory};
+use crate::fingerprint::{Hex, hex_str, sha256_hex, sha256_hex_digits};
 use crate::item::{Item, Prompt};
 use crate::result::ItemResult;
 
@@ -56,36 +56,6 @@ pub struct Identity {
     /// Anything else that should invalidate old results.
     #[serde(default)]
     pub extra: BTreeMap<String, String>,
-}
-
-/// A SHA-256 as 64 lowercase hex digits, on the stack.
-type Hex = [u8; 64];
-
-/// SHA-256 over length-prefixed parts, as hex digits.
-fn sha256_hex_digits(parts: &[&[u8]]) -> Hex {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    // Hand-rolled: `format!("{b:02x}")` per byte cost more than the hash.
-    let mut out = [0u8; 64];
-    for (i, b) in h.finalize().into_iter().enumerate() {
-        out[2 * i] = HEX[usize::from(b >> 4)];
-        out[2 * i + 1] = HEX[usize::from(b & 0xf)];
-    }
-    out
-}
-
-/// The digits as text (they are ASCII).
-fn hex_str(h: &Hex) -> &str {
-    std::str::from_utf8(h).unwrap_or_default()
-}
-
-/// Hex SHA-256 over length-prefixed parts.
-pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
-    hex_str(&sha256_hex_digits(parts)).to_owned()
 }
 
 impl Identity {
@@ -611,11 +581,6 @@ mod tests {
 
     #[test]
     fn fingerprints_are_stable_hex_and_see_every_part() {
-        // SHA-256 of eight zero bytes (the length frame of one empty part).
-        assert_eq!(
-            sha256_hex(&[b""]),
-            "af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc"
-        );
         let a = Item::new("1", "p");
         assert_eq!(item_fingerprint(&a), item_fingerprint(&a.clone()));
         assert_ne!(item_fingerprint(&a), item_fingerprint(&Item::new("1", "q")));
@@ -623,8 +588,6 @@ mod tests {
             item_fingerprint(&a),
             item_fingerprint(&a.clone().with_context(serde_json::json!({"k": 1})))
         );
-        // Lengths are framed: ("ab", "") differs from ("a", "b").
-        assert_ne!(sha256_hex(&[b"ab", b""]), sha256_hex(&[b"a", b"b"]));
         let mut i = Identity::default();
         let before = i.fingerprint();
         i.extra.insert("k".into(), "v".into());

@@ -33,7 +33,8 @@ use serde_json::Value;
 
 use crate::error::ErrorCategory;
 use crate::item::Prompt;
-use crate::result::{ItemError, ItemResult, ItemTiming, TryTiming, duration_ms};
+use crate::result::{ItemError, ItemResult, ItemTiming, TryTiming};
+use crate::time::duration_ms;
 use crate::usage::TokenUsage;
 
 /// Version of the record format this build writes (it reads 1..=this).

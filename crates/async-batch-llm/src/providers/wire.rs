@@ -1,4 +1,6 @@
-//! Pieces the wire formats share.
+//! Pieces the four wire formats share: the turns and system text of a
+//! request, provider options merged into a body, usage numbers, and the
+//! checks every parsed reply goes through (empty output, content filter).
 
 use serde_json::{Map, Value};
 

@@ -22,13 +22,13 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::gemini::GeminiModel;
-use super::http::{delay_until, parse_body};
+use super::GeminiModel;
 use crate::error::{CallError, Error, ErrorCategory};
+use crate::fingerprint::sha256_hex;
 use crate::item::Role;
 use crate::model::{LlmRequest, LlmResponse, Model};
+use crate::providers::http::parse_body;
 use crate::schema::SchemaDialect;
-use crate::store::sha256_hex;
 
 /// The prefix of the display name that carries a cache's tags.
 pub const TAG_PREFIX: &str = "abl-tags:";
@@ -194,21 +194,9 @@ pub fn content_fingerprint(model: &str, content: &CachedContent) -> String {
     hex
 }
 
-/// Parses an RFC 3339 UTC time (`2024-02-29T23:59:59.123456Z`) as a delay
-/// from now (zero if past). Offsets other than `Z`/`+00:00` are refused.
+/// The time left until an RFC 3339 expiry (zero if past).
 fn parse_expiry(text: &str) -> Option<Duration> {
-    let utc = text
-        .strip_suffix('Z')
-        .or_else(|| text.strip_suffix("+00:00"))?;
-    let (date, time) = utc.split_once('T')?;
-    let mut ymd = date.splitn(3, '-').map(str::parse::<i64>);
-    let (year, month, day) = (ymd.next()?.ok()?, ymd.next()?.ok()?, ymd.next()?.ok()?);
-    let (clock, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut hms = clock.splitn(3, ':').map(str::parse::<i64>);
-    let (hour, minute, second) = (hms.next()?.ok()?, hms.next()?.ok()?, hms.next()?.ok()?);
-    let digits: String = frac.chars().take(9).collect();
-    let nanos = format!("{digits:0<9}").parse::<u32>().ok()?;
-    delay_until(year, month, day, hour * 3600 + minute * 60 + second, nanos)
+    crate::time::parse_rfc3339(text).map(|at| crate::time::until(at, std::time::SystemTime::now()))
 }
 
 fn is_cache_gone(e: &CallError) -> bool {
@@ -292,24 +280,16 @@ impl GeminiCachedModel {
         &self.inner
     }
 
-    fn url(&self, path: &str) -> String {
-        format!(
-            "{}/v1beta/{path}",
-            self.inner.config().base_url.trim_end_matches('/')
-        )
-    }
-
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, CallError> {
-        let key = self.inner.config().api_key.expose();
         let (status, h, bytes) = self
             .inner
-            .http()
-            .request(method, &self.url(path), &[("x-goog-api-key", key)], body)
+            .endpoint()
+            .request(method, &format!("v1beta/{path}"), body)
             .await?;
         parse_body(status, &h, &bytes)
     }
@@ -579,7 +559,6 @@ mod tests {
         assert_eq!(parse_expiry("2001-01-01T00:00:00Z"), Some(Duration::ZERO));
         let far = parse_expiry("2999-01-01T00:00:00.5Z").unwrap();
         assert!(far > Duration::from_secs(900 * 365 * 86_400));
-        assert_eq!(parse_expiry("2999-01-01T00:00:00+02:00"), None);
         assert_eq!(parse_expiry("soon"), None);
     }
 }

@@ -1,9 +1,17 @@
-//! Gemini `generateContent` over HTTP.
+//! Gemini `generateContent` over HTTP ([`GeminiModel`]) and explicit
+//! context caches ([`GeminiCachedModel`]).
+
+mod cache;
+
+pub use cache::{
+    CONTENT_TAG, CacheOptions, CachedContent, GeminiCachedModel, TAG_PREFIX, content_fingerprint,
+};
 
 use serde_json::{Value, json};
 
-use super::common::{check_output, merge, system_text, turns, u64_at};
-use super::http::{ApiKey, Http, HttpOptions, parse_body, request_id, shape_error};
+use super::http::{Endpoint, HttpOptions, shape_error};
+use super::key::ApiKey;
+use super::wire::{check_output, merge, system_text, turns, u64_at};
 use crate::error::{CallError, Error};
 use crate::item::Role;
 use crate::limit::default_scope_name;
@@ -33,8 +41,7 @@ pub struct GeminiConfig {
 /// A Gemini model over HTTP.
 pub struct GeminiModel {
     cfg: GeminiConfig,
-    http: Http,
-    scope: String,
+    endpoint: Endpoint,
 }
 
 impl std::fmt::Debug for GeminiModel {
@@ -48,14 +55,15 @@ impl std::fmt::Debug for GeminiModel {
 impl GeminiModel {
     /// A model with `config`.
     pub fn new(config: GeminiConfig) -> Result<Self, Error> {
+        let scope = default_scope_name(
+            "gemini",
+            &config.base_url,
+            config.api_key.expose(),
+            &config.model,
+        );
+        let headers = vec![("x-goog-api-key", config.api_key.expose().to_owned())];
         Ok(Self {
-            http: Http::new(&config.http)?,
-            scope: default_scope_name(
-                "gemini",
-                &config.base_url,
-                config.api_key.expose(),
-                &config.model,
-            ),
+            endpoint: Endpoint::new(&config.http, &config.base_url, headers, scope)?,
             cfg: config,
         })
     }
@@ -65,8 +73,8 @@ impl GeminiModel {
         &self.cfg
     }
 
-    pub(crate) fn http(&self) -> &Http {
-        &self.http
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// The JSON body for `req`; `cached_content` names a context cache.
@@ -128,22 +136,12 @@ impl GeminiModel {
         body: &Value,
         req: &LlmRequest,
     ) -> Result<LlmResponse, CallError> {
-        let url = format!(
-            "{}/v1beta/models/{}:generateContent",
-            self.cfg.base_url.trim_end_matches('/'),
-            self.cfg.model
-        );
-        let (status, h, bytes) = self
-            .http
-            .post(
-                &url,
-                &[("x-goog-api-key", self.cfg.api_key.expose())],
-                body,
-                req.timeout,
-            )
+        let path = format!("v1beta/models/{}:generateContent", self.cfg.model);
+        let (v, id) = self
+            .endpoint
+            .post_json(&path, body, &[], req.timeout)
             .await?;
-        let v = parse_body(status, &h, &bytes)?;
-        Self::parse_response(&v, request_id(&h))
+        Self::parse_response(&v, id)
     }
 
     /// Reads a `generateContent` body.
@@ -246,7 +244,7 @@ impl Model for GeminiModel {
     }
 
     fn quota_scope(&self) -> Option<String> {
-        Some(self.scope.clone())
+        Some(self.endpoint.scope().to_owned())
     }
 
     fn schema_dialect(&self) -> SchemaDialect {

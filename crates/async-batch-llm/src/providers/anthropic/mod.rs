@@ -2,8 +2,9 @@
 
 use serde_json::{Value, json};
 
-use super::common::{check_output, merge, system_text, turns, u64_at};
-use super::http::{ApiKey, Http, HttpOptions, parse_body, request_id, shape_error};
+use super::http::{Endpoint, HttpOptions, shape_error};
+use super::key::ApiKey;
+use super::wire::{check_output, merge, system_text, turns, u64_at};
 use crate::error::{CallError, Error};
 use crate::item::Role;
 use crate::limit::default_scope_name;
@@ -49,8 +50,7 @@ pub struct PromptCache {
 /// An Anthropic model over HTTP.
 pub struct AnthropicModel {
     cfg: AnthropicConfig,
-    http: Http,
-    scope: String,
+    endpoint: Endpoint,
 }
 
 impl std::fmt::Debug for AnthropicModel {
@@ -64,14 +64,18 @@ impl std::fmt::Debug for AnthropicModel {
 impl AnthropicModel {
     /// A model with `config`.
     pub fn new(config: AnthropicConfig) -> Result<Self, Error> {
+        let scope = default_scope_name(
+            "anthropic",
+            &config.base_url,
+            config.api_key.expose(),
+            &config.model,
+        );
+        let headers = vec![
+            ("x-api-key", config.api_key.expose().to_owned()),
+            ("anthropic-version", ANTHROPIC_VERSION.to_owned()),
+        ];
         Ok(Self {
-            http: Http::new(&config.http)?,
-            scope: default_scope_name(
-                "anthropic",
-                &config.base_url,
-                config.api_key.expose(),
-                &config.model,
-            ),
+            endpoint: Endpoint::new(&config.http, &config.base_url, headers, scope)?,
             cfg: config,
         })
     }
@@ -189,17 +193,11 @@ impl AnthropicModel {
 impl Model for AnthropicModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
         let body = self.request_body(request)?;
-        let url = format!("{}/v1/messages", self.cfg.base_url.trim_end_matches('/'));
-        let headers = [
-            ("x-api-key", self.cfg.api_key.expose()),
-            ("anthropic-version", ANTHROPIC_VERSION),
-        ];
-        let (status, h, bytes) = self
-            .http
-            .post(&url, &headers, &body, request.timeout)
+        let (v, id) = self
+            .endpoint
+            .post_json("v1/messages", &body, &[], request.timeout)
             .await?;
-        let v = parse_body(status, &h, &bytes)?;
-        Self::parse_response(&v, request_id(&h))
+        Self::parse_response(&v, id)
     }
 
     fn name(&self) -> &str {
@@ -207,7 +205,7 @@ impl Model for AnthropicModel {
     }
 
     fn quota_scope(&self) -> Option<String> {
-        Some(self.scope.clone())
+        Some(self.endpoint.scope().to_owned())
     }
 
     fn schema_dialect(&self) -> SchemaDialect {

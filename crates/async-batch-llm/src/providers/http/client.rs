@@ -1,0 +1,222 @@
+//! The HTTP client every provider shares: one connection pool sized to the
+//! run, no hidden retries (the engine is the only retry loop), and an
+//! [`Endpoint`]: base URL, auth headers and quota scope of one model.
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use super::classify::parse_body;
+use crate::error::{CallError, Error, ErrorCategory};
+
+/// HTTP settings of a provider client.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Idle connections kept per host: size it to the run's concurrency.
+    pub max_connections: usize,
+    /// Time to establish a connection (10 s).
+    pub connect_timeout: Duration,
+    /// Used when a request carries no timeout of its own (120 s).
+    pub default_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            connect_timeout: Duration::from_secs(10),
+            default_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The client of one provider model: one connection pool, no hidden retries.
+#[derive(Clone)]
+pub(crate) struct Http {
+    client: reqwest::Client,
+    default_timeout: Duration,
+}
+
+impl Http {
+    pub(crate) fn new(options: &HttpOptions) -> Result<Self, Error> {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(options.max_connections.max(1))
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            .user_agent(concat!("async-batch-llm/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            default_timeout: options.default_timeout,
+        })
+    }
+
+    /// POSTs a JSON body; returns status, headers and the raw body.
+    pub(crate) async fn post(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+        timeout: Option<Duration>,
+    ) -> Result<(u16, HeaderMap, bytes::Bytes), CallError> {
+        self.send(self.client.post(url), headers, Some(body), timeout)
+            .await
+    }
+
+    /// Sends a request with any method (JSON body optional).
+    pub(crate) async fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<(u16, HeaderMap, bytes::Bytes), CallError> {
+        self.send(self.client.request(method, url), headers, body, None)
+            .await
+    }
+
+    /// Sends any request.
+    pub(crate) async fn send(
+        &self,
+        builder: reqwest::RequestBuilder,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<(u16, HeaderMap, bytes::Bytes), CallError> {
+        let mut req = builder.timeout(timeout.unwrap_or(self.default_timeout));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.map_err(transport_error)?;
+        Ok((status, headers, bytes))
+    }
+}
+
+/// A failure before a response was complete.
+#[allow(clippy::needless_pass_by_value)] // used as map_err(transport_error)
+fn transport_error(e: reqwest::Error) -> CallError {
+    // reqwest's message names the URL, never a header: no key can leak.
+    let msg = e.to_string();
+    if e.is_timeout() {
+        CallError::new(
+            ErrorCategory::FrameworkTimeout,
+            format!("request timed out: {msg}"),
+        )
+    } else if e.is_body() || e.is_decode() {
+        CallError::new(
+            ErrorCategory::ProviderResponseError,
+            format!("response body was cut short: {msg}"),
+        )
+    } else {
+        CallError::new(ErrorCategory::NetworkError, format!("network error: {msg}"))
+    }
+}
+
+/// A request id from the usual headers.
+pub(crate) fn request_id(headers: &HeaderMap) -> Option<String> {
+    ["x-request-id", "request-id", "x-goog-request-id"]
+        .iter()
+        .find_map(|h| {
+            headers
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+}
+
+/// One model's way to its provider: the shared [`Http`] client, the base
+/// URL, the headers that authenticate (and version) every request, and the
+/// quota scope the model's calls count against. Every provider family
+/// holds one, so request plumbing is written once.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    http: Http,
+    base_url: String,
+    headers: Vec<(&'static str, String)>,
+    scope: String,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header values hold the key: only their names are shown.
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| *k).collect();
+        f.debug_struct("Endpoint")
+            .field("base_url", &self.base_url)
+            .field("headers", &names)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint at `base_url` (a trailing slash is dropped) sending
+    /// `headers` with every request, in quota scope `scope`.
+    pub(crate) fn new(
+        options: &HttpOptions,
+        base_url: &str,
+        headers: Vec<(&'static str, String)>,
+        scope: String,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            http: Http::new(options)?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            headers,
+            scope,
+        })
+    }
+
+    /// The quota scope name.
+    pub(crate) fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// `base_url/path`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base_url, path.trim_start_matches('/'))
+    }
+
+    fn headers_with<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut all: Vec<(&str, &str)> =
+            self.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(extra);
+        all
+    }
+
+    /// POSTs a JSON body to `path` and parses the reply (a non-2xx status
+    /// or an error inside a 200 body is a classified [`CallError`]).
+    /// Returns the body and the request id.
+    pub(crate) async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        extra: &[(&str, &str)],
+        timeout: Option<Duration>,
+    ) -> Result<(Value, Option<String>), CallError> {
+        let (status, h, bytes) = self
+            .http
+            .post(&self.url(path), &self.headers_with(extra), body, timeout)
+            .await?;
+        let v = parse_body(status, &h, &bytes)?;
+        Ok((v, request_id(&h)))
+    }
+
+    /// Sends a request with any method to `path`; returns the raw reply.
+    pub(crate) async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, HeaderMap, bytes::Bytes), CallError> {
+        self.http
+            .request(method, &self.url(path), &self.headers_with(&[]), body)
+            .await
+    }
+}

@@ -1,0 +1,182 @@
+//! When to come back: the retry hints providers send with a 429 (and
+//! sometimes a 503), read from headers and bodies that nobody vetted.
+//! Every value is parsed with checked arithmetic; a hint too large to
+//! mean anything is clamped (the cooldown policy caps it again), and a
+//! malformed one is no hint.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use crate::time::{parse_http_date, secs_f64, until};
+
+/// Parses a duration such as `1s`, `6m0s`, `20ms`, `1.5s`, `2h3m`, or a
+/// plain number of seconds. `None` for anything else (negative numbers,
+/// unknown units, `NaN`); values past [`crate::time::MAX_DURATION`] are
+/// clamped to it.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return secs_f64(secs);
+    }
+    let mut total = 0.0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        if num_end == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "us" | "µs" => 0.000_001,
+            "ns" => 0.000_000_001,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit_end..];
+    }
+    secs_f64(total)
+}
+
+/// A header's value as trimmed text, if present and printable.
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// `Retry-After`: seconds (fractions accepted) or an HTTP date.
+fn retry_after(value: &str) -> Option<Duration> {
+    match value.parse::<f64>() {
+        Ok(secs) => secs_f64(secs),
+        Err(_) => parse_http_date(value).map(|at| until(at, SystemTime::now())),
+    }
+}
+
+/// The retry hint of a response: `retry-after-ms` first, then
+/// `Retry-After` (seconds or HTTP date), then `x-ratelimit-reset-requests`
+/// / `-tokens` (the longer), then a Gemini `RetryInfo.retryDelay` in the body.
+pub fn retry_hint(headers: &HeaderMap, body: Option<&Value>) -> Option<Duration> {
+    if let Some(d) = header(headers, "retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|ms| secs_f64(ms / 1000.0))
+    {
+        return Some(d);
+    }
+    if let Some(d) = header(headers, "retry-after").and_then(retry_after) {
+        return Some(d);
+    }
+    let resets = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+        .iter()
+        .filter_map(|n| header(headers, n).and_then(parse_go_duration))
+        .max();
+    if resets.is_some() {
+        return resets;
+    }
+    gemini_retry_delay(body?)
+}
+
+/// The `details` of a Google RPC error body.
+pub(crate) fn gemini_details(body: &Value) -> impl Iterator<Item = &Value> {
+    body.pointer("/error/details")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+fn gemini_retry_delay(body: &Value) -> Option<Duration> {
+    gemini_details(body)
+        .filter(|d| {
+            d.get("@type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("RetryInfo"))
+        })
+        .find_map(|d| {
+            d.get("retryDelay")
+                .and_then(Value::as_str)
+                .and_then(parse_go_duration)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::MAX_DURATION;
+    use reqwest::header::HeaderValue;
+    use serde_json::json;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_go_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(parse_go_duration("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_go_duration("x"), None);
+        assert_eq!(parse_go_duration("-1"), None);
+        assert_eq!(parse_go_duration("1e300"), Some(MAX_DURATION));
+        assert_eq!(
+            parse_go_duration("99999999999999999999h"),
+            Some(MAX_DURATION)
+        );
+    }
+
+    #[test]
+    fn hints_in_order_of_preference() {
+        let h = headers(&[("retry-after", "3"), ("retry-after-ms", "250")]);
+        assert_eq!(retry_hint(&h, None), Some(Duration::from_millis(250)));
+        assert_eq!(
+            retry_hint(&headers(&[("retry-after", "3")]), None),
+            Some(Duration::from_secs(3))
+        );
+        let reset = headers(&[
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-reset-tokens", "6m0s"),
+        ]);
+        assert_eq!(retry_hint(&reset, None), Some(Duration::from_secs(360)));
+        let g = json!({"error": {"details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "7s"}]}});
+        assert_eq!(
+            retry_hint(&HeaderMap::new(), Some(&g)),
+            Some(Duration::from_secs(7))
+        );
+        let past = headers(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert_eq!(retry_hint(&past, None), Some(Duration::ZERO));
+        assert_eq!(retry_hint(&headers(&[("retry-after", "soon")]), None), None);
+    }
+
+    #[test]
+    fn absurd_hints_are_clamped_not_panics() {
+        for v in [
+            "1e300",
+            "18446744073709551616",
+            "99999999999999999999",
+            "inf",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            let got = retry_hint(&headers(&[("retry-after", v)]), None);
+            assert!(got.is_some_and(|d| d <= MAX_DURATION), "{v}: {got:?}");
+        }
+        for v in ["1e300", "-5", "NaN"] {
+            let got = retry_hint(&headers(&[("retry-after-ms", v)]), None);
+            assert!(got.is_none_or(|d| d <= MAX_DURATION), "{v}: {got:?}");
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! OpenAI's Responses API (`POST /v1/responses`).
+
+use serde_json::{Value, json};
+
+use super::{OpenAiConfig, role};
+use crate::error::{CallError, Error};
+use crate::item::Role;
+use crate::model::{LlmRequest, LlmResponse, Model, ResponseMetadata};
+use crate::providers::http::{Endpoint, shape_error};
+use crate::providers::wire::{check_output, merge, system_text, turns, u64_at};
+use crate::schema::SchemaDialect;
+
+/// OpenAI's Responses API (`POST /v1/responses`): the default for `openai:`.
+pub struct OpenAiModel {
+    config: OpenAiConfig,
+    endpoint: Endpoint,
+}
+
+impl std::fmt::Debug for OpenAiModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiModel")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenAiModel {
+    /// A Responses model.
+    pub fn new(config: OpenAiConfig) -> Result<Self, Error> {
+        Ok(Self {
+            endpoint: config.endpoint("openai")?,
+            config,
+        })
+    }
+
+    /// The JSON body for `req`.
+    pub fn request_body(&self, req: &LlmRequest) -> Result<Value, CallError> {
+        let turns = turns(req);
+        let input = match turns.as_slice() {
+            [only] if only.role == Role::User => json!(only.content),
+            _ => Value::Array(
+                turns
+                    .iter()
+                    .map(|m| json!({"role": role(m.role), "content": m.content}))
+                    .collect(),
+            ),
+        };
+        let mut body = json!({"model": self.config.model, "input": input, "store": false});
+        if let Some(s) = system_text(req) {
+            body["instructions"] = json!(s);
+        }
+        if let Some(t) = req.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(m) = req.max_output_tokens {
+            body["max_output_tokens"] = json!(m);
+        }
+        if let Some(schema) = &req.response_schema {
+            let strict = schema.for_dialect(SchemaDialect::OpenAiStrict)?;
+            body["text"] = json!({"format": {"type": "json_schema", "name": schema.name(), "schema": strict, "strict": true}});
+        }
+        merge(&mut body, req.provider_options.as_ref());
+        Ok(body)
+    }
+
+    /// Reads a Responses body.
+    pub fn parse_response(
+        body: &Value,
+        request_id: Option<String>,
+    ) -> Result<LlmResponse, CallError> {
+        let output = body
+            .get("output")
+            .and_then(Value::as_array)
+            .ok_or_else(|| shape_error("no 'output' array"))?;
+        let mut text = String::new();
+        let mut meta = ResponseMetadata {
+            model: body.get("model").and_then(Value::as_str).map(str::to_owned),
+            request_id: request_id
+                .or_else(|| body.get("id").and_then(Value::as_str).map(str::to_owned)),
+            ..ResponseMetadata::default()
+        };
+        for item in output {
+            match item.get("type").and_then(Value::as_str) {
+                Some("message") => {
+                    for part in item
+                        .get("content")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        match part.get("type").and_then(Value::as_str) {
+                            Some("output_text") => text.push_str(
+                                part.get("text").and_then(Value::as_str).unwrap_or_default(),
+                            ),
+                            Some("refusal") => {
+                                meta.refusal = part
+                                    .get("refusal")
+                                    .and_then(Value::as_str)
+                                    .map(str::to_owned);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Some("function_call" | "custom_tool_call") => meta.tool_calls.push(item.clone()),
+                _ => {}
+            }
+        }
+        let status = body.get("status").and_then(Value::as_str);
+        let reason = body
+            .pointer("/incomplete_details/reason")
+            .and_then(Value::as_str);
+        meta.finish_reason = Some(reason.or(status).unwrap_or("completed").to_owned());
+        let usage = body.get("usage");
+        let resp = LlmResponse {
+            text,
+            input_tokens: usage.and_then(|u| u64_at(u, "/input_tokens")),
+            output_tokens: usage.and_then(|u| u64_at(u, "/output_tokens")),
+            total_tokens: usage.and_then(|u| u64_at(u, "/total_tokens")),
+            cached_input_tokens: usage
+                .and_then(|u| u64_at(u, "/input_tokens_details/cached_tokens")),
+            reasoning_tokens: usage
+                .and_then(|u| u64_at(u, "/output_tokens_details/reasoning_tokens")),
+            cache_write_input_tokens: None,
+            metadata: meta,
+            raw: None,
+        };
+        check_output(resp, reason == Some("content_filter"))
+    }
+}
+
+impl Model for OpenAiModel {
+    async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
+        let body = self.request_body(request)?;
+        let (v, id) = self
+            .endpoint
+            .post_json("responses", &body, &[], request.timeout)
+            .await?;
+        Self::parse_response(&v, id)
+    }
+
+    fn name(&self) -> &str {
+        &self.config.model
+    }
+
+    fn quota_scope(&self) -> Option<String> {
+        Some(self.endpoint.scope().to_owned())
+    }
+
+    fn schema_dialect(&self) -> SchemaDialect {
+        SchemaDialect::OpenAiStrict
+    }
+}
