@@ -19,6 +19,9 @@
 //! | `invalid-output` | a schema reply that does not satisfy the schema |
 //! | `cached:N`, `reasoning:N` | report N cached input / reasoning tokens |
 
+/// How every marker begins.
+pub const PREFIX: &str = "[[mock:";
+
 use std::time::Duration;
 
 use crate::config::{Fault, Hint};
@@ -45,7 +48,7 @@ fn secs(arg: Option<&str>, default: f64) -> Duration {
 pub fn parse(prompt: &str) -> Markers {
     let mut m = Markers::default();
     let mut rest = prompt;
-    while let Some(start) = rest.find("[[mock:") {
+    while let Some(start) = rest.find(PREFIX) {
         let after = &rest[start + 7..];
         let Some(end) = after.find("]]") else { break };
         let body = &after[..end];

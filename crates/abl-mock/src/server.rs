@@ -124,6 +124,21 @@ fn raw_response(body: String) -> Response {
     (StatusCode::OK, [("content-type", "application/json")], body).into_response()
 }
 
+/// OpenAI's wording for a refused key: its first characters, a mask, and
+/// its last four.
+fn refused_key_message(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    let head: String = chars
+        .iter()
+        .take(chars.len().saturating_sub(4).min(16))
+        .collect();
+    let tail: String = chars.iter().skip(chars.len().saturating_sub(4)).collect();
+    format!(
+        "Incorrect API key provided: {head}{}{tail}. You can find your API key at https://platform.openai.com/account/api-keys.",
+        "*".repeat(chars.len().saturating_sub(head.chars().count() + 4))
+    )
+}
+
 fn api_key(format: Format, headers: &HeaderMap, query: &HashMap<String, String>) -> Option<String> {
     let h = |name: &str| {
         headers
@@ -188,13 +203,14 @@ async fn gemini(
 }
 
 fn pick_fault(s: &Shared, req: &MockRequest, seq: u64) -> (Option<Fault>, markers::Markers) {
-    let m = markers::parse(&req.user_text);
+    let marked = req.marker_text.as_deref().unwrap_or(&req.user_text);
+    let m = markers::parse(marked);
     if let Some((fault, times)) = m.fault {
         let active = match times {
             None => true,
             Some(n) => {
                 let mut counts = lock(&s.marker_counts);
-                let c = counts.entry(req.user_text.clone()).or_default();
+                let c = counts.entry(marked.to_owned()).or_default();
                 *c += 1;
                 *c <= n
             }
@@ -293,8 +309,10 @@ async fn handle(
     if !s.config.no_auth {
         match api_key(format, headers, query) {
             None => return fail(Fault::Unauthorized, "Missing API key."),
-            Some(k) if k == "invalid" => {
-                return fail(Fault::Unauthorized, "Incorrect API key provided.");
+            // Like OpenAI, the 401 quotes the start and the end of the key
+            // it refuses: clients must keep that text out of their records.
+            Some(k) if k.starts_with("invalid") => {
+                return fail(Fault::Unauthorized, &refused_key_message(&k));
             }
             Some(_) => {}
         }
@@ -540,7 +558,9 @@ fn gemini_error(status: u16, message: &str, code: &str) -> Response {
 }
 
 fn gemini_auth(s: &Shared, headers: &HeaderMap, q: &HashMap<String, String>) -> Option<Response> {
-    if s.config.no_auth || api_key(Format::Gemini, headers, q).is_some_and(|k| k != "invalid") {
+    if s.config.no_auth
+        || api_key(Format::Gemini, headers, q).is_some_and(|k| !k.starts_with("invalid"))
+    {
         None
     } else {
         Some(gemini_error(

@@ -49,6 +49,10 @@ pub struct MockRequest {
     pub system: String,
     /// The last user message (what echo replies with).
     pub user_text: String,
+    /// The first user message holding a fault marker: markers apply to the
+    /// whole conversation, so a retry that adds turns (structured output's
+    /// feedback) still carries them, counted once per conversation.
+    pub marker_text: Option<String>,
     /// Characters of every message, system included.
     pub chars: usize,
     /// A structured-output request.
@@ -105,7 +109,12 @@ pub fn parse(format: Format, body: &Value, model: Option<&str>) -> Result<MockRe
                 }
                 r.system.push_str(&text);
             }
-            "user" => r.user_text = text,
+            "user" => {
+                if r.marker_text.is_none() && text.contains(crate::markers::PREFIX) {
+                    r.marker_text = Some(text.clone());
+                }
+                r.user_text = text;
+            }
             _ => {}
         }
     };

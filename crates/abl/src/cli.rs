@@ -1,6 +1,9 @@
-//! Command-line arguments. Every `run` setting can also come from the
-//! environment (`ABL_…`) or a TOML file (`--config`, same names as the long
-//! flags); flags win over the environment, which wins over the file.
+//! Command-line arguments as the user typed them: raw values, checked only
+//! for their syntax. Every `run` setting can also come from the environment
+//! (`ABL_` and the flag's name in capitals, `-` as `_`) or a TOML file
+//! (`--config`, the flags' long names as keys); flags win over the
+//! environment, which wins over the file. [`crate::settings`] turns them
+//! into one validated [`crate::settings::RunPlan`].
 
 use std::path::PathBuf;
 
@@ -31,7 +34,7 @@ pub enum Command {
     Checkpoint(CheckpointCommand),
     /// Run the mock provider as a standalone server.
     MockServer(abl_mock::MockConfig),
-    /// Print the summary of an output file or a checkpoint.
+    /// Print the summary of an output file or a checkpoint (every identity it holds).
     Summary {
         /// An output JSONL file written by `abl run`, or a checkpoint (.jsonl or .sqlite).
         file: PathBuf,
@@ -41,9 +44,7 @@ pub enum Command {
     },
 }
 
-macro_rules! run_args {
-    ($( $(#[$meta:meta])* $name:ident : $ty:ty ),+ $(,)?) => {
-        /// Checkpoint tools.
+/// Checkpoint tools.
 #[derive(Debug, Subcommand)]
 pub enum CheckpointCommand {
     /// Copy a JSONL checkpoint into a SQLite one.
@@ -55,7 +56,41 @@ pub enum CheckpointCommand {
     },
 }
 
-/// Settings of `abl run`.
+/// `--stop-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopModeArg {
+    /// Calls in flight finish.
+    Drain,
+    /// Calls in flight are cancelled.
+    Cancel,
+}
+
+/// `--token-estimator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EstimatorArg {
+    /// Characters / 4.
+    Chars,
+    /// OpenAI's tokenizer for the model.
+    Tiktoken,
+}
+
+/// `--resume`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResumeArg {
+    /// Reuse nothing.
+    None,
+    /// Reuse successes (default).
+    Successes,
+    /// Reuse successes and failures.
+    All,
+}
+
+macro_rules! run_args {
+    ($( $(#[$meta:meta])* $name:ident : $ty:ty ),+ $(,)?) => {
+        /// Settings of `abl run`, as given (flags, environment, TOML file).
         #[derive(Debug, Clone, Default, Args, Deserialize)]
         #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
         pub struct RunArgs {
@@ -72,11 +107,14 @@ pub enum CheckpointCommand {
     };
 }
 
+const MOCK: &str = "Mock provider (--model mock:echo|upper|fixed)";
+
 run_args! {
     /// Input file (JSONL, CSV with a header, or text), or - for stdin.
     #[arg(value_name = "INPUT")]
     input: Option<String>,
-    /// Output JSONL file (default: stdout).
+    /// Output JSONL file (default: stdout). Written as OUTPUT.abl-partial
+    /// while the run goes and renamed into place when it ends.
     #[arg(short, long, env = "ABL_OUTPUT")]
     output: Option<String>,
     /// PROVIDER:MODEL, e.g. openai:gpt-4o-mini, gemini:gemini-2.0-flash, or mock:echo (keyless).
@@ -87,9 +125,10 @@ run_args! {
     #[serde(skip)]
     config: Option<PathBuf>,
     /// Input format (default: by extension; stdin is JSONL).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "ABL_FORMAT")]
     format: Option<Format>,
-    /// Field with the item id (default: id; absent ids are line numbers).
+    /// Field with the item id (default: id, and a record without one is
+    /// numbered by its line; a field named here must be in every record).
     #[arg(long, env = "ABL_ID_FIELD")]
     id_field: Option<String>,
     /// Field with the prompt (default: prompt; or a "messages" array).
@@ -101,31 +140,31 @@ run_args! {
     /// System instruction for every call.
     #[arg(long, env = "ABL_SYSTEM")]
     system: Option<String>,
-    /// Items processed at once (default 64).
+    /// Items processed at once (default 64, at most 100000).
     #[arg(short, long, env = "ABL_CONCURRENCY")]
     concurrency: Option<usize>,
-    /// Time limit of one attempt in seconds (default 120).
+    /// Time limit of one attempt in seconds (default 120, at most 86400).
     #[arg(long, env = "ABL_ATTEMPT_TIMEOUT")]
     attempt_timeout: Option<f64>,
-    /// Time limit of one item, all retries and waits included, in seconds.
+    /// Time limit of one item, all retries and waits included, in seconds (at most 30 days).
     #[arg(long, env = "ABL_ITEM_DEADLINE")]
     item_deadline: Option<f64>,
-    /// Time limit of the whole run in seconds (exit code 3 when reached).
+    /// Time limit of the whole run in seconds (at most 366 days; exit code 3 when reached).
     #[arg(long, env = "ABL_BATCH_DEADLINE")]
     batch_deadline: Option<f64>,
-    /// Attempts per item for errors other than rate limits (default 3).
+    /// Attempts per item for errors other than rate limits (default 3, at most 100).
     #[arg(long, env = "ABL_MAX_ATTEMPTS")]
     max_attempts: Option<u32>,
-    /// Rate-limit retries per item (default 20).
+    /// Rate-limit retries per item (default 20, at most 10000).
     #[arg(long, env = "ABL_MAX_RATE_LIMIT_RETRIES")]
     max_rate_limit_retries: Option<u32>,
-    /// First backoff in seconds (default 1; doubles, capped at 60, with jitter).
+    /// First backoff in seconds (default 1, at most 3600; doubles, capped at 60, with jitter).
     #[arg(long, env = "ABL_INITIAL_BACKOFF")]
     initial_backoff: Option<f64>,
-    /// Cooldown after a 429 without a hint, in seconds (default 10; x1.5 when repeated).
+    /// Cooldown after a 429 without a hint, in seconds (default 10, at most 3600; x1.5 when repeated).
     #[arg(long, env = "ABL_COOLDOWN")]
     cooldown: Option<f64>,
-    /// Cap of cooldowns without a hint, in seconds (default 300).
+    /// Cap of cooldowns without a hint, in seconds (default 300, at most 86400).
     #[arg(long, env = "ABL_COOLDOWN_MAX")]
     cooldown_max: Option<f64>,
     /// Window in seconds over which waiting calls are released after a cooldown
@@ -142,8 +181,8 @@ run_args! {
     #[arg(long, env = "ABL_RATE_MARGIN")]
     rate_margin: Option<f64>,
     /// How TPM estimates count input tokens: chars (characters / 4) or tiktoken (OpenAI's tokenizer for the model).
-    #[arg(long, env = "ABL_TOKEN_ESTIMATOR", value_parser = ["chars", "tiktoken"])]
-    token_estimator: Option<String>,
+    #[arg(long, value_enum, env = "ABL_TOKEN_ESTIMATOR")]
+    token_estimator: Option<EstimatorArg>,
     /// Output tokens expected per call, for the TPM estimate (default 256; chars / 4 for the input).
     #[arg(long, env = "ABL_EXPECTED_OUTPUT_TOKENS")]
     expected_output_tokens: Option<u64>,
@@ -157,27 +196,27 @@ run_args! {
     #[arg(long, env = "ABL_FAIL_FAST", value_delimiter = ',')]
     fail_fast: Option<Vec<String>>,
     /// When a budget or fail-fast stops the run: let calls in flight finish (drain) or cancel them.
-    #[arg(long, env = "ABL_STOP_MODE", value_parser = ["drain", "cancel"])]
-    stop_mode: Option<String>,
+    #[arg(long, value_enum, env = "ABL_STOP_MODE")]
+    stop_mode: Option<StopModeArg>,
     /// Most calls in flight at once for the provider (a provider limit, not the worker count).
     #[arg(long, env = "ABL_PROVIDER_CONCURRENCY")]
     provider_concurrency: Option<usize>,
-    /// Sampling temperature.
+    /// Sampling temperature (0 to 2).
     #[arg(long, env = "ABL_TEMPERATURE")]
     temperature: Option<f32>,
-    /// Maximum output tokens per call.
+    /// Maximum output tokens per call (at least 1).
     #[arg(long, env = "ABL_MAX_OUTPUT_TOKENS")]
     max_output_tokens: Option<u32>,
     /// JSON schema file: the provider is asked for JSON following it, each
-    /// reply is checked against it (one that does not match is a
-    /// validation error, retried), and the output is that JSON.
+    /// reply is checked against it (one that does not match is retried with
+    /// the error shown to the model), and the output is that JSON.
     #[arg(long, env = "ABL_SCHEMA")]
     schema: Option<PathBuf>,
     /// Run everything but the calls: projected tokens and cost.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", env = "ABL_DRY_RUN")]
     dry_run: Option<bool>,
     /// Write results in input order (a bounded reorder window) instead of completion order.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", env = "ABL_PRESERVE_ORDER")]
     preserve_order: Option<bool>,
     /// Provider base URL (e.g. a proxy or a local server).
     #[arg(long, env = "ABL_BASE_URL")]
@@ -194,12 +233,14 @@ run_args! {
     /// Price of a million cached input tokens.
     #[arg(long, env = "ABL_PRICE_CACHED_INPUT")]
     price_cached_input: Option<f64>,
-    /// Checkpoint file (.sqlite/.db for SQLite, else JSONL): every result is recorded before it is written out, and a rerun resumes.
+    /// Checkpoint file (.sqlite/.db for SQLite, else JSONL): every result is
+    /// recorded before it is written out, and a rerun resumes. One run at a
+    /// time; records of every model and prompt version are kept.
     #[arg(long, env = "ABL_CHECKPOINT")]
     checkpoint: Option<PathBuf>,
     /// What a rerun reuses from the checkpoint: none, successes (default) or all.
-    #[arg(long, env = "ABL_RESUME", value_parser = ["none", "successes", "all"])]
-    resume: Option<String>,
+    #[arg(long, value_enum, env = "ABL_RESUME")]
+    resume: Option<ResumeArg>,
     /// Version of your prompt; records of another version are not reused.
     #[arg(long, env = "ABL_PROMPT_VERSION")]
     prompt_version: Option<String>,
@@ -207,45 +248,70 @@ run_args! {
     #[arg(long, env = "ABL_APP_VERSION")]
     app_version: Option<String>,
     /// Also store prompts and contexts in the checkpoint.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", env = "ABL_STORE_INPUTS")]
     store_inputs: Option<bool>,
     /// Make every checkpoint commit durable against power loss (fsync / synchronous=FULL).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", env = "ABL_CHECKPOINT_FSYNC")]
     checkpoint_fsync: Option<bool>,
     /// Write the summary as JSON to this file.
     #[arg(long, env = "ABL_SUMMARY_JSON")]
     summary_json: Option<PathBuf>,
     /// Never draw a progress bar (plain lines only).
-    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", env = "ABL_NO_PROGRESS")]
     no_progress: Option<bool>,
     /// Seconds between plain progress lines when not on a terminal (default 5).
     #[arg(long, env = "ABL_PROGRESS_INTERVAL")]
     progress_interval: Option<f64>,
     /// mock: fixed latency per call in ms.
-    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    #[arg(long, env = "ABL_MOCK_LATENCY_MS", help_heading = MOCK)]
     mock_latency_ms: Option<u64>,
     /// mock: extra random latency up to N ms.
-    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    #[arg(long, env = "ABL_MOCK_JITTER_MS", help_heading = MOCK)]
     mock_jitter_ms: Option<u64>,
     /// mock: share of calls answered 429.
-    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    #[arg(long, env = "ABL_MOCK_FAULT_429", help_heading = MOCK)]
     mock_fault_429: Option<f64>,
     /// mock: hint of those 429s (retry-after:SECS, retry-after-ms:MS, reset:SECS, none).
-    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    #[arg(long, env = "ABL_MOCK_HINT_429", help_heading = MOCK)]
     mock_hint_429: Option<String>,
     /// mock: share of calls answered 500.
-    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    #[arg(long, env = "ABL_MOCK_FAULT_500", help_heading = MOCK)]
     mock_fault_500: Option<f64>,
     /// mock: share of calls answered 503.
-    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    #[arg(long, env = "ABL_MOCK_FAULT_503", help_heading = MOCK)]
     mock_fault_503: Option<f64>,
     /// mock: seed of the random faults.
-    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    #[arg(long, env = "ABL_MOCK_SEED", help_heading = MOCK)]
     mock_seed: Option<u64>,
     /// mock: strict requests-per-minute quota.
-    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    #[arg(long, env = "ABL_MOCK_RPM", help_heading = MOCK)]
     mock_rpm: Option<f64>,
     /// mock: strict tokens-per-minute quota.
-    #[arg(long, help_heading = "Mock provider (--model mock:echo|upper|fixed)")]
+    #[arg(long, env = "ABL_MOCK_TPM", help_heading = MOCK)]
     mock_tpm: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every `run` option has the environment variable the README
+    /// promises: `ABL_` and its long name in capitals.
+    #[test]
+    fn every_run_option_has_its_environment_variable() {
+        let cli = super::Cli::command();
+        let run = cli.find_subcommand("run").expect("run");
+        let mut checked = 0;
+        for arg in run.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version" | "verbose") {
+                continue;
+            }
+            let want = format!("ABL_{}", long.to_uppercase().replace('-', "_"));
+            let got = arg.get_env().and_then(|e| e.to_str());
+            assert_eq!(got, Some(want.as_str()), "--{long}");
+            checked += 1;
+        }
+        assert!(checked > 50, "{checked} options");
+    }
 }

@@ -1,9 +1,14 @@
 //! `abl`: the command-line tool of async-batch-llm.
 
+mod checkpoint;
 mod cli;
 mod input;
+mod model;
+mod paths;
 mod progress;
 mod run;
+mod settings;
+mod summary;
 
 use std::io::Write as _;
 
@@ -28,7 +33,7 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("abl: error: cannot start the runtime: {e}");
+            progress::eprintln_safe(&format!("abl: error: cannot start the runtime: {e}"));
             std::process::exit(run::exit::USAGE);
         }
     };
@@ -36,18 +41,22 @@ fn main() {
         let result = match cli.command {
             cli::Command::Run(args) => run::run(*args).await,
             cli::Command::Summary { file, summary_json } => {
-                run::summary(&file, summary_json.as_deref())
+                summary::run(&file, summary_json.as_deref())
             }
             cli::Command::MockServer(config) => mock_server(config).await,
             cli::Command::Checkpoint(cli::CheckpointCommand::Import { from, to }) => {
-                run::import(&from, &to)
+                checkpoint::import(&from, &to)
             }
         };
         match result {
             Ok(code) => code,
             Err(e) => {
                 let usage = e.downcast_ref::<run::UsageError>().is_some();
-                eprintln!("abl: error: {e:#}");
+                let message = format!("{e:#}");
+                progress::eprintln_safe(&format!(
+                    "abl: error: {}",
+                    async_batch_llm::secret::redact(&message)
+                ));
                 if usage {
                     run::exit::USAGE
                 } else {

@@ -63,9 +63,18 @@ impl std::io::Write for LogWriter {
     }
 }
 
-/// Prints a line on stderr without garbling the bar.
+/// Prints a line on stderr without garbling the bar. A closed stderr is
+/// not an error (the run goes on; nothing panics).
 pub fn eprintln_safe(line: &str) {
     let _ = writeln!(LogWriter, "{line}");
+}
+
+/// Prints text on stdout; a closed stdout (`abl summary … | head -1`) is
+/// not an error.
+pub fn print_safe(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }
 
 fn fmt_duration(d: Duration) -> String {
@@ -87,6 +96,8 @@ pub struct Progress {
     started: Instant,
     bar: Option<ProgressBar>,
     interval: Duration,
+    /// The partial output file being written (for `tail -f`).
+    writing: Option<String>,
 }
 
 impl Progress {
@@ -97,6 +108,7 @@ impl Progress {
         prices: Option<Prices>,
         plain: bool,
         interval: Duration,
+        writing: Option<&std::path::Path>,
     ) -> Self {
         let bar = (!plain && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(5));
@@ -122,6 +134,7 @@ impl Progress {
             started: Instant::now(),
             bar,
             interval,
+            writing: writing.map(|p| p.display().to_string()),
         }
     }
 
@@ -141,6 +154,9 @@ impl Progress {
         {
             let eta = Duration::from_secs_f64((total - done) as f64 / rate);
             let _ = write!(s, " | ETA {}", fmt_duration(eta));
+        }
+        if let Some(w) = &self.writing {
+            let _ = write!(s, " | writing {w}");
         }
         let cooldown = self.counters.cooldown_ms.load(Ordering::Relaxed);
         if cooldown > 0 {

@@ -2,48 +2,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn abl() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_abl"));
-    c.env_remove("OPENAI_API_KEY")
-        .env_remove("ANTHROPIC_API_KEY");
-    c
-}
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
-}
-
-fn run(args: &[&str]) -> Output {
-    abl().args(args).output().unwrap()
-}
-
-/// `abl run INPUT --model mock:echo -o OUT EXTRA…`
-fn run_mock(input: &Path, out: &Path, extra: &[&str]) -> Output {
-    let (input, out) = (input.to_str().unwrap(), out.to_str().unwrap());
-    let mut args = vec!["run", input, "--model", "mock:echo", "-o", out];
-    args.extend_from_slice(extra);
-    run(&args)
-}
-
-fn records(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{abl, examples, records, run, run_mock, stderr};
 
 #[test]
 fn jsonl_end_to_end_item_by_item() {

@@ -8,12 +8,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead as _, Read as _, Write as _};
-use std::process::{Child, Command, Stdio};
+use std::io::Write as _;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_batch_llm::store::{CheckpointStore, SqliteStore};
+use common::Mock;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -22,43 +25,8 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-struct Mock(Child, String);
-
-impl Drop for Mock {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_mock() -> Mock {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_abl"))
-        .args(["mock-server", "--latency-ms", "5", "--track-prompts"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
-    reader.read_line(&mut line).unwrap();
-    // Keep draining its stdout.
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-    Mock(child, url)
-}
-
-/// `GET path` over plain HTTP/1.0; the JSON body.
-fn get(base: &str, path: &str) -> serde_json::Value {
-    let addr = base.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap()
-}
-
-fn prompt_counts(base: &str) -> HashMap<String, u64> {
-    serde_json::from_value(get(base, "/stats/prompts")).unwrap()
+fn prompt_counts(mock: &Mock) -> HashMap<String, u64> {
+    serde_json::from_value(mock.get("/stats/prompts")).unwrap()
 }
 
 fn succeeded(checkpoint: &std::path::Path) -> HashSet<String> {
@@ -82,7 +50,7 @@ fn succeeded(checkpoint: &std::path::Path) -> HashSet<String> {
 fn killed_five_times_and_resumed_every_item_exactly_once() {
     let n = env_or("ABL_KILL_ITEMS", 20_000);
     let rounds = env_or("ABL_KILL_ROUNDS", 5);
-    let mock = start_mock();
+    let mock = Mock::start(&["--latency-ms", "5", "--track-prompts"]);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     let mut f = std::fs::File::create(&input).unwrap();
@@ -102,7 +70,7 @@ fn killed_five_times_and_resumed_every_item_exactly_once() {
                 "--concurrency",
                 "64",
             ])
-            .args(["--base-url", &format!("{}/v1", mock.1)])
+            .args(["--base-url", &format!("{}/v1", mock.url)])
             .args([
                 "--checkpoint",
                 checkpoint.to_str().unwrap(),
@@ -144,7 +112,7 @@ fn killed_five_times_and_resumed_every_item_exactly_once() {
             "round {round}: killed after {wait:?}, {} recorded as succeeded",
             ok.len()
         );
-        snapshots.push((ok, prompt_counts(&mock.1)));
+        snapshots.push((ok, prompt_counts(&mock)));
     }
     let status = run().wait().unwrap();
     assert_eq!(status.code(), Some(0));
@@ -167,7 +135,7 @@ fn killed_five_times_and_resumed_every_item_exactly_once() {
     }
     assert_eq!(ids.len(), n);
     // No item recorded as succeeded was called again afterwards.
-    let end = prompt_counts(&mock.1);
+    let end = prompt_counts(&mock);
     for (k, (ok, counts)) in snapshots.iter().enumerate() {
         for id in ok {
             let prompt = format!("item {id}");

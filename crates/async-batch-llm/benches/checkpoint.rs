@@ -41,12 +41,17 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |k| k / 1024.0)
 }
 
-async fn pass(path: &std::path::Path, n: u64, concurrency: usize) -> (f64, u64) {
-    let id = Identity {
+/// The identity the benchmark's records are written under.
+fn identity() -> Identity {
+    Identity {
         provider: "fake".into(),
         model: "echo".into(),
         ..Identity::default()
-    };
+    }
+}
+
+async fn pass(path: &std::path::Path, n: u64, concurrency: usize) -> (f64, u64) {
+    let id = identity();
     let store: Arc<dyn CheckpointStore> =
         Arc::new(SqliteStore::open(path, &id, Durability::Normal).unwrap());
     let cp = Checkpoint::new(store, &id, CheckpointOptions::default()).unwrap();
@@ -79,27 +84,29 @@ async fn pass(path: &std::path::Path, n: u64, concurrency: usize) -> (f64, u64) 
 
 /// Per-row costs of the store alone (`ABL_CP_PROFILE`).
 fn profile(path: &std::path::Path, dir: &std::path::Path, n: u64) {
-    let store = SqliteStore::open(path, &Identity::default(), Durability::Normal).unwrap();
+    let fp = identity().fingerprint();
+    let store = SqliteStore::open(path, &identity(), Durability::Normal).unwrap();
     let t = Instant::now();
     for i in 0..100_000u64 {
-        store.lookup(&i.to_string()).unwrap();
+        store.lookup(&fp, &i.to_string()).unwrap();
     }
     println!(
         "  lookup + parse: {:.2} us each",
         t.elapsed().as_secs_f64() * 1e6 / 1e5
     );
-    let store = SqliteStore::open(path, &Identity::default(), Durability::Normal).unwrap();
+    drop(store);
+    let store = SqliteStore::open(path, &identity(), Durability::Normal).unwrap();
     let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
     let t = Instant::now();
     for chunk in ids.chunks(1024) {
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        store.lookup_raw(&refs).unwrap();
+        store.lookup_raw(&fp, &refs).unwrap();
     }
     println!(
         "  lookup_raw in input order, chunks of 1024: {:.2} us each",
         t.elapsed().as_secs_f64() * 1e6 / n as f64
     );
-    let body = serde_json::to_string(&store.lookup("7").unwrap().unwrap()).unwrap();
+    let body = serde_json::to_string(&store.lookup(&fp, "7").unwrap().unwrap()).unwrap();
     let t = Instant::now();
     for _ in 0..100_000 {
         let _ = async_batch_llm::store::Record::from_json(&body).unwrap();
@@ -109,7 +116,7 @@ fn profile(path: &std::path::Path, dir: &std::path::Path, n: u64) {
         t.elapsed().as_secs_f64() * 1e6 / 1e5,
         body.len()
     );
-    let rec = store.lookup("7").unwrap().unwrap();
+    let rec = store.lookup(&fp, "7").unwrap().unwrap();
     let fresh = SqliteStore::open(
         dir.join("raw.sqlite"),
         &Identity::default(),
@@ -177,7 +184,7 @@ fn main() {
         peak_rss_mib()
     );
     let t = Instant::now();
-    let store = SqliteStore::open(&path, &Identity::default(), Durability::Normal).unwrap();
+    let store = SqliteStore::open(&path, &identity(), Durability::Normal).unwrap();
     let reopen = t.elapsed();
     let records = store.len().unwrap();
     drop(store);

@@ -98,6 +98,9 @@ categories! {
     /// Admission refused the item before any call: its token estimate exceeds
     /// the per-minute limit, or it could not be estimated.
     AdmissionError => "admission_error",
+    /// The input item itself is wrong (a duplicate id read from a stream
+    /// that cannot be checked ahead); no call was made.
+    InputError => "input_error",
     /// Anything else.
     Unknown => "unknown",
 }
@@ -158,7 +161,7 @@ impl CallError {
     pub fn new(category: ErrorCategory, message: impl Into<String>) -> Self {
         Self {
             category,
-            message: message.into(),
+            message: crate::secret::redacted(message.into()),
             retryable: category.is_retryable_by_default(),
             retry_after: None,
             usage: None,
@@ -192,7 +195,8 @@ impl CallError {
         self.category
     }
 
-    /// The message, free of secrets.
+    /// The message, free of secrets (registered keys are redacted when the
+    /// error is made).
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -358,6 +362,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A checkpoint is held by another run (one writer per checkpoint).
+    #[error("{path} is in use by another run ({holder}); wait for it to end or stop it")]
+    InUse {
+        /// The checkpoint.
+        path: String,
+        /// Who holds it: PID, host and start time.
+        holder: String,
+    },
     /// A serialized result or batch could not be read.
     #[error("{place}: {message}")]
     Format {
@@ -379,7 +391,7 @@ mod tests {
             let json = serde_json::to_string(c).unwrap_or_default();
             assert_eq!(json, format!("\"{}\"", c.as_str()));
         }
-        assert_eq!(ErrorCategory::ALL.len(), 25);
+        assert_eq!(ErrorCategory::ALL.len(), 26);
         assert!("nope".parse::<ErrorCategory>().is_err());
     }
 

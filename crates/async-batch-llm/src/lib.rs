@@ -101,6 +101,7 @@ pub mod providers;
 mod rand;
 pub mod result;
 pub mod schema;
+pub mod secret;
 pub mod store;
 pub mod strategy;
 pub mod structured;
@@ -109,9 +110,9 @@ pub mod time;
 pub mod usage;
 
 pub use engine::{
-    BatchConfig, Budget, CallPool, PoolError, PoolSettings, ResultStream, RetryPolicy, RunExtras,
-    StartupRamp, StopHandle, StopMode, call, call_result, process_prompts, process_prompts_with,
-    process_stream, process_stream_with,
+    BatchConfig, Budget, CallPool, MAX_CONCURRENCY, MAX_RPM, MIN_RPM, PoolError, PoolSettings,
+    ResultStream, RetryPolicy, RunExtras, StartupRamp, StopHandle, StopMode, call, call_result,
+    process_prompts, process_prompts_with, process_stream, process_stream_with,
 };
 pub use error::{
     CallError, DefaultClassifier, Error, ErrorCategory, ErrorClassifier, RetryDecision,

@@ -52,6 +52,12 @@ pub fn secs_f64(secs: f64) -> Option<Duration> {
     Some(Duration::from_micros(micros as u64))
 }
 
+/// `start + d`, or `None` when that instant is not representable (a
+/// deadline that far away is no deadline).
+pub(crate) fn after(start: tokio::time::Instant, d: Duration) -> Option<tokio::time::Instant> {
+    start.checked_add(d)
+}
+
 /// A duration truncated to whole microseconds, as results store them.
 pub(crate) fn micros(d: Duration) -> Duration {
     Duration::from_micros(d.as_micros().min(u128::from(u64::MAX)) as u64)

@@ -374,8 +374,11 @@ async fn a_torn_last_jsonl_line_is_repaired_and_that_item_reruns() {
 struct Broken;
 
 impl CheckpointStore for Broken {
-    fn lookup(&self, _: &str) -> Result<Option<Record>, Error> {
+    fn lookup(&self, _: &str, _: &str) -> Result<Option<Record>, Error> {
         Ok(None)
+    }
+    fn identities(&self) -> Vec<async_batch_llm::store::KnownIdentity> {
+        Vec::new()
     }
     fn write_batch(&self, _: &[async_batch_llm::store::EncodedRecord]) -> Result<(), Error> {
         Err(Error::Io {
@@ -543,8 +546,11 @@ struct Witness {
 }
 
 impl CheckpointStore for Witness {
-    fn lookup(&self, id: &str) -> Result<Option<Record>, Error> {
-        self.inner.lookup(id)
+    fn lookup(&self, identity_fp: &str, id: &str) -> Result<Option<Record>, Error> {
+        self.inner.lookup(identity_fp, id)
+    }
+    fn identities(&self) -> Vec<async_batch_llm::store::KnownIdentity> {
+        self.inner.identities()
     }
     fn write_batch(&self, records: &[async_batch_llm::store::EncodedRecord]) -> Result<(), Error> {
         self.inner.write_batch(records)?;
@@ -558,8 +564,8 @@ impl CheckpointStore for Witness {
     fn manifest(&self) -> Option<async_batch_llm::store::Manifest> {
         self.inner.manifest()
     }
-    fn had_records_at_open(&self) -> bool {
-        self.inner.had_records_at_open()
+    fn had_records_at_open(&self, identity_fp: &str) -> bool {
+        self.inner.had_records_at_open(identity_fp)
     }
 }
 

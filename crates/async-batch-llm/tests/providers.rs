@@ -407,3 +407,70 @@ async fn transient_faults_are_retried_through_the_engine() {
         }
     }
 }
+
+/// A server that answers every request with `status`, `headers` and `body`
+/// as raw HTTP/1.1 (for headers no well-behaved mock would send).
+async fn raw_server(status: u16, headers: &'static str, body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                let _ = s.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{headers}\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn absurd_retry_hints_from_a_provider_are_clamped_not_panics() {
+    let body = r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+    for headers in [
+        "retry-after: 1e300\r\n",
+        "retry-after: 99999999999999999999\r\n",
+        "retry-after: Fri, 31 Dec 9999 23:59:59 GMT\r\n",
+        "retry-after-ms: 1e300\r\n",
+        "x-ratelimit-reset-requests: 99999999999999999999h\r\n",
+    ] {
+        let url = raw_server(429, headers, body).await;
+        let m = llm_with(
+            "openai-chat:gpt-4o-mini",
+            ModelOptions {
+                api_key: Some(ApiKey::new("test-key")),
+                base_url: Some(format!("{url}/v1")),
+                ..ModelOptions::default()
+            },
+        )
+        .unwrap();
+        let e = m.generate(&LlmRequest::new("hi")).await.unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::RateLimit, "{headers}");
+        let hint = e.retry_after().unwrap();
+        assert!(
+            hint <= async_batch_llm::time::MAX_DURATION,
+            "{headers}: {hint:?}"
+        );
+        // Through the engine: one cooldown, capped at the policy's 600 s,
+        // and no panic; the item stops at its deadline.
+        let cfg = BatchConfig {
+            item_deadline: Some(Duration::from_millis(200)),
+            scopes: ScopeRegistry::new(),
+            ..BatchConfig::default()
+        };
+        let r = call_result(ModelStrategy::text(m), Item::new("a", "hi"), &cfg)
+            .await
+            .unwrap();
+        assert_eq!(
+            r.error().unwrap().category,
+            ErrorCategory::ItemDeadline,
+            "{headers}"
+        );
+    }
+}

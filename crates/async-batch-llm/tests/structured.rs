@@ -171,11 +171,11 @@ async fn an_invalid_reply_is_retried_with_the_error_and_both_attempts_are_billed
     ] {
         let m = mock().await;
         let strategy = StructuredStrategy::<Ticket, _>::new(model(&m, spec)).unwrap();
-        // The marker makes every reply to this prompt invalid; the retry's
-        // last turn is the feedback, which carries no marker.
+        // The marker makes the first reply of this conversation invalid
+        // (markers apply to the whole conversation, the feedback included).
         let r = call_result(
             strategy,
-            Item::new("t", "[[mock:invalid-output]] printer on fire"),
+            Item::new("t", "[[mock:invalid-output*1]] printer on fire"),
             &BatchConfig::default(),
         )
         .await

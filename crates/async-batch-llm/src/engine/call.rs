@@ -36,7 +36,9 @@ pub async fn call_result<S: Strategy>(
     config.validate()?;
     let run = Arc::new(Run::new(strategy.into(), config));
     let mut guard = CleanupOnDrop(Some(Arc::clone(&run)));
-    let deadline = config.batch_deadline.map(|d| Instant::now() + d);
+    let deadline = config
+        .batch_deadline
+        .and_then(|d| crate::time::after(Instant::now(), d));
     let result = process_item(&run, item, 0, deadline).await;
     run.emit_terminal(&result);
     guard.0 = None;

@@ -9,6 +9,7 @@ use crate::error::{DefaultClassifier, Error, ErrorCategory, ErrorClassifier};
 use crate::limit::{
     CharEstimator, CooldownPolicy, RateLimits, ScopeRegistry, ScopeSettings, TokenEstimator,
 };
+use crate::time::MAX_DURATION;
 use crate::usage::Prices;
 
 /// What happens to calls in flight when a budget or fail-fast stops a run.
@@ -82,7 +83,8 @@ impl RetryPolicy {
     pub fn backoff(&self, failed: u32) -> Duration {
         let exp = i32::try_from(failed.saturating_sub(1)).unwrap_or(i32::MAX);
         let secs = self.initial_backoff.as_secs_f64() * self.backoff_multiplier.max(1.0).powi(exp);
-        let base = Duration::from_secs_f64(secs.min(self.max_backoff.as_secs_f64()));
+        let base = crate::time::secs_f64(secs.min(self.max_backoff.as_secs_f64()))
+            .unwrap_or(self.max_backoff);
         if self.jitter {
             base.mul_f64(0.5 + 0.5 * crate::rand::unit())
         } else {
@@ -90,6 +92,13 @@ impl RetryPolicy {
         }
     }
 }
+
+/// Most workers (and calls in flight) a run may have.
+pub const MAX_CONCURRENCY: usize = 1_000_000;
+/// The smallest requests-per-minute limit: one request a week.
+pub const MIN_RPM: f64 = 1.0 / (7.0 * 24.0 * 60.0);
+/// The largest requests-per-minute limit.
+pub const MAX_RPM: f64 = 1e9;
 
 /// Everything a run needs to know. Build it with struct update syntax:
 ///
@@ -213,6 +222,43 @@ impl BatchConfig {
         if self.concurrency == 0 {
             return bad("concurrency must be at least 1");
         }
+        if self.concurrency > MAX_CONCURRENCY
+            || self
+                .scope_max_concurrency
+                .is_some_and(|n| n > MAX_CONCURRENCY)
+            || self
+                .startup_ramp
+                .is_some_and(|r| r.initial > MAX_CONCURRENCY)
+        {
+            return Err(Error::Config(format!(
+                "concurrency is at most {MAX_CONCURRENCY} (workers, scope gate and startup ramp)"
+            )));
+        }
+        let durations = [
+            ("attempt_timeout", Some(self.attempt_timeout)),
+            ("item_deadline", self.item_deadline),
+            ("batch_deadline", self.batch_deadline),
+            ("retry.initial_backoff", Some(self.retry.initial_backoff)),
+            ("retry.max_backoff", Some(self.retry.max_backoff)),
+            ("cooldown.default", Some(self.cooldown.default)),
+            ("cooldown.max", Some(self.cooldown.max)),
+            ("cooldown.max_hint", Some(self.cooldown.max_hint)),
+            ("cooldown.ramp", Some(self.cooldown.ramp)),
+            ("limits.margin", Some(self.limits.margin)),
+            (
+                "startup_ramp.interval",
+                self.startup_ramp.map(|r| r.interval),
+            ),
+        ];
+        if let Some((name, _)) = durations
+            .iter()
+            .find(|(_, d)| d.is_some_and(|d| d > MAX_DURATION))
+        {
+            return Err(Error::Config(format!(
+                "{name} is longer than the longest duration allowed ({} s)",
+                MAX_DURATION.as_secs()
+            )));
+        }
         if self.retry.max_attempts == 0 {
             return bad("retry.max_attempts must be at least 1");
         }
@@ -234,8 +280,14 @@ impl BatchConfig {
         if self.item_deadline.is_some_and(|d| d.is_zero()) {
             return bad("item_deadline must be positive");
         }
-        if self.limits.rpm.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-            return bad("limits.rpm must be a positive number");
+        if self
+            .limits
+            .rpm
+            .is_some_and(|r| !(r.is_finite() && (MIN_RPM..=MAX_RPM).contains(&r)))
+        {
+            return Err(Error::Config(format!(
+                "limits.rpm must be a number from {MIN_RPM} to {MAX_RPM}"
+            )));
         }
         if self.limits.tpm == Some(0) {
             return bad("limits.tpm must be at least 1");
@@ -244,6 +296,13 @@ impl BatchConfig {
             && (r.initial == 0 || r.step == 0 || r.interval.is_zero())
         {
             return bad("startup_ramp needs initial >= 1, step >= 1 and a positive interval");
+        }
+        if self
+            .budget
+            .max_cost
+            .is_some_and(|c| !(c.is_finite() && c >= 0.0))
+        {
+            return bad("budget.max_cost must be a finite number >= 0");
         }
         if self.budget.max_cost.is_some() && self.budget.prices.is_none() {
             return bad("budget.max_cost needs budget.prices");

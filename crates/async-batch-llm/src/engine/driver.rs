@@ -72,7 +72,9 @@ impl<S: Strategy> Driver<S> {
             concurrency: config.concurrency,
             startup_ramp: config.startup_ramp,
             window: config.reorder_window,
-            batch_deadline: config.batch_deadline.map(|d| Instant::now() + d),
+            batch_deadline: config
+                .batch_deadline
+                .and_then(|d| crate::time::after(Instant::now(), d)),
             record_unstarted,
             middleware: middleware.into(),
             checkpoint,
@@ -207,7 +209,7 @@ impl<S: Strategy> Driver<S> {
         index + 1
     }
 
-    pub(super) async fn drive<I: Stream<Item = Item> + Send + 'static>(self, items: I) {
+    pub(super) async fn drive<I: Stream<Item = Item> + Send + 'static>(mut self, items: I) {
         let run = &self.run;
         run.events.emit(|| crate::observe::Event::BatchStarted);
         let cooldowns_before = run.scope.cooldown().started_count();
@@ -292,11 +294,20 @@ impl<S: Strategy> Driver<S> {
         }
         tracker.close();
         tracker.wait().await;
-        if let Some(cp) = &self.checkpoint {
-            let cp = Arc::clone(cp);
+        drop(feed);
+        if let Some(cp) = self.checkpoint.take() {
             // Every record is committed; leave them in the main file, so the
-            // file alone is complete once the stream has ended.
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || cp.settle()).await {
+            // file alone is complete once the stream has ended. Then let the
+            // run's hold on the checkpoint go (its writer thread, and with
+            // the last holder its lock), so that the store can be opened
+            // again as soon as the stream has ended.
+            let settled = tokio::task::spawn_blocking(move || {
+                let settled = cp.settle();
+                drop(cp);
+                settled
+            })
+            .await;
+            if let Ok(Err(e)) = settled {
                 tracing::warn!("checkpoint: {e}");
             }
         }

@@ -13,7 +13,9 @@ mod resume;
 mod stream;
 
 pub use call::{call, call_result};
-pub use config::{BatchConfig, Budget, RetryPolicy, StartupRamp, StopMode};
+pub use config::{
+    BatchConfig, Budget, MAX_CONCURRENCY, MAX_RPM, MIN_RPM, RetryPolicy, StartupRamp, StopMode,
+};
 pub use pool::{CallPool, PoolError, PoolSettings};
 pub use stream::{
     MiddlewareList, ResultStream, RunExtras, StopHandle, process_prompts, process_prompts_with,

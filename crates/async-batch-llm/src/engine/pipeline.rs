@@ -20,7 +20,7 @@ use crate::limit::{CooldownOutcome, Reservation, Scope, TokenEstimator};
 use crate::observe::{Event, EventSink};
 use crate::result::{ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming};
 use crate::strategy::{RetryState, Strategy};
-use crate::time::micros;
+use crate::time::{after as micros_after, micros};
 use crate::usage::TokenUsage;
 
 /// Stop signals of a run: `stopping` ends admission and every wait;
@@ -265,7 +265,10 @@ pub(crate) async fn process_item<S: Strategy>(
     deadline: Option<Instant>,
 ) -> ItemResult<S::Output> {
     let start = Instant::now();
-    let deadline = match (run.item_deadline.map(|d| start + d), deadline) {
+    let deadline = match (
+        run.item_deadline.and_then(|d| micros_after(start, d)),
+        deadline,
+    ) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
@@ -573,10 +576,10 @@ async fn attempts<S: Strategy>(
             }
             RetryDecision::Backoff => {
                 let delay = micros(run.retry.backoff(attempt));
-                let wake = Instant::now() + delay;
-                if deadline.is_some_and(|d| wake > d) {
+                let wake = micros_after(Instant::now(), delay);
+                let Some(wake) = wake.filter(|w| deadline.is_none_or(|d| *w <= d)) else {
                     return Err(deadline_fail("the backoff before the next attempt", acct));
-                }
+                };
                 sleep_or_stop(wake, &run.stop).await?;
                 acct.timing.backoff += delay;
                 attempt += 1;

@@ -148,7 +148,10 @@ impl<S: Strategy> CallPool<S> {
         }
         let _in_flight = self.tracker.token();
         let start = Instant::now();
-        let deadline = self.settings.submit_timeout.map(|t| start + t);
+        let deadline = self
+            .settings
+            .submit_timeout
+            .and_then(|t| crate::time::after(start, t));
         let index = self.next_index.fetch_add(1, Ordering::Relaxed);
         let Some(permit) = self.worker(deadline).await? else {
             let waited = micros(start.elapsed());

@@ -165,14 +165,17 @@ impl Admission {
         let (per_window, window) = match limits.rpm {
             Some(r) if r.is_finite() && r > 0.0 => {
                 let n = r.floor().max(1.0);
-                (n as u64, Duration::from_secs_f64(60.0 * n / r))
+                (
+                    n as u64,
+                    crate::time::secs_f64(60.0 * n / r).unwrap_or(crate::time::MAX_DURATION),
+                )
             }
             _ => (u64::MAX, MINUTE),
         };
         Some(Self {
             per_window,
-            window: window + limits.margin,
-            token_window: MINUTE + limits.margin,
+            window: window.saturating_add(limits.margin),
+            token_window: MINUTE.saturating_add(limits.margin),
             tpm: limits.tpm,
             state: Mutex::new(State::default()),
             notify: Notify::new(),

@@ -53,7 +53,7 @@ impl CooldownPolicy {
         }
         let exp = i32::try_from(consecutive.saturating_sub(1)).unwrap_or(i32::MAX);
         let secs = self.default.as_secs_f64() * self.multiplier.max(1.0).powi(exp);
-        Duration::from_secs_f64(secs.min(self.max.as_secs_f64()))
+        crate::time::secs_f64(secs.min(self.max.as_secs_f64())).unwrap_or(self.max)
     }
 }
 
@@ -144,7 +144,10 @@ impl Cooldown {
             return CooldownOutcome::Ignored;
         }
         let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-        let length = self.policy.length(consecutive, hint);
+        let length = self
+            .policy
+            .length(consecutive, hint)
+            .min(crate::time::MAX_DURATION);
         st.until = Some(now + length);
         st.ramp = self.policy.ramp.min(length);
         self.started_count.fetch_add(1, Ordering::Relaxed);

@@ -3,22 +3,27 @@
 
 use crate::error::Error;
 
-/// An API key. Its `Debug` and `Display` never show it.
+/// An API key. Its `Debug` and `Display` never show it, and making one
+/// registers it with [`crate::secret`], so no error message, result or
+/// checkpoint of this process can carry it, even when a server echoes it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);
 
 impl ApiKey {
     /// Wraps a key.
     pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into())
+        let key = key.into();
+        crate::secret::register(&key);
+        Self(key)
     }
 
     /// The first set variable among `vars`.
     pub fn from_env(vars: &[&str]) -> Option<Self> {
         vars.iter()
             .find_map(|v| std::env::var(v).ok())
-            .map(|k| Self(k.trim().to_owned()))
-            .filter(|k| !k.0.is_empty())
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .map(Self::new)
     }
 
     /// Reads a key from a file (surrounding whitespace removed).
@@ -35,7 +40,7 @@ impl ApiKey {
                 path.display()
             )));
         }
-        Ok(Self(key.to_owned()))
+        Ok(Self::new(key))
     }
 
     /// The key itself, for a request header.

@@ -27,7 +27,7 @@ impl ItemError {
     pub fn new(category: ErrorCategory, message: impl Into<String>) -> Self {
         Self {
             category,
-            message: message.into(),
+            message: crate::secret::redacted(message.into()),
             last_error: None,
         }
     }

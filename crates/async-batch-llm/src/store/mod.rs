@@ -9,9 +9,23 @@
 //! apart from the current run's.
 //!
 //! Two stores share one record format: [`JsonlStore`] (append-only) and
-//! [`SqliteStore`] (WAL, indexed).
+//! [`SqliteStore`] (WAL, indexed). Both guard the user's data:
+//!
+//! - **A checkpoint is only a checkpoint.** Opening refuses a file that is
+//!   not one of ours (a JSONL file whose first line is not our manifest, a
+//!   SQLite database without our `application_id` or with other tables),
+//!   before anything is written to it; a torn last line is repaired only in
+//!   a file that is ours.
+//! - **One writer.** Opening for writing takes an exclusive lock
+//!   ([`StoreLock`]) for as long as the store is open; a second run fails at
+//!   once naming the holder, and a killed holder leaves no lock behind.
+//! - **Every identity is kept.** Records are keyed by run identity and item
+//!   id: a run with another model, system prompt or prompt version writes
+//!   its own records beside the earlier ones and replays only its own;
+//!   [`CheckpointStore::identities`] lists every identity a store holds.
 
 mod jsonl;
+mod lock;
 mod record;
 mod sqlite;
 mod writer;
@@ -24,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use jsonl::JsonlStore;
+pub use lock::{StoreLock, lock_path};
 use record::TypedRecord;
 pub use record::{RECORD_VERSION, Record};
 pub use sqlite::{Durability, SqliteStore};
@@ -122,9 +137,7 @@ pub(crate) enum Decision<T> {
 pub struct EncodedRecord {
     /// Item id.
     pub id: String,
-    /// Item fingerprint.
-    pub item_fp: String,
-    /// Identity fingerprint.
+    /// Identity fingerprint (records are keyed by identity and id).
     pub identity_fp: String,
     /// Whether the item succeeded.
     pub ok: bool,
@@ -139,7 +152,6 @@ impl EncodedRecord {
     pub fn new(r: &Record) -> Result<Self, Error> {
         Ok(Self {
             id: r.id.clone(),
-            item_fp: r.item_fp.clone(),
             identity_fp: r.identity_fp.clone(),
             ok: r.result.outcome.is_ok(),
             category: r.result.outcome.as_ref().err().map(|e| e.category.as_str()),
@@ -177,6 +189,16 @@ impl Manifest {
     }
 }
 
+/// An identity a store holds records of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownIdentity {
+    /// [`Identity::fingerprint`].
+    pub fingerprint: String,
+    /// The identity itself; `None` for records written before stores kept
+    /// every identity (only their fingerprint is known).
+    pub identity: Option<Identity>,
+}
+
 /// One stored record line as a store hands it to a resume. Lines read
 /// together may share one buffer (one allocation for many records).
 #[derive(Debug, Clone)]
@@ -210,17 +232,24 @@ impl From<String> for StoredLine {
     }
 }
 
-/// Where records live.
+/// Where records live. Records are keyed by identity fingerprint and item
+/// id: a store keeps the latest record of each item for every identity
+/// that wrote to it.
 pub trait CheckpointStore: Send + Sync + 'static {
-    /// The latest record of `id`.
-    fn lookup(&self, id: &str) -> Result<Option<Record>, Error>;
-    /// The latest stored line of each id, in the order asked (a resume
-    /// asks for a chunk of input items at once). The default looks each up
-    /// and serializes it again; stores keep their lines and return them.
-    fn lookup_raw(&self, ids: &[&str]) -> Result<Vec<Option<StoredLine>>, Error> {
+    /// The latest record of `id` under `identity_fp`.
+    fn lookup(&self, identity_fp: &str, id: &str) -> Result<Option<Record>, Error>;
+    /// The latest stored line of each id under `identity_fp`, in the order
+    /// asked (a resume asks for a chunk of input items at once). The
+    /// default looks each up and serializes it again; stores keep their
+    /// lines and return them.
+    fn lookup_raw(
+        &self,
+        identity_fp: &str,
+        ids: &[&str],
+    ) -> Result<Vec<Option<StoredLine>>, Error> {
         ids.iter()
             .map(|id| {
-                self.lookup(id)?
+                self.lookup(identity_fp, id)?
                     .map(|r| {
                         serde_json::to_string(&r)
                             .map(StoredLine::from)
@@ -236,7 +265,7 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// Writes records durably (as the store's durability setting says).
     /// Called from one writer thread.
     fn write_batch(&self, records: &[EncodedRecord]) -> Result<(), Error>;
-    /// Visits every record, latest per id.
+    /// Visits every record: the latest per identity and id.
     fn for_each(&self, f: &mut dyn FnMut(Record) -> Result<(), Error>) -> Result<(), Error>;
     /// Called when a run has ended with every record committed: move them
     /// where the store keeps them for good (SQLite copies its WAL into the
@@ -244,11 +273,15 @@ pub trait CheckpointStore: Send + Sync + 'static {
     fn settle(&self) -> Result<(), Error> {
         Ok(())
     }
-    /// The manifest.
+    /// The manifest: what created the store.
     fn manifest(&self) -> Option<Manifest>;
-    /// False when the store held no record when it was opened, so this
-    /// run's items cannot be in it (lookups are skipped).
-    fn had_records_at_open(&self) -> bool {
+    /// Every identity the store holds records of, or was opened for, in
+    /// the order they first appeared.
+    fn identities(&self) -> Vec<KnownIdentity>;
+    /// False when the store held no record of `identity_fp` when it was
+    /// opened, so this run's items cannot be in it (lookups are skipped).
+    fn had_records_at_open(&self, identity_fp: &str) -> bool {
+        let _ = identity_fp;
         true
     }
 }
@@ -293,6 +326,7 @@ pub fn always_reruns(category: ErrorCategory) -> bool {
                 | ErrorCategory::InsufficientBalance
                 | ErrorCategory::QuotaExhausted
                 | ErrorCategory::RateLimitRetriesExceeded
+                | ErrorCategory::InputError
         )
 }
 
@@ -365,7 +399,7 @@ impl<T: Serialize + DeserializeOwned> Checkpoint<T> {
                 options.batch_delay,
                 WRITER_QUEUE,
             )?,
-            fresh: !store.had_records_at_open(),
+            fresh: !store.had_records_at_open(&identity.fingerprint()),
             store,
             identity_fp: identity.fingerprint(),
             options,
@@ -386,7 +420,11 @@ impl<T> Checkpoint<T> {
         if !self.may_replay() {
             return Ok(None);
         }
-        let line = self.store.lookup_raw(&[item.id.as_str()])?.pop().flatten();
+        let line = self
+            .store
+            .lookup_raw(&self.identity_fp, &[item.id.as_str()])?
+            .pop()
+            .flatten();
         match self.decide(
             item,
             Some(fingerprint),
@@ -422,7 +460,7 @@ impl<T> Checkpoint<T> {
                 .collect();
         }
         let ids: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
-        match self.store.lookup_raw(&ids) {
+        match self.store.lookup_raw(&self.identity_fp, &ids) {
             Ok(lines) => items
                 .iter()
                 .zip(lines)

@@ -28,7 +28,21 @@ enum Ack {
 type Job = (EncodedRecord, Ack);
 
 pub(super) struct Writer {
-    tx: mpsc::Sender<Job>,
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    /// Ends the thread once what is queued is written, and waits for it,
+    /// so the store is released when the writer is.
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take()
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
 }
 
 fn gone(id: &str) -> Error {
@@ -47,19 +61,22 @@ impl Writer {
         queue: usize,
     ) -> Result<Self, Error> {
         let (tx, rx) = mpsc::channel::<Job>(queue.max(1));
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("abl-checkpoint".into())
             .spawn(move || run(&*store, rx, rows.max(1), delay))
             .map_err(|e| Error::Config(format!("cannot start the checkpoint writer: {e}")))?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Writes `record` and returns once it is committed.
     pub(super) async fn write(&self, record: EncodedRecord) -> Result<(), Error> {
         let (ack, done) = oneshot::channel();
         let id = record.id.clone();
-        self.tx
-            .send((record, Ack::Wait(ack)))
+        let tx = self.tx.as_ref().ok_or_else(|| gone(&id))?;
+        tx.send((record, Ack::Wait(ack)))
             .await
             .map_err(|_| gone(&id))?;
         match done.await {
@@ -77,7 +94,11 @@ impl Writer {
     /// `then` runs on a blocking thread with the error.
     pub(super) async fn write_then(&self, record: EncodedRecord, then: Then) {
         let id = record.id.clone();
-        if let Err(mpsc::error::SendError((_, ack))) = self.tx.send((record, Ack::Then(then))).await
+        let sent = match &self.tx {
+            Some(tx) => tx.send((record, Ack::Then(then))).await,
+            None => Err(mpsc::error::SendError((record, Ack::Then(then)))),
+        };
+        if let Err(mpsc::error::SendError((_, ack))) = sent
             && let Ack::Then(then) = ack
         {
             let message = gone(&id).to_string();

@@ -179,4 +179,42 @@ mod tests {
             assert!(got.is_none_or(|d| d <= MAX_DURATION), "{v}: {got:?}");
         }
     }
+
+    use proptest::prelude::*;
+
+    proptest::proptest! {
+        /// Any value in any hint header, numbers of any size or none at
+        /// all: a hint no longer than the maximum, or none. Never a panic,
+        /// also through the classification of a 429 or 503.
+        #[test]
+        fn any_hint_header_is_parsed_without_panicking(
+            which in 0usize..6,
+            value in prop_oneof![
+                any::<f64>().prop_map(|f| f.to_string()),
+                any::<u64>().prop_map(|n| n.to_string()),
+                any::<i64>().prop_map(|n| format!("{n}ms")),
+                "[0-9]{1,30}(\\.[0-9]{0,12})?(h|m|s|ms|us|ns)?".prop_map(String::from),
+                "(Mon|Fri), [0-9]{1,3} (Jan|Dec|Foo) [0-9]{1,12} [0-9]{1,3}:[0-9]{1,3}:[0-9]{1,3} GMT".prop_map(String::from),
+                "\\PC{0,40}".prop_map(String::from),
+            ],
+        ) {
+            let names = [
+                "retry-after", "retry-after-ms", "x-ratelimit-reset-requests",
+                "x-ratelimit-reset-tokens", "anthropic-ratelimit-requests-reset",
+                "anthropic-ratelimit-tokens-reset",
+            ];
+            let Ok(v) = HeaderValue::from_str(&value) else { return Ok(()) };
+            let mut h = HeaderMap::new();
+            h.insert(names[which], v);
+            let got = retry_hint(&h, None);
+            prop_assert!(got.is_none_or(|d| d <= MAX_DURATION));
+            let body = json!({"error": {"details": [{"@type": "google.rpc.RetryInfo", "retryDelay": value}]}});
+            let got = retry_hint(&HeaderMap::new(), Some(&body));
+            prop_assert!(got.is_none_or(|d| d <= MAX_DURATION));
+            for status in [429u16, 503] {
+                let e = crate::providers::classify_error(status, &h, Some(&body));
+                prop_assert!(e.retry_after().is_none_or(|d| d <= MAX_DURATION));
+            }
+        }
+    }
 }

@@ -46,6 +46,8 @@ pub(super) struct Scan {
     /// Largest rowid when the store was opened: rows written by this run
     /// are never read ahead.
     end: i64,
+    /// The identity whose rows are read ahead.
+    ident: i64,
 }
 
 /// The rows of one scan step.
@@ -121,9 +123,10 @@ const SCAN_KEEP: i64 = 16_384;
 impl Scan {
     /// A read-ahead over the rows up to `end` (the largest rowid when the
     /// store was opened).
-    pub(super) fn new(end: i64) -> Self {
+    pub(super) fn new(end: i64, ident: i64) -> Self {
         Self {
             end,
+            ident,
             ..Self::default()
         }
     }
@@ -131,11 +134,11 @@ impl Scan {
     pub(super) fn fill(&mut self, c: &Connection, path: &Path) -> Result<(), Error> {
         let mut stmt = c
             .prepare_cached(
-                "SELECT rowid, id, body FROM records WHERE rowid > ?1 AND rowid <= ?2 ORDER BY rowid LIMIT ?3",
+                "SELECT rowid, id, body FROM records WHERE rowid > ?1 AND rowid <= ?2 AND ident = ?4 ORDER BY rowid LIMIT ?3",
             )
             .map_err(|e| db(path, &e))?;
         let mut rows = stmt
-            .query(params![self.cursor, self.end, SCAN_CHUNK])
+            .query(params![self.cursor, self.end, SCAN_CHUNK, self.ident])
             .map_err(|e| db(path, &e))?;
         let block = self.first_block + self.blocks.len() as u64;
         let mut buf = self.spare_buffer();
@@ -305,6 +308,7 @@ mod tests {
                 .collect();
             store.write_batch(&rows).unwrap();
         }
+        drop(store);
         let store = SqliteStore::open(&path, &Identity::default(), Durability::Normal).unwrap();
         let c = Connection::open(&path).unwrap();
         (store, c)

@@ -134,7 +134,9 @@ mod tests {
         assert_eq!(wal_bytes(&path), 0);
         store.write_batch(&batch(2000, 10)).unwrap();
         assert_eq!(store.len().unwrap(), 2010);
-        let first = store.lookup_raw(&["item-000000"]).unwrap();
+        let first = store
+            .lookup_raw(&Identity::default().fingerprint(), &["item-000000"])
+            .unwrap();
         assert!(first[0].as_ref().is_some_and(|b| b.as_str().len() > 1000));
     }
 }

@@ -1,0 +1,106 @@
+//! The model a run calls: a provider from `provider:model` with its key, or
+//! the built-in mock started in-process on loopback; and the `--schema`
+//! file, checked against that provider's dialect before any call.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_batch_llm::providers::{ApiKey, HttpOptions, ModelOptions, llm_with};
+use async_batch_llm::structured::Validator;
+use async_batch_llm::{DynModel, Model as _, ResponseSchema};
+use serde_json::Value;
+
+use crate::run::UsageError;
+use crate::settings::ModelChoice;
+
+/// The mock server of a `mock:` run; dropping it stops the server.
+pub struct Mock {
+    _server: abl_mock::MockServer,
+}
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+/// Builds the model of `choice` with a connection pool for `concurrency`.
+pub fn build(
+    choice: &ModelChoice,
+    concurrency: usize,
+) -> Result<(Arc<dyn DynModel>, Option<Mock>), UsageError> {
+    let http = HttpOptions {
+        max_connections: concurrency,
+        ..HttpOptions::default()
+    };
+    match choice {
+        ModelChoice::Mock(m) => {
+            let server = abl_mock::MockServer::start_dedicated(m.config.clone(), 1)
+                .map_err(|e| usage(format!("cannot start the mock provider: {e}")))?;
+            let model = llm_with(
+                &format!("openai:mock-{}", m.mode),
+                ModelOptions {
+                    api_key: Some(ApiKey::new("mock-key")),
+                    base_url: Some(format!("{}/v1", server.base_url())),
+                    http,
+                    ..ModelOptions::default()
+                },
+            )
+            .map_err(|e| usage(e.to_string()))?;
+            Ok((model, Some(Mock { _server: server })))
+        }
+        ModelChoice::Provider {
+            spec,
+            base_url,
+            api_key_file,
+        } => {
+            let api_key = match api_key_file {
+                Some(p) => Some(ApiKey::from_file(p).map_err(|e| usage(e.to_string()))?),
+                None => None,
+            };
+            let model = llm_with(
+                &format!("{}:{}", spec.provider.prefix(), spec.model),
+                ModelOptions {
+                    api_key,
+                    base_url: base_url.clone(),
+                    http,
+                    ..ModelOptions::default()
+                },
+            )
+            .map_err(|e| usage(e.to_string()))?;
+            Ok((model, None))
+        }
+    }
+}
+
+/// Reads the `--schema` file: a JSON object that is a valid JSON schema and
+/// that `model`'s provider can take. Returns its validator and its text
+/// (the run's identity fingerprints the text).
+pub fn read_schema(
+    path: &Path,
+    model: &Arc<dyn DynModel>,
+) -> Result<(Validator<Value>, String), UsageError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("--schema {}: cannot read: {e}", path.display())))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| usage(format!("--schema {}: not valid JSON: {e}", path.display())))?;
+    if !value.is_object() {
+        return Err(usage(format!(
+            "--schema {}: a JSON schema must be an object",
+            path.display()
+        )));
+    }
+    let validator = Validator::<Value>::with_schema(ResponseSchema::new("output", value))
+        .map_err(|e| usage(format!("--schema {}: {e}", path.display())))?;
+    let schema = validator.schema();
+    // Translated now, so a schema the provider refuses (an open `{}` in
+    // OpenAI's strict mode, a recursive type for Gemini) stops the run here
+    // instead of failing every item.
+    schema.for_dialect(model.schema_dialect()).map_err(|e| {
+        usage(format!(
+            "--schema {}: {} cannot take this schema: {}",
+            path.display(),
+            model.name(),
+            e.message()
+        ))
+    })?;
+    Ok((validator, text))
+}
