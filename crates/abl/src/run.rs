@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_batch_llm::{
-    BatchConfig, CharEstimator, DynModel, ErrorCategory, Item, ItemError, ItemResult, LlmResponse,
-    ModelStrategy, RunExtras, ScopeRegistry, Strategy, StructuredStrategy, SummaryCollector,
-    Termination, TerminationReason, TokenEstimator,
+    BatchConfig, CharEstimator, ErrorCategory, Item, ItemError, ItemResult, LlmResponse,
+    ModelStrategy, RunExtras, Strategy, StructuredStrategy, SummaryCollector, Termination,
+    TerminationReason, TokenEstimator,
 };
 use futures::StreamExt as _;
 use serde_json::Value;
@@ -150,8 +150,6 @@ struct Ready {
     plan: RunPlan,
     paths: PathPlan,
     config: BatchConfig,
-    scope_name: String,
-    scopes: ScopeRegistry,
     total: Option<u64>,
     checkpoint: Option<Arc<async_batch_llm::store::Checkpoint<Value>>>,
 }
@@ -181,10 +179,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             )
         }
     };
-    let scopes = ScopeRegistry::new();
     let config = BatchConfig {
         estimator: Some(estimator(&plan)?),
-        ..plan.engine.batch_config(scopes.clone())
+        ..plan.engine.batch_config()
     };
     config.validate().map_err(|e| usage(e.to_string()))?;
     let identity = crate::checkpoint::identity(&plan, schema_text.as_deref());
@@ -192,56 +189,32 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         (Some(cp), Some(path)) => Some(Arc::new(crate::checkpoint::open(cp, path, &identity)?)),
         _ => None,
     };
-    let scope_name =
-        async_batch_llm::Model::quota_scope(&model).unwrap_or_else(|| "default".into());
     let ready = Ready {
         plan,
         paths,
         config,
-        scope_name,
-        scopes,
         total,
         checkpoint,
     };
+    let defaults = ready.plan.request.defaults();
     match validator {
         Some(v) => {
-            let r = &ready.plan.request;
-            let mut s = StructuredStrategy::with_validator(model, v);
-            if let Some(sys) = &r.system {
-                s = s.with_system(sys.clone());
-            }
-            if let Some(t) = r.temperature {
-                s = s.with_temperature(t);
-            }
-            if let Some(m) = r.max_output_tokens {
-                s = s.with_max_output_tokens(m);
-            }
+            let s = StructuredStrategy::with_validator(model, v).with_defaults(defaults);
             drive(s, ready).await
         }
-        None => drive(text_strategy(model, &ready.plan), ready).await,
+        None => {
+            let text: TextOut = |r| Ok(Value::String(r.text.clone()));
+            drive(
+                ModelStrategy::new(model, text).with_defaults(defaults),
+                ready,
+            )
+            .await
+        }
     }
 }
 
+/// The output of a run without a schema: the reply's text.
 type TextOut = fn(&LlmResponse) -> Result<Value, std::convert::Infallible>;
-
-fn text_strategy(
-    model: Arc<dyn DynModel>,
-    plan: &RunPlan,
-) -> ModelStrategy<Arc<dyn DynModel>, TextOut> {
-    let text: TextOut = |r| Ok(Value::String(r.text.clone()));
-    let r = &plan.request;
-    let mut s = ModelStrategy::new(model, text);
-    if let Some(sys) = &r.system {
-        s = s.with_system(sys.clone());
-    }
-    if let Some(t) = r.temperature {
-        s = s.with_temperature(t);
-    }
-    if let Some(m) = r.max_output_tokens {
-        s = s.with_max_output_tokens(m);
-    }
-    s
-}
 
 /// A failure record for an item that was never processed.
 fn rejected(item: Item, index: u64, error: ItemError) -> ItemResult<Value> {
@@ -337,8 +310,6 @@ where
         plan,
         paths,
         config,
-        scope_name,
-        scopes,
         total,
         checkpoint,
     } = ready;
@@ -351,7 +322,6 @@ where
         Some(p) => Some(Replacement::create(p)?),
         None => None,
     };
-    let scope = scopes.scope(&scope_name, &config.scope_settings());
     let (tx, rx) = tokio::sync::mpsc::channel::<Item>(plan.engine.concurrency.max(64));
     let (rejected_tx, mut rejected_rx) = tokio::sync::mpsc::channel(64);
     let input_error = spawn_reader(&plan, tx, rejected_tx)?;
@@ -419,8 +389,7 @@ where
                 r
             }
             _ = tick.tick() => {
-                let now = tokio::time::Instant::now();
-                let left = scope.cooldown().active_until(now).map_or(0, |u| (u - now).as_millis() as u64);
+                let left = stream.cooldown_remaining().map_or(0, |d| d.as_millis() as u64);
                 counters.cooldown_ms.store(left, Ordering::Relaxed);
                 progress.tick(&mut last_line);
                 continue;

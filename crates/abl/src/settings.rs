@@ -11,8 +11,7 @@ use std::time::Duration;
 use async_batch_llm::providers::ModelSpec;
 use async_batch_llm::store::ResumePolicy;
 use async_batch_llm::{
-    BatchConfig, Budget, CooldownPolicy, ErrorCategory, Prices, RateLimits, RetryPolicy,
-    ScopeRegistry, StopMode,
+    BatchConfig, Budget, CooldownPolicy, ErrorCategory, Prices, RateLimits, RetryPolicy, StopMode,
 };
 
 use crate::cli::{EstimatorArg, ResumeArg, RunArgs, StopModeArg};
@@ -87,6 +86,19 @@ pub struct Request {
     pub app_version: String,
 }
 
+impl Request {
+    /// What every call carries (the schema is added by the structured
+    /// strategy).
+    pub fn defaults(&self) -> async_batch_llm::RequestDefaults {
+        async_batch_llm::RequestDefaults {
+            system: self.system.clone(),
+            temperature: self.temperature,
+            max_output_tokens: self.max_output_tokens,
+            ..async_batch_llm::RequestDefaults::default()
+        }
+    }
+}
+
 /// Engine settings, validated.
 #[derive(Debug, Clone)]
 pub struct EnginePlan {
@@ -123,8 +135,8 @@ pub struct EnginePlan {
 }
 
 impl EnginePlan {
-    /// The library configuration, with the run's own scope registry.
-    pub fn batch_config(&self, scopes: ScopeRegistry) -> BatchConfig {
+    /// The library configuration (with a scope registry of its own).
+    pub fn batch_config(&self) -> BatchConfig {
         BatchConfig {
             concurrency: self.concurrency,
             retry: self.retry,
@@ -136,7 +148,6 @@ impl EnginePlan {
                 .preserve_order
                 .then_some(self.concurrency.saturating_mul(16).max(1024)),
             scope_max_concurrency: self.provider_concurrency,
-            scopes,
             dry_run: self.dry_run,
             limits: self.limits,
             budget: self.budget.clone(),
@@ -534,12 +545,7 @@ mod tests {
         assert_eq!(p.engine.attempt_timeout, Duration::from_secs(30));
         assert_eq!(p.engine.limits.rpm, Some(0.5));
         assert_eq!(p.engine.cooldown.ramp, Duration::ZERO);
-        assert!(
-            p.engine
-                .batch_config(ScopeRegistry::new())
-                .validate()
-                .is_ok()
-        );
+        assert!(p.engine.batch_config().validate().is_ok());
     }
 
     #[test]
@@ -604,7 +610,7 @@ mod tests {
             }
             match plan(&extra) {
                 Ok(p) => proptest::prop_assert!(
-                    p.engine.batch_config(ScopeRegistry::new()).validate().is_ok()
+                    p.engine.batch_config().validate().is_ok()
                 ),
                 Err(e) => proptest::prop_assert!(e.0.contains(flag), "{}", e.0),
             }
@@ -633,7 +639,7 @@ mod tests {
             };
             match RunPlan::new(&a) {
                 Ok(p) => proptest::prop_assert!(
-                    p.engine.batch_config(ScopeRegistry::new()).validate().is_ok()
+                    p.engine.batch_config().validate().is_ok()
                 ),
                 Err(e) => proptest::prop_assert!(e.0.contains(flag), "{}", e.0),
             }

@@ -572,3 +572,35 @@ fn budgets_and_fail_fast_exit_3_and_unknown_categories_exit_2() {
         stderr(&o)
     );
 }
+
+/// `--schema` retries a reply that breaks the schema with the reply and
+/// the error shown to the model (structured output's feedback retry).
+#[test]
+fn a_schema_retry_shows_the_model_its_reply_and_the_error() {
+    let mock = common::Mock::start(&["--record-requests"]);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\": \"t\", \"prompt\": \"ticket [[mock:invalid-output*1]]\"}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out.jsonl");
+    let o = abl()
+        .args(["run", input.to_str().unwrap(), "--model", "openai:gpt-4o-mini"])
+        .args(["--base-url", &format!("{}/v1", mock.url)])
+        .args(["-o", out.to_str().unwrap(), "--schema"])
+        .arg(examples().join("ticket.schema.json"))
+        .env("OPENAI_API_KEY", "test-key")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(records(&out)[0]["attempts"], 2);
+    let requests = mock.get("/requests");
+    let requests = requests.as_array().unwrap();
+    assert_eq!(requests.len(), 2);
+    let retry = requests[1]["body"].to_string();
+    assert!(retry.contains("does not match the schema"), "{retry}");
+    assert!(retry.contains("unexpected"), "the failed reply is shown: {retry}");
+    assert!(!requests[0]["body"].to_string().contains("rejected"));
+}

@@ -123,8 +123,8 @@ pub use limit::{
     key_fingerprint,
 };
 pub use model::{
-    DynModel, LlmRequest, LlmResponse, Model, ModelStrategy, ResponseMetadata, ResponseParser,
-    TextParser,
+    DynModel, LlmRequest, LlmResponse, Model, ModelStrategy, RequestDefaults, ResponseMetadata,
+    ResponseParser, TextParser,
 };
 pub use observe::{Event, MetricsObserver, Middleware, Observer};
 pub use result::{

@@ -46,6 +46,39 @@ impl LlmRequest {
     }
 }
 
+/// What every request of a strategy carries besides its prompt: system
+/// instruction, sampling settings, an output schema, provider options.
+/// [`ModelStrategy`] and [`StructuredStrategy`](crate::StructuredStrategy)
+/// both build their requests from one, so a setting means the same in both.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestDefaults {
+    /// System instruction.
+    pub system: Option<String>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Maximum output tokens.
+    pub max_output_tokens: Option<u32>,
+    /// A JSON schema the reply must follow.
+    pub response_schema: Option<Arc<ResponseSchema>>,
+    /// Provider-specific fields merged into each request body.
+    pub provider_options: Option<serde_json::Value>,
+}
+
+impl RequestDefaults {
+    /// The request for `prompt` with at most `timeout` to spend.
+    pub fn request(&self, prompt: Prompt, timeout: Duration) -> LlmRequest {
+        LlmRequest {
+            prompt: Some(prompt),
+            system: self.system.clone(),
+            temperature: self.temperature,
+            max_output_tokens: self.max_output_tokens,
+            response_schema: self.response_schema.clone(),
+            timeout: Some(timeout),
+            provider_options: self.provider_options.clone(),
+        }
+    }
+}
+
 /// Provider details kept with a response.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResponseMetadata {
@@ -300,10 +333,7 @@ impl ResponseParser for TextParser {
 pub struct ModelStrategy<M, P = TextParser> {
     model: M,
     parser: P,
-    temperature: Option<f32>,
-    max_output_tokens: Option<u32>,
-    system: Option<String>,
-    response_schema: Option<Arc<ResponseSchema>>,
+    defaults: RequestDefaults,
 }
 
 impl<M: Model> ModelStrategy<M, TextParser> {
@@ -319,31 +349,35 @@ impl<M: Model, P: ResponseParser> ModelStrategy<M, P> {
         Self {
             model,
             parser,
-            temperature: None,
-            max_output_tokens: None,
-            system: None,
-            response_schema: None,
+            defaults: RequestDefaults::default(),
         }
     }
 
     /// Sets the temperature of every request.
     #[must_use]
     pub fn with_temperature(mut self, temperature: f32) -> Self {
-        self.temperature = Some(temperature);
+        self.defaults.temperature = Some(temperature);
         self
     }
 
     /// Sets the output token limit of every request.
     #[must_use]
     pub fn with_max_output_tokens(mut self, max: u32) -> Self {
-        self.max_output_tokens = Some(max);
+        self.defaults.max_output_tokens = Some(max);
         self
     }
 
     /// Sets a system instruction for every request.
     #[must_use]
     pub fn with_system(mut self, system: impl Into<String>) -> Self {
-        self.system = Some(system.into());
+        self.defaults.system = Some(system.into());
+        self
+    }
+
+    /// Replaces every request setting at once.
+    #[must_use]
+    pub fn with_defaults(mut self, defaults: RequestDefaults) -> Self {
+        self.defaults = defaults;
         self
     }
 
@@ -352,25 +386,13 @@ impl<M: Model, P: ResponseParser> ModelStrategy<M, P> {
     /// validated output use [`StructuredStrategy`](crate::StructuredStrategy).
     #[must_use]
     pub fn with_response_schema(mut self, schema: serde_json::Value) -> Self {
-        self.response_schema = Some(Arc::new(ResponseSchema::new("output", schema)));
+        self.defaults.response_schema = Some(Arc::new(ResponseSchema::new("output", schema)));
         self
     }
 
     /// The model.
     pub fn model(&self) -> &M {
         &self.model
-    }
-
-    fn request(&self, prompt: &Prompt, timeout: Duration) -> LlmRequest {
-        LlmRequest {
-            prompt: Some(prompt.clone()),
-            system: self.system.clone(),
-            temperature: self.temperature,
-            max_output_tokens: self.max_output_tokens,
-            response_schema: self.response_schema.clone(),
-            timeout: Some(timeout),
-            provider_options: None,
-        }
     }
 
     fn parse(&self, response: &LlmResponse) -> Result<Completion<P::Output>, CallError> {
@@ -396,7 +418,8 @@ impl<M: Model, P: ResponseParser> Strategy for ModelStrategy<M, P> {
         timeout: Duration,
         _state: &mut RetryState,
     ) -> Result<Completion<P::Output>, CallError> {
-        let response = self.model.generate(&self.request(prompt, timeout)).await?;
+        let request = self.defaults.request(prompt.clone(), timeout);
+        let response = self.model.generate(&request).await?;
         self.parse(&response)
     }
 

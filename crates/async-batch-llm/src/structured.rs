@@ -44,7 +44,7 @@ use serde_json::Value;
 
 use crate::error::{CallError, Error, ErrorCategory};
 use crate::item::{Message, Prompt, Role};
-use crate::model::{LlmRequest, LlmResponse, Model};
+use crate::model::{LlmRequest, LlmResponse, Model, RequestDefaults};
 use crate::schema::{ResponseSchema, example_value};
 use crate::strategy::{Completion, RetryState, Strategy, dry_run_placeholder};
 
@@ -177,9 +177,8 @@ fn strip_fence(text: &str) -> &str {
 pub struct StructuredStrategy<T, M> {
     model: M,
     validator: Arc<Validator<T>>,
-    system: Option<String>,
-    temperature: Option<f32>,
-    max_output_tokens: Option<u32>,
+    /// Every request setting; its schema is always the validator's.
+    defaults: RequestDefaults,
     feedback: bool,
 }
 
@@ -198,9 +197,7 @@ impl<T, M: Clone> Clone for StructuredStrategy<T, M> {
         Self {
             model: self.model.clone(),
             validator: Arc::clone(&self.validator),
-            system: self.system.clone(),
-            temperature: self.temperature,
-            max_output_tokens: self.max_output_tokens,
+            defaults: self.defaults.clone(),
             feedback: self.feedback,
         }
     }
@@ -225,12 +222,14 @@ where
     /// A strategy sharing an existing validator (e.g. one per model when
     /// escalating between models).
     pub fn with_validator(model: M, validator: Arc<Validator<T>>) -> Self {
+        let defaults = RequestDefaults {
+            response_schema: Some(Arc::clone(&validator.schema)),
+            ..RequestDefaults::default()
+        };
         Self {
             model,
             validator,
-            system: None,
-            temperature: None,
-            max_output_tokens: None,
+            defaults,
             feedback: true,
         }
     }
@@ -238,21 +237,32 @@ where
     /// Sets a system instruction for every request.
     #[must_use]
     pub fn with_system(mut self, system: impl Into<String>) -> Self {
-        self.system = Some(system.into());
+        self.defaults.system = Some(system.into());
         self
     }
 
     /// Sets the temperature of every request.
     #[must_use]
     pub fn with_temperature(mut self, temperature: f32) -> Self {
-        self.temperature = Some(temperature);
+        self.defaults.temperature = Some(temperature);
         self
     }
 
     /// Sets the output token limit of every request.
     #[must_use]
     pub fn with_max_output_tokens(mut self, max: u32) -> Self {
-        self.max_output_tokens = Some(max);
+        self.defaults.max_output_tokens = Some(max);
+        self
+    }
+
+    /// Replaces every request setting at once, except the schema, which
+    /// stays the validator's.
+    #[must_use]
+    pub fn with_defaults(mut self, defaults: RequestDefaults) -> Self {
+        self.defaults = RequestDefaults {
+            response_schema: Some(Arc::clone(&self.validator.schema)),
+            ..defaults
+        };
         self
     }
 
@@ -284,15 +294,7 @@ where
             Some(fb) => with_feedback(prompt, fb),
             None => prompt.clone(),
         };
-        LlmRequest {
-            prompt: Some(prompt),
-            system: self.system.clone(),
-            temperature: self.temperature,
-            max_output_tokens: self.max_output_tokens,
-            response_schema: Some(Arc::clone(&self.validator.schema)),
-            timeout: Some(timeout),
-            provider_options: None,
-        }
+        self.defaults.request(prompt, timeout)
     }
 
     /// Parses a response; a failure keeps the billed usage and leaves

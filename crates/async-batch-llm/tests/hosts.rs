@@ -398,3 +398,45 @@ async fn a_startup_ramp_adds_workers_step_by_step() {
     assert_eq!((at(0), at(1), at(2), at(3)), (2, 3, 3, 2));
     assert_eq!(fake.peak_in_flight(), 10);
 }
+
+/// Two runs in one process with default configs use their own scope
+/// settings: the second run, without limits, is not held to the first
+/// run's one request a minute. A registry shared on purpose refuses a scope
+/// asked for with other settings.
+#[tokio::test(start_paused = true)]
+async fn each_run_has_its_own_scopes_unless_it_shares_a_registry() {
+    use async_batch_llm::RateLimits;
+    let strategy = || FakeStrategy::echo().with_scope("one-key");
+    let limited = BatchConfig {
+        limits: RateLimits {
+            rpm: Some(1.0),
+            ..RateLimits::default()
+        },
+        ..BatchConfig::default()
+    };
+    let t = tokio::time::Instant::now();
+    process_prompts(strategy(), items(2), &limited).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_secs(60), "{:?}", t.elapsed());
+    let t = tokio::time::Instant::now();
+    let b = process_prompts(strategy(), items(2), &BatchConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(b.stats.succeeded, 2);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+
+    let shared = ScopeRegistry::new();
+    let first = BatchConfig {
+        scopes: shared.clone(),
+        ..limited.clone()
+    };
+    process_prompts(strategy(), items(1), &first).await.unwrap();
+    let other = BatchConfig {
+        scopes: shared,
+        ..BatchConfig::default()
+    };
+    let e = process_prompts(strategy(), items(1), &other)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"one-key\"") && e.contains("other settings"), "{e}");
+}

@@ -34,7 +34,7 @@ pub async fn call_result<S: Strategy>(
     config: &BatchConfig,
 ) -> Result<ItemResult<S::Output>, Error> {
     config.validate()?;
-    let run = Arc::new(Run::new(strategy.into(), config));
+    let run = Arc::new(Run::new(strategy.into(), config)?);
     let mut guard = CleanupOnDrop(Some(Arc::clone(&run)));
     let deadline = config
         .batch_deadline

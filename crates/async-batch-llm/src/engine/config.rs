@@ -138,7 +138,9 @@ pub struct BatchConfig {
     pub quota_scope: Option<String>,
     /// Most calls in flight at once in the scope (a provider limit).
     pub scope_max_concurrency: Option<usize>,
-    /// Where scopes live; runs sharing a registry share cooldowns.
+    /// Where the run's quota scopes live. Each default config has its own
+    /// registry; give several runs (or pools) one registry, or
+    /// [`ScopeRegistry::global`], to share cooldowns and limits between them.
     pub scopes: ScopeRegistry,
     /// Retry decisions.
     pub classifier: Arc<dyn ErrorClassifier>,
@@ -176,7 +178,7 @@ impl Default for BatchConfig {
             result_buffer: 0,
             quota_scope: None,
             scope_max_concurrency: None,
-            scopes: ScopeRegistry::global(),
+            scopes: ScopeRegistry::new(),
             classifier: Arc::new(DefaultClassifier),
             dry_run: false,
             limits: RateLimits::default(),
@@ -318,6 +320,16 @@ impl BatchConfig {
             max_concurrency: self.scope_max_concurrency,
             limits: self.limits,
         }
+    }
+
+    /// The quota scope of a run of `strategy`: the configured name, else
+    /// the strategy's (its model's provider, base URL, key fingerprint and
+    /// model), else `"default"`.
+    pub fn scope_name<S: crate::strategy::Strategy>(&self, strategy: &S) -> String {
+        self.quota_scope
+            .clone()
+            .or_else(|| strategy.quota_scope())
+            .unwrap_or_else(|| "default".to_owned())
     }
 
     pub(crate) fn effective_result_buffer(&self) -> usize {

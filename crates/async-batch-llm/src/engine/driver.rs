@@ -31,6 +31,8 @@ pub(super) struct Control {
     pub(super) termination: OnceLock<Termination>,
     pub(super) cooldowns: AtomicU64,
     pub(super) admission: std::sync::Mutex<crate::limit::AdmissionStats>,
+    /// The run's quota scope.
+    pub(super) scope: Arc<crate::limit::Scope>,
 }
 
 pub(super) struct Driver<S: Strategy> {
@@ -64,6 +66,7 @@ impl<S: Strategy> Driver<S> {
             termination: OnceLock::new(),
             cooldowns: AtomicU64::new(0),
             admission: std::sync::Mutex::default(),
+            scope: Arc::clone(&run.scope),
         });
         let driver = Self {
             run,

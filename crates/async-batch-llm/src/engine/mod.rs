@@ -2,6 +2,7 @@
 //! it: [`process_prompts`], [`process_stream`], [`call`]/[`call_result`] and
 //! [`CallPool`].
 
+mod admitted;
 mod call;
 mod config;
 mod driver;

@@ -12,11 +12,12 @@ use futures::FutureExt as _;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::admitted::Admitted;
 use super::config::{BatchConfig, Budget, RetryPolicy, StopMode};
 use super::prepare::PrepareOnce;
 use crate::error::{CallError, ErrorCategory, ErrorClassifier, RetryDecision};
 use crate::item::{Item, Prompt};
-use crate::limit::{CooldownOutcome, Reservation, Scope, TokenEstimator};
+use crate::limit::{CooldownOutcome, Scope, TokenEstimator};
 use crate::observe::{Event, EventSink};
 use crate::result::{ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming};
 use crate::strategy::{RetryState, Strategy};
@@ -87,14 +88,10 @@ pub(crate) struct Run<S: Strategy> {
 }
 
 impl<S: Strategy> Run<S> {
-    pub(crate) fn new(strategy: Arc<S>, config: &BatchConfig) -> Self {
-        let name = config
-            .quota_scope
-            .clone()
-            .or_else(|| strategy.quota_scope())
-            .unwrap_or_else(|| "default".to_owned());
-        let scope = config.scopes.scope(&name, &config.scope_settings());
-        Self {
+    pub(crate) fn new(strategy: Arc<S>, config: &BatchConfig) -> Result<Self, crate::error::Error> {
+        let name = config.scope_name(&*strategy);
+        let scope = config.scopes.scope(&name, &config.scope_settings())?;
+        Ok(Self {
             strategy,
             scope,
             prepare: PrepareOnce::new(),
@@ -110,7 +107,7 @@ impl<S: Strategy> Run<S> {
             fail_fast: config.fail_fast.clone(),
             stop_mode: config.stop_mode,
             events: EventSink::new(config.observers.clone(), config.event_queue),
-        }
+        })
     }
 
     /// Reports an item's end to observers: once per item, after its
@@ -365,49 +362,79 @@ async fn wait_cooldown(
     Ok(t0.elapsed())
 }
 
-/// Reserves one request and the estimated tokens in the scope's admission.
-async fn reserve<S: Strategy>(run: &Run<S>, prompt: &Prompt) -> Result<Option<Reservation>, Fail> {
-    let Some(adm) = run.scope.admission() else {
-        return Ok(None);
-    };
-    let refuse =
-        |message: String| Fail::Item(ItemError::new(ErrorCategory::AdmissionError, message));
-    let estimate = match (adm.tpm(), &run.estimator) {
-        (None, _) => 0,
-        (Some(_), None) => {
-            return Err(refuse(
-                "tokens per minute are limited but no token estimator is set".into(),
-            ));
+/// Admission of one attempt: one request and the estimated tokens reserved
+/// in the scope's RPM/TPM admission, then a concurrency slot, in a guard
+/// that gives them back on every path. `Stopped` if the run stops while
+/// waiting.
+async fn admit<'r, S: Strategy>(run: &'r Run<S>, prompt: &Prompt) -> Result<Admitted<'r>, Fail> {
+    let reservation = match run.scope.admission() {
+        None => None,
+        Some(adm) => {
+            let refuse = |message: String| {
+                Fail::Item(ItemError::new(ErrorCategory::AdmissionError, message))
+            };
+            let estimate = match (adm.tpm(), &run.estimator) {
+                (None, _) => 0,
+                (Some(_), None) => {
+                    return Err(refuse(
+                        "tokens per minute are limited but no token estimator is set".into(),
+                    ));
+                }
+                (Some(_), Some(e)) => e
+                    .estimate(prompt)
+                    .map_err(|m| refuse(format!("cannot estimate the tokens of this item: {m}")))?,
+            };
+            Some(tokio::select! {
+                biased;
+                () = run.stop.stopping.cancelled() => return Err(Fail::Stopped),
+                r = adm.reserve(estimate) => r.map_err(|e| refuse(e.to_string()))?,
+            })
         }
-        (Some(_), Some(e)) => e
-            .estimate(prompt)
-            .map_err(|m| refuse(format!("cannot estimate the tokens of this item: {m}")))?,
     };
-    let r = tokio::select! {
+    let admitted = Admitted::new(&run.scope, &run.events, reservation);
+    let slot = tokio::select! {
         biased;
         () = run.stop.stopping.cancelled() => return Err(Fail::Stopped),
-        r = adm.reserve(estimate) => r.map_err(|e| refuse(e.to_string()))?,
+        s = run.scope.acquire_slot() => s,
     };
-    run.events.emit(|| Event::QuotaReserved {
-        scope: run.scope.name().to_owned(),
-        tokens: r.tokens(),
-    });
-    Ok(Some(r))
+    Ok(admitted.with_slot(slot))
 }
 
-fn settle<S: Strategy>(run: &Run<S>, reservation: Option<Reservation>, used: Option<u64>) {
-    if let (Some(adm), Some(r)) = (run.scope.admission(), reservation) {
-        let estimate = r.tokens();
-        adm.settle(r, used);
-        run.events.emit(|| Event::QuotaSettled {
-            scope: run.scope.name().to_owned(),
-            estimate,
-            used,
-        });
+/// One call under the attempt timeout (or the dry run's stand-in). The
+/// error is `Err` only when the item's deadline ended the call.
+async fn call<S: Strategy>(
+    run: &Run<S>,
+    prompt: &Prompt,
+    attempt: u32,
+    deadline: Option<Instant>,
+    state: &mut RetryState,
+) -> Result<Result<crate::strategy::Completion<S::Output>, CallError>, ()> {
+    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let timeout = remaining.map_or(run.attempt_timeout, |r| r.min(run.attempt_timeout));
+    if run.dry_run_mode {
+        return Ok(run.strategy.dry_run(prompt).await);
+    }
+    let call = tracing::Instrument::instrument(
+        run.strategy.execute(prompt, attempt, timeout, state),
+        tracing::debug_span!("attempt", attempt),
+    );
+    match tokio::time::timeout(timeout, call).await {
+        Ok(r) => Ok(r),
+        Err(_) if remaining.is_some_and(|r| r <= run.attempt_timeout) => Err(()),
+        Err(_) => Ok(Err(CallError::new(
+            ErrorCategory::FrameworkTimeout,
+            format!(
+                "attempt {attempt} timed out after {:.3} s",
+                timeout.as_secs_f64()
+            ),
+        ))),
     }
 }
 
-#[allow(clippy::too_many_lines)]
+/// The pipeline of SPEC.md §4 for one item: wait for the scope's cooldown
+/// → admission (reservation and slot) → re-check the cooldown (one began:
+/// give back, queue again, no budget spent) → call under the attempt
+/// timeout → settle → classify → done, retry or fail.
 async fn attempts<S: Strategy>(
     run: &Run<S>,
     id: &str,
@@ -425,92 +452,36 @@ async fn attempts<S: Strategy>(
         }
         let cooldown_wait = wait_cooldown(&run.scope, &run.stop, deadline, acct).await?;
         acct.timing.cooldown_wait += micros(cooldown_wait);
-
         let t1 = Instant::now();
-        let reservation = reserve(run, prompt).await?;
-        let give_back = |r: Option<Reservation>| {
-            if let (Some(adm), Some(r)) = (run.scope.admission(), r) {
-                adm.cancel(r);
-            }
-        };
-        let slot = tokio::select! {
-            biased;
-            () = run.stop.stopping.cancelled() => {
-                give_back(reservation);
-                return Err(Fail::Stopped);
-            }
-            s = run.scope.acquire_slot() => s,
-        };
+        let admitted = admit(run, prompt).await?;
         let admission_wait = micros(t1.elapsed());
         acct.timing.admission_wait += admission_wait;
-        if run.events.is_active() {
-            if run.scope.cooldown().active_until(Instant::now()).is_none()
-                && run.scope.cooldown().take_ended()
-            {
-                run.events.emit(|| Event::CooldownEnded {
-                    scope: run.scope.name().to_owned(),
-                });
-            }
-            run.events.emit(|| Event::ItemAdmitted {
-                id: id.to_owned(),
-                attempt,
-                waited: cooldown_wait + admission_wait,
-            });
-        }
+        report_admitted(run, id, attempt, cooldown_wait + admission_wait);
         if run.scope.cooldown().active_until(Instant::now()).is_some() {
-            // A cooldown began while we waited: give back the slot and the
-            // reservation and queue again, spending no retry budget.
-            drop(slot);
-            give_back(reservation);
+            // A cooldown began while we waited: the guard gives back the
+            // slot and the reservation; queue again, spending no budget.
             continue;
         }
-
-        let (result, executed, execution) = if let Err(e) = run.prepare.ensure(&*run.strategy).await
-        {
+        let result = if let Err(e) = run.prepare.ensure(&*run.strategy).await {
             // No call was made: the failure is the preparation's.
-            give_back(reservation);
-            (Err(e), false, Duration::ZERO)
+            drop(admitted);
+            Err(e)
         } else {
             let exec_start = Instant::now();
             acct.tries += 1;
-            let remaining = deadline.map(|d| d.saturating_duration_since(exec_start));
-            let timeout = remaining.map_or(run.attempt_timeout, |r| r.min(run.attempt_timeout));
-            let result = if run.dry_run_mode {
-                run.strategy.dry_run(prompt).await
-            } else {
-                let call = tracing::Instrument::instrument(
-                    run.strategy.execute(prompt, attempt, timeout, state),
-                    tracing::debug_span!("attempt", attempt, try_no = acct.tries),
-                );
-                match tokio::time::timeout(timeout, call).await {
-                    Ok(r) => r,
-                    Err(_) if remaining.is_some_and(|r| r <= run.attempt_timeout) => {
-                        drop(slot);
-                        settle(run, reservation, None);
-                        return Err(with_last(
-                            ErrorCategory::ItemDeadline,
-                            format!("item deadline passed during attempt {attempt}"),
-                            acct.last_error.as_ref(),
-                        ));
-                    }
-                    Err(_) => Err(CallError::new(
-                        ErrorCategory::FrameworkTimeout,
-                        format!(
-                            "attempt {attempt} timed out after {:.3} s",
-                            timeout.as_secs_f64()
-                        ),
-                    )),
-                }
+            let Ok(result) = call(run, prompt, attempt, deadline, state).await else {
+                admitted.settle(None);
+                return Err(with_last(
+                    ErrorCategory::ItemDeadline,
+                    format!("item deadline passed during attempt {attempt}"),
+                    acct.last_error.as_ref(),
+                ));
             };
-            let used = match &result {
+            admitted.settle(match &result {
                 Ok((_, usage)) => usage.map(|u| u.total),
                 Err(e) => e.usage().map(|u| u.total),
-            };
-            settle(run, reservation, used);
-            (result, true, micros(exec_start.elapsed()))
-        };
-        drop(slot);
-        if executed {
+            });
+            let execution = micros(exec_start.elapsed());
             acct.timing.execution += execution;
             acct.timing.tries.push(TryTiming {
                 attempt,
@@ -519,8 +490,8 @@ async fn attempts<S: Strategy>(
                 execution,
                 error: result.as_ref().err().map(CallError::category),
             });
-        }
-
+            result
+        };
         let error = match result {
             Ok((output, usage)) => {
                 let usage = usage.unwrap_or_default();
@@ -537,55 +508,102 @@ async fn attempts<S: Strategy>(
         }
         acct.last_error = Some(to_item_error(&error));
         run.strategy.on_error(&error, attempt, state).await;
-        match run.classifier.classify(&error) {
-            RetryDecision::RateLimited { retry_after } => {
-                let outcome = run
-                    .scope
-                    .cooldown()
-                    .report_rate_limit(retry_after, Instant::now());
-                run.events.emit(|| Event::RateLimitHit {
-                    id: id.to_owned(),
-                    retry_after,
-                });
-                if let CooldownOutcome::Started(length) = outcome {
-                    run.events.emit(|| Event::CooldownStarted {
-                        scope: run.scope.name().to_owned(),
-                        length,
-                    });
-                }
-                rate_limited += 1;
-                if rate_limited > run.retry.max_rate_limit_retries {
-                    return Err(with_last(
-                        ErrorCategory::RateLimitRetriesExceeded,
-                        format!(
-                            "rate limited {rate_limited} times; the budget is {} retries",
-                            run.retry.max_rate_limit_retries
-                        ),
-                        acct.last_error.as_ref(),
-                    ));
-                }
+        retry_or_fail(
+            run,
+            id,
+            &error,
+            &mut attempt,
+            &mut rate_limited,
+            deadline,
+            acct,
+        )
+        .await?;
+    }
+}
+
+/// After a failed attempt: returns to try again (the attempt number moved
+/// on unless it was a rate limit, a backoff slept), or the item's failure.
+async fn retry_or_fail<S: Strategy>(
+    run: &Run<S>,
+    id: &str,
+    error: &CallError,
+    attempt: &mut u32,
+    rate_limited: &mut u32,
+    deadline: Option<Instant>,
+    acct: &mut Acct,
+) -> Result<(), Fail> {
+    match run.classifier.classify(error) {
+        RetryDecision::RateLimited { retry_after } => {
+            *rate_limited += 1;
+            report_rate_limit(run, id, retry_after);
+            if *rate_limited > run.retry.max_rate_limit_retries {
+                return Err(with_last(
+                    ErrorCategory::RateLimitRetriesExceeded,
+                    format!(
+                        "rate limited {rate_limited} times; the budget is {} retries",
+                        run.retry.max_rate_limit_retries
+                    ),
+                    acct.last_error.as_ref(),
+                ));
             }
-            RetryDecision::Immediately | RetryDecision::Backoff
-                if attempt >= run.retry.max_attempts =>
-            {
-                return Err(Fail::Item(to_item_error(&error)));
-            }
-            RetryDecision::Immediately => {
-                attempt += 1;
-                acct.attempts = attempt;
-            }
-            RetryDecision::Backoff => {
-                let delay = micros(run.retry.backoff(attempt));
-                let wake = micros_after(Instant::now(), delay);
-                let Some(wake) = wake.filter(|w| deadline.is_none_or(|d| *w <= d)) else {
-                    return Err(deadline_fail("the backoff before the next attempt", acct));
-                };
-                sleep_or_stop(wake, &run.stop).await?;
-                acct.timing.backoff += delay;
-                attempt += 1;
-                acct.attempts = attempt;
-            }
-            RetryDecision::Fail => return Err(Fail::Item(to_item_error(&error))),
         }
+        RetryDecision::Immediately | RetryDecision::Backoff
+            if *attempt >= run.retry.max_attempts =>
+        {
+            return Err(Fail::Item(to_item_error(error)));
+        }
+        RetryDecision::Immediately => {
+            *attempt += 1;
+        }
+        RetryDecision::Backoff => {
+            let delay = micros(run.retry.backoff(*attempt));
+            let wake = micros_after(Instant::now(), delay);
+            let Some(wake) = wake.filter(|w| deadline.is_none_or(|d| *w <= d)) else {
+                return Err(deadline_fail("the backoff before the next attempt", acct));
+            };
+            sleep_or_stop(wake, &run.stop).await?;
+            acct.timing.backoff += delay;
+            *attempt += 1;
+        }
+        RetryDecision::Fail => return Err(Fail::Item(to_item_error(error))),
+    }
+    acct.attempts = *attempt;
+    Ok(())
+}
+
+/// Events of an admission: the end of a cooldown, once, and the admission.
+fn report_admitted<S: Strategy>(run: &Run<S>, id: &str, attempt: u32, waited: Duration) {
+    if !run.events.is_active() {
+        return;
+    }
+    if run.scope.cooldown().active_until(Instant::now()).is_none()
+        && run.scope.cooldown().take_ended()
+    {
+        run.events.emit(|| Event::CooldownEnded {
+            scope: run.scope.name().to_owned(),
+        });
+    }
+    run.events.emit(|| Event::ItemAdmitted {
+        id: id.to_owned(),
+        attempt,
+        waited,
+    });
+}
+
+/// A 429: the scope's cooldown starts (or is joined) and the events say so.
+fn report_rate_limit<S: Strategy>(run: &Run<S>, id: &str, retry_after: Option<Duration>) {
+    let outcome = run
+        .scope
+        .cooldown()
+        .report_rate_limit(retry_after, Instant::now());
+    run.events.emit(|| Event::RateLimitHit {
+        id: id.to_owned(),
+        retry_after,
+    });
+    if let CooldownOutcome::Started(length) = outcome {
+        run.events.emit(|| Event::CooldownStarted {
+            scope: run.scope.name().to_owned(),
+            length,
+        });
     }
 }

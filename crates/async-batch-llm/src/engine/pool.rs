@@ -99,7 +99,7 @@ impl<S: Strategy> CallPool<S> {
     ) -> Result<Self, Error> {
         config.validate()?;
         Ok(Self {
-            run: Arc::new(Run::new(strategy.into(), config)),
+            run: Arc::new(Run::new(strategy.into(), config)?),
             workers: Arc::new(Semaphore::new(config.concurrency)),
             pending: AtomicUsize::new(0),
             settings,

@@ -133,6 +133,17 @@ impl<T> ResultStream<T> {
             .unwrap_or_default()
     }
 
+    /// Time left of the cooldown running in the run's scope now (`None`:
+    /// no cooldown), for a progress display.
+    pub fn cooldown_remaining(&self) -> Option<std::time::Duration> {
+        let now = Instant::now();
+        self.control
+            .scope
+            .cooldown()
+            .active_until(now)
+            .map(|until| until - now)
+    }
+
     /// A handle to stop the run.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
@@ -305,7 +316,7 @@ where
     I: Stream<Item = Item> + Send + 'static,
 {
     config.validate()?;
-    let run = Arc::new(Run::new(strategy, config));
+    let run = Arc::new(Run::new(strategy, config)?);
     let (tx, rx) = mpsc::channel(config.effective_result_buffer());
     let stop_run = Arc::clone(&run);
     let stop = StopHandle {

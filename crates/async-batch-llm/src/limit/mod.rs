@@ -30,7 +30,7 @@ pub fn default_scope_name(provider: &str, base_url: &str, api_key: &str, model: 
 }
 
 /// Settings of a scope, fixed when the scope is first used.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScopeSettings {
     /// Cooldown lengths.
     pub cooldown: CooldownPolicy,
@@ -45,6 +45,7 @@ pub struct ScopeSettings {
 #[derive(Debug)]
 pub struct Scope {
     name: String,
+    settings: ScopeSettings,
     cooldown: Cooldown,
     gate: Option<Arc<Semaphore>>,
     admission: Option<Admission>,
@@ -55,6 +56,7 @@ impl Scope {
     pub fn new(name: impl Into<String>, settings: &ScopeSettings) -> Self {
         Self {
             name: name.into(),
+            settings: settings.clone(),
             cooldown: Cooldown::new(settings.cooldown),
             gate: settings
                 .max_concurrency
@@ -66,6 +68,11 @@ impl Scope {
     /// The scope's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The settings it was created with.
+    pub fn settings(&self) -> &ScopeSettings {
+        &self.settings
     }
 
     /// The scope's cooldown.
@@ -87,8 +94,14 @@ impl Scope {
     }
 }
 
-/// Scopes by name. Runs that share a registry share cooldowns and limits;
-/// [`ScopeRegistry::global`] is the process-wide default.
+/// Scopes by name. Runs that share a registry share cooldowns and limits.
+///
+/// Every [`BatchConfig`](crate::BatchConfig) gets a registry of its own by
+/// default, so a run never inherits another's scopes by accident. Sharing
+/// is a choice: give two runs or pools the same registry (a clone shares
+/// it), or use [`ScopeRegistry::global`]. In a shared registry a scope keeps
+/// the settings it was created with; asking for it with other settings is an
+/// error, never a silent mismatch.
 #[derive(Debug, Clone, Default)]
 pub struct ScopeRegistry {
     scopes: Arc<Mutex<HashMap<String, Arc<Scope>>>>,
@@ -106,18 +119,31 @@ impl ScopeRegistry {
         GLOBAL.get_or_init(ScopeRegistry::new).clone()
     }
 
-    /// The scope named `name`, created with `settings` if new.
-    pub fn scope(&self, name: &str, settings: &ScopeSettings) -> Arc<Scope> {
+    /// The scope named `name`, created with `settings` if new. An error
+    /// when the scope exists with other settings (another run's rate
+    /// limits or cooldown would silently apply to this one).
+    pub fn scope(
+        &self,
+        name: &str,
+        settings: &ScopeSettings,
+    ) -> Result<Arc<Scope>, crate::error::Error> {
         let mut map = self
             .scopes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(s) = map.get(name) {
-            return Arc::clone(s);
+            if s.settings() != settings {
+                return Err(crate::error::Error::Config(format!(
+                    "quota scope {name:?} is already in use with other settings ({:?}; asked for {:?}): give this run its own ScopeRegistry, or the same settings",
+                    s.settings(),
+                    settings
+                )));
+            }
+            return Ok(Arc::clone(s));
         }
         let s = Arc::new(Scope::new(name, settings));
         map.insert(name.to_owned(), Arc::clone(&s));
-        s
+        Ok(s)
     }
 }
 
@@ -149,8 +175,18 @@ mod tests {
         assert_ne!(a, c);
         assert!(!a.contains("secret"));
         let reg = ScopeRegistry::new();
-        let s1 = reg.scope(&a, &ScopeSettings::default());
-        let s2 = reg.scope(&b, &ScopeSettings::default());
+        let s1 = reg.scope(&a, &ScopeSettings::default()).unwrap();
+        let s2 = reg.scope(&b, &ScopeSettings::default()).unwrap();
         assert!(Arc::ptr_eq(&s1, &s2));
+        // The same scope asked for with other settings: an error.
+        let other = ScopeSettings {
+            limits: RateLimits {
+                rpm: Some(60.0),
+                ..RateLimits::default()
+            },
+            ..ScopeSettings::default()
+        };
+        let e = reg.scope(&a, &other).unwrap_err().to_string();
+        assert!(e.contains("other settings"), "{e}");
     }
 }

@@ -1,162 +1,28 @@
-//! Routes and the request pipeline of the mock.
+//! The model routes of the four wire formats and the pipeline every model
+//! request goes through: auth, parsing, schema checks, caches, faults,
+//! quota, latency, then the reply.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::cache::{CacheStore, parse_ttl};
-use crate::config::{Fault, Hint, MockConfig, ReplyMode};
+use super::{
+    Shared, api_key, hash_str, json_response, lock, mix, raw_response, refused_key_message, tokens,
+    unit,
+};
+use crate::config::{Fault, Hint, ReplyMode};
 use crate::markers;
-use crate::quota::Quota;
 use crate::schema;
-use crate::stats::Recorder;
 use crate::wire::{self, Content, Ending, Format, MockRequest, Usage};
 
-/// Shared state of a running mock.
-pub struct Shared {
-    pub(crate) config: MockConfig,
-    faults: Vec<(Fault, f64)>,
-    seq: AtomicU64,
-    marker_counts: Mutex<HashMap<String, u32>>,
-    prefixes: Mutex<HashSet<u64>>,
-    pub(crate) stats: Recorder,
-    quota: Option<Quota>,
-    pub(crate) cache: CacheStore,
-}
-
-impl Shared {
-    pub(crate) fn new(config: MockConfig) -> Self {
-        Self {
-            faults: config.fault_rates(),
-            quota: Quota::new(config.rpm, config.tpm),
-            config,
-            seq: AtomicU64::new(0),
-            marker_counts: Mutex::new(HashMap::new()),
-            prefixes: Mutex::new(HashSet::new()),
-            stats: Recorder::default(),
-            cache: CacheStore::default(),
-        }
-    }
-
-    pub(crate) fn reset(&self) {
-        self.stats.reset();
-        self.stats.clear_recent();
-        self.cache.clear();
-        lock(&self.marker_counts).clear();
-        lock(&self.prefixes).clear();
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-fn unit(bits: u64) -> f64 {
-    (bits >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn hash_str(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
-/// Tokens of a text: a quarter of its characters, rounded up.
-pub fn tokens(chars: usize) -> u64 {
-    (chars as u64).div_ceil(4)
-}
-
-pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/v1/responses", post(responses))
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/messages", post(anthropic))
-        .route("/v1beta/models/{*rest}", post(gemini))
-        .route("/v1beta/cachedContents", post(cache_create).get(cache_list))
-        .route(
-            "/v1beta/cachedContents/{id}",
-            get(cache_get).patch(cache_patch).delete(cache_delete),
-        )
-        .route("/stats", get(stats))
-        .route("/stats/prompts", get(prompt_stats))
-        .route("/requests", get(recent))
-        .route("/reset", post(reset))
-        .route("/health", get(|| async { "ok" }))
-        .with_state(shared)
-}
-
-fn json_response(status: u16, headers: &[(String, String)], body: &Value) -> Response {
-    let mut r = (
-        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response();
-    for (k, v) in headers {
-        if let (Ok(name), Ok(value)) = (
-            axum::http::HeaderName::try_from(k.as_str()),
-            HeaderValue::from_str(v),
-        ) {
-            r.headers_mut().insert(name, value);
-        }
-    }
-    r
-}
-
-fn raw_response(body: String) -> Response {
-    (StatusCode::OK, [("content-type", "application/json")], body).into_response()
-}
-
-/// OpenAI's wording for a refused key: its first characters, a mask, and
-/// its last four.
-fn refused_key_message(key: &str) -> String {
-    let chars: Vec<char> = key.chars().collect();
-    let head: String = chars
-        .iter()
-        .take(chars.len().saturating_sub(4).min(16))
-        .collect();
-    let tail: String = chars.iter().skip(chars.len().saturating_sub(4)).collect();
-    format!(
-        "Incorrect API key provided: {head}{}{tail}. You can find your API key at https://platform.openai.com/account/api-keys.",
-        "*".repeat(chars.len().saturating_sub(head.chars().count() + 4))
-    )
-}
-
-fn api_key(format: Format, headers: &HeaderMap, query: &HashMap<String, String>) -> Option<String> {
-    let h = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    match format {
-        Format::Responses | Format::Chat => {
-            h("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned))
-        }
-        Format::Gemini => h("x-goog-api-key").or_else(|| query.get("key").cloned()),
-        Format::Anthropic => h("x-api-key"),
-    }
-    .filter(|k| !k.is_empty())
-}
-
-async fn responses(
+pub(super) async fn responses(
     State(s): State<Arc<Shared>>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -165,7 +31,7 @@ async fn responses(
     handle(&s, Format::Responses, None, &headers, &q, &body).await
 }
 
-async fn chat(
+pub(super) async fn chat(
     State(s): State<Arc<Shared>>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -174,7 +40,7 @@ async fn chat(
     handle(&s, Format::Chat, None, &headers, &q, &body).await
 }
 
-async fn anthropic(
+pub(super) async fn anthropic(
     State(s): State<Arc<Shared>>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -183,7 +49,7 @@ async fn anthropic(
     handle(&s, Format::Anthropic, None, &headers, &q, &body).await
 }
 
-async fn gemini(
+pub(super) async fn gemini(
     State(s): State<Arc<Shared>>,
     Path(rest): Path<String>,
     Query(q): Query<HashMap<String, String>>,
@@ -529,191 +395,4 @@ async fn handle(
             fail(f, message)
         }
     }
-}
-
-fn cache_tokens(body: &Value) -> u64 {
-    let mut chars = body
-        .get("contents")
-        .and_then(Value::as_array)
-        .map_or(0, |cs| {
-            cs.iter()
-                .map(|c| {
-                    c.get("parts")
-                        .map_or(0, |p| wire::text_of(p).chars().count())
-                })
-                .sum()
-        });
-    if let Some(si) = body.get("systemInstruction") {
-        chars += wire::text_of(si).chars().count();
-    }
-    tokens(chars)
-}
-
-fn gemini_error(status: u16, message: &str, code: &str) -> Response {
-    json_response(
-        status,
-        &[],
-        &json!({"error": {"code": status, "message": message, "status": code}}),
-    )
-}
-
-fn gemini_auth(s: &Shared, headers: &HeaderMap, q: &HashMap<String, String>) -> Option<Response> {
-    if s.config.no_auth
-        || api_key(Format::Gemini, headers, q).is_some_and(|k| !k.starts_with("invalid"))
-    {
-        None
-    } else {
-        Some(gemini_error(
-            401,
-            "API key not valid. Please pass a valid API key.",
-            "UNAUTHENTICATED",
-        ))
-    }
-}
-
-async fn cache_create(
-    State(s): State<Arc<Shared>>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = gemini_auth(&s, &headers, &q) {
-        return r;
-    }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return gemini_error(400, "Invalid JSON payload received.", "INVALID_ARGUMENT");
-    };
-    let Some(model) = body.get("model").and_then(Value::as_str) else {
-        return gemini_error(400, "model is required", "INVALID_ARGUMENT");
-    };
-    let ttl = match body.get("ttl").and_then(Value::as_str) {
-        Some(t) => match parse_ttl(t) {
-            Some(d) => d,
-            None => {
-                return gemini_error(
-                    400,
-                    &format!("Invalid value at 'cached_content.ttl' ({t})"),
-                    "INVALID_ARGUMENT",
-                );
-            }
-        },
-        None => Duration::from_secs(3600),
-    };
-    let display = body
-        .get("displayName")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    s.stats.cache_op(|c| c.created += 1);
-    let c = s.cache.create(model, display, cache_tokens(&body), ttl);
-    json_response(200, &[], &c.to_json())
-}
-
-async fn cache_list(
-    State(s): State<Arc<Shared>>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = gemini_auth(&s, &headers, &q) {
-        return r;
-    }
-    s.stats.cache_op(|c| c.listed += 1);
-    let page_size: usize = q
-        .get("pageSize")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(100)
-        .clamp(1, 1000);
-    let start: usize = q.get("pageToken").and_then(|p| p.parse().ok()).unwrap_or(0);
-    let all = s.cache.list();
-    let page: Vec<Value> = all
-        .iter()
-        .skip(start)
-        .take(page_size)
-        .map(crate::cache::Cached::to_json)
-        .collect();
-    let mut body = json!({"cachedContents": page});
-    if start + page_size < all.len() {
-        body["nextPageToken"] = json!((start + page_size).to_string());
-    }
-    json_response(200, &[], &body)
-}
-
-fn not_found(id: &str) -> Response {
-    gemini_error(
-        403,
-        &format!("CachedContent not found (or permission denied): cachedContents/{id}"),
-        "PERMISSION_DENIED",
-    )
-}
-
-async fn cache_get(
-    State(s): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = gemini_auth(&s, &headers, &q) {
-        return r;
-    }
-    s.stats.cache_op(|c| c.fetched += 1);
-    match s.cache.get(&format!("cachedContents/{id}")) {
-        Some(c) => json_response(200, &[], &c.to_json()),
-        None => not_found(&id),
-    }
-}
-
-async fn cache_patch(
-    State(s): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = gemini_auth(&s, &headers, &q) {
-        return r;
-    }
-    let ttl = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|b| b.get("ttl").and_then(Value::as_str).and_then(parse_ttl));
-    let Some(ttl) = ttl else {
-        return gemini_error(400, "ttl is required (e.g. \"3600s\")", "INVALID_ARGUMENT");
-    };
-    s.stats.cache_op(|c| c.updated += 1);
-    match s.cache.update_ttl(&format!("cachedContents/{id}"), ttl) {
-        Some(c) => json_response(200, &[], &c.to_json()),
-        None => not_found(&id),
-    }
-}
-
-async fn cache_delete(
-    State(s): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = gemini_auth(&s, &headers, &q) {
-        return r;
-    }
-    s.stats.cache_op(|c| c.deleted += 1);
-    if s.cache.delete(&format!("cachedContents/{id}")) {
-        json_response(200, &[], &json!({}))
-    } else {
-        not_found(&id)
-    }
-}
-
-async fn stats(State(s): State<Arc<Shared>>) -> Response {
-    json_response(200, &[], &json!(s.stats.snapshot()))
-}
-
-async fn prompt_stats(State(s): State<Arc<Shared>>) -> Response {
-    json_response(200, &[], &json!(s.stats.prompts()))
-}
-
-async fn recent(State(s): State<Arc<Shared>>) -> Response {
-    json_response(200, &[], &json!(s.stats.recent()))
-}
-
-async fn reset(State(s): State<Arc<Shared>>) -> Response {
-    s.reset();
-    json_response(200, &[], &json!({"reset": true}))
 }

@@ -1,0 +1,181 @@
+//! The mock's HTTP server: shared state, the router, and helpers every
+//! route uses. The model routes are in [`generate`], Gemini caches in
+//! [`caches`].
+
+mod caches;
+mod generate;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::cache::CacheStore;
+use crate::config::{Fault, MockConfig};
+use crate::quota::Quota;
+use crate::stats::Recorder;
+use crate::wire::Format;
+use caches::{cache_create, cache_delete, cache_get, cache_list, cache_patch};
+use generate::{anthropic, chat, gemini, responses};
+
+/// Shared state of a running mock.
+pub struct Shared {
+    pub(crate) config: MockConfig,
+    faults: Vec<(Fault, f64)>,
+    seq: AtomicU64,
+    marker_counts: Mutex<HashMap<String, u32>>,
+    prefixes: Mutex<HashSet<u64>>,
+    pub(crate) stats: Recorder,
+    quota: Option<Quota>,
+    pub(crate) cache: CacheStore,
+}
+
+impl Shared {
+    pub(crate) fn new(config: MockConfig) -> Self {
+        Self {
+            faults: config.fault_rates(),
+            quota: Quota::new(config.rpm, config.tpm),
+            config,
+            seq: AtomicU64::new(0),
+            marker_counts: Mutex::new(HashMap::new()),
+            prefixes: Mutex::new(HashSet::new()),
+            stats: Recorder::default(),
+            cache: CacheStore::default(),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        self.stats.reset();
+        self.stats.clear_recent();
+        self.cache.clear();
+        lock(&self.marker_counts).clear();
+        lock(&self.prefixes).clear();
+    }
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+pub(super) fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+pub(super) fn unit(bits: u64) -> f64 {
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+pub(super) fn hash_str(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Tokens of a text: a quarter of its characters, rounded up.
+pub fn tokens(chars: usize) -> u64 {
+    (chars as u64).div_ceil(4)
+}
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/responses", post(responses))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/messages", post(anthropic))
+        .route("/v1beta/models/{*rest}", post(gemini))
+        .route("/v1beta/cachedContents", post(cache_create).get(cache_list))
+        .route(
+            "/v1beta/cachedContents/{id}",
+            get(cache_get).patch(cache_patch).delete(cache_delete),
+        )
+        .route("/stats", get(stats))
+        .route("/stats/prompts", get(prompt_stats))
+        .route("/requests", get(recent))
+        .route("/reset", post(reset))
+        .route("/health", get(|| async { "ok" }))
+        .with_state(shared)
+}
+
+pub(super) fn json_response(status: u16, headers: &[(String, String)], body: &Value) -> Response {
+    let mut r = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    for (k, v) in headers {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::try_from(k.as_str()),
+            HeaderValue::from_str(v),
+        ) {
+            r.headers_mut().insert(name, value);
+        }
+    }
+    r
+}
+
+pub(super) fn raw_response(body: String) -> Response {
+    (StatusCode::OK, [("content-type", "application/json")], body).into_response()
+}
+
+/// OpenAI's wording for a refused key: its first characters, a mask, and
+/// its last four.
+pub(super) fn refused_key_message(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    let head: String = chars
+        .iter()
+        .take(chars.len().saturating_sub(4).min(16))
+        .collect();
+    let tail: String = chars.iter().skip(chars.len().saturating_sub(4)).collect();
+    format!(
+        "Incorrect API key provided: {head}{}{tail}. You can find your API key at https://platform.openai.com/account/api-keys.",
+        "*".repeat(chars.len().saturating_sub(head.chars().count() + 4))
+    )
+}
+
+pub(super) fn api_key(
+    format: Format,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Option<String> {
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    match format {
+        Format::Responses | Format::Chat => {
+            h("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned))
+        }
+        Format::Gemini => h("x-goog-api-key").or_else(|| query.get("key").cloned()),
+        Format::Anthropic => h("x-api-key"),
+    }
+    .filter(|k| !k.is_empty())
+}
+
+async fn stats(State(s): State<Arc<Shared>>) -> Response {
+    json_response(200, &[], &json!(s.stats.snapshot()))
+}
+
+async fn prompt_stats(State(s): State<Arc<Shared>>) -> Response {
+    json_response(200, &[], &json!(s.stats.prompts()))
+}
+
+async fn recent(State(s): State<Arc<Shared>>) -> Response {
+    json_response(200, &[], &json!(s.stats.recent()))
+}
+
+async fn reset(State(s): State<Arc<Shared>>) -> Response {
+    s.reset();
+    json_response(200, &[], &json!({"reset": true}))
+}
