@@ -197,19 +197,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         checkpoint,
     };
     let defaults = ready.plan.request.defaults();
-    match validator {
-        Some(v) => {
-            let s = StructuredStrategy::with_validator(model, v).with_defaults(defaults);
-            drive(s, ready).await
-        }
-        None => {
-            let text: TextOut = |r| Ok(Value::String(r.text.clone()));
-            drive(
-                ModelStrategy::new(model, text).with_defaults(defaults),
-                ready,
-            )
-            .await
-        }
+    if let Some(v) = validator {
+        let s = StructuredStrategy::with_validator(model, v).with_defaults(defaults);
+        drive(s, ready).await
+    } else {
+        let text: TextOut = |r| Ok(Value::String(r.text.clone()));
+        drive(
+            ModelStrategy::new(model, text).with_defaults(defaults),
+            ready,
+        )
+        .await
     }
 }
 

@@ -587,7 +587,12 @@ fn a_schema_retry_shows_the_model_its_reply_and_the_error() {
     .unwrap();
     let out = dir.path().join("out.jsonl");
     let o = abl()
-        .args(["run", input.to_str().unwrap(), "--model", "openai:gpt-4o-mini"])
+        .args([
+            "run",
+            input.to_str().unwrap(),
+            "--model",
+            "openai:gpt-4o-mini",
+        ])
         .args(["--base-url", &format!("{}/v1", mock.url)])
         .args(["-o", out.to_str().unwrap(), "--schema"])
         .arg(examples().join("ticket.schema.json"))
@@ -601,6 +606,9 @@ fn a_schema_retry_shows_the_model_its_reply_and_the_error() {
     assert_eq!(requests.len(), 2);
     let retry = requests[1]["body"].to_string();
     assert!(retry.contains("does not match the schema"), "{retry}");
-    assert!(retry.contains("unexpected"), "the failed reply is shown: {retry}");
+    assert!(
+        retry.contains("unexpected"),
+        "the failed reply is shown: {retry}"
+    );
     assert!(!requests[0]["body"].to_string().contains("rejected"));
 }

@@ -415,7 +415,9 @@ async fn each_run_has_its_own_scopes_unless_it_shares_a_registry() {
         ..BatchConfig::default()
     };
     let t = tokio::time::Instant::now();
-    process_prompts(strategy(), items(2), &limited).await.unwrap();
+    process_prompts(strategy(), items(2), &limited)
+        .await
+        .unwrap();
     assert!(t.elapsed() >= Duration::from_secs(60), "{:?}", t.elapsed());
     let t = tokio::time::Instant::now();
     let b = process_prompts(strategy(), items(2), &BatchConfig::default())
@@ -438,5 +440,8 @@ async fn each_run_has_its_own_scopes_unless_it_shares_a_registry() {
         .await
         .unwrap_err()
         .to_string();
-    assert!(e.contains("\"one-key\"") && e.contains("other settings"), "{e}");
+    assert!(
+        e.contains("\"one-key\"") && e.contains("other settings"),
+        "{e}"
+    );
 }
