@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use abl_mock::{MockConfig, MockServer};
+use async_batch_llm::Validator;
 use async_batch_llm::providers::{ApiKey, ModelOptions, llm_with};
-use async_batch_llm::structured::Validator;
 use async_batch_llm::{
     BatchConfig, CallError, Completion, DynModel, ErrorCategory, Item, Model, Prompt, RetryState,
     Strategy, StructuredStrategy, process_prompts,

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use async_batch_llm::Validator;
 use async_batch_llm::providers::{ApiKey, HttpOptions, ModelOptions, llm_with};
-use async_batch_llm::structured::Validator;
 use async_batch_llm::{DynModel, Model as _, ResponseSchema};
 use serde_json::Value;
 

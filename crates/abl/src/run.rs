@@ -116,7 +116,7 @@ fn estimator(plan: &RunPlan) -> Result<Arc<dyn TokenEstimator>, UsageError> {
                 ModelChoice::Mock(_) => "gpt-4o",
             };
             Arc::new(
-                async_batch_llm::limit::TiktokenEstimator::for_model(model, expected_output)
+                async_batch_llm::TiktokenEstimator::for_model(model, expected_output)
                     .map_err(|e| usage(format!("--token-estimator: {e}")))?,
             )
         }

@@ -206,7 +206,7 @@ fn seconds(flag: &str, v: Option<f64>, max: f64, zero_ok: bool) -> Result<Option
             "--{flag} must be a number of seconds from {low} to {max}, got {s}"
         )));
     }
-    Ok(async_batch_llm::time::secs_f64(s))
+    Ok(async_batch_llm::secs_f64(s))
 }
 
 /// An integer in `[min, max]`.

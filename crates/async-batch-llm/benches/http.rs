@@ -108,8 +108,8 @@ async fn engine_throughput(concurrency: usize, latency_ms: u64) -> (u64, f64, u6
         })
         .await;
     let rate = n as f64 / t.elapsed().as_secs_f64();
-    let e = async_batch_llm::result::Percentiles::of(&mut execution);
-    let tt = async_batch_llm::result::Percentiles::of(&mut total);
+    let e = async_batch_llm::Percentiles::of(&mut execution);
+    let tt = async_batch_llm::Percentiles::of(&mut total);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "  concurrency {concurrency}: execution p50/p99 {:.1}/{:.1} ms, item total p50/p99 {:.1}/{:.1} ms",

@@ -151,8 +151,11 @@ pub struct CallError {
     message: String,
     retryable: bool,
     retry_after: Option<Duration>,
-    usage: Option<TokenUsage>,
+    /// Boxed: it is rare, and keeps the error small (it travels in every
+    /// `Result` of a call).
+    usage: Option<Box<TokenUsage>>,
     status: Option<u16>,
+    provider_code: Option<Box<str>>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -166,6 +169,7 @@ impl CallError {
             retry_after: None,
             usage: None,
             status: None,
+            provider_code: None,
             source: None,
         }
     }
@@ -213,12 +217,25 @@ impl CallError {
 
     /// The usage of the billed attempt that failed, if it was billed.
     pub fn usage(&self) -> Option<TokenUsage> {
-        self.usage
+        self.usage.as_deref().copied()
     }
 
     /// The HTTP status, when the error came from a response.
     pub fn status(&self) -> Option<u16> {
         self.status
+    }
+
+    /// The provider's own name for the error, as its body gave it
+    /// (`rate_limit_exceeded`, `PERMISSION_DENIED`, `overloaded_error`…).
+    pub fn provider_code(&self) -> Option<&str> {
+        self.provider_code.as_deref()
+    }
+
+    /// Sets the provider's name for the error.
+    #[must_use]
+    pub fn with_provider_code(mut self, code: impl Into<String>) -> Self {
+        self.provider_code = Some(code.into().into_boxed_str());
+        self
     }
 
     /// Overrides retryability.
@@ -238,15 +255,15 @@ impl CallError {
     /// Attaches the usage of the billed attempt (e.g. a reply that failed to parse).
     #[must_use]
     pub fn with_usage(mut self, usage: TokenUsage) -> Self {
-        self.usage = Some(usage);
+        self.usage = Some(Box::new(usage));
         self
     }
 
     /// Attaches the usage when there is one (`None` leaves the error as is).
     #[must_use]
     pub fn with_usage_if(mut self, usage: Option<TokenUsage>) -> Self {
-        if usage.is_some() {
-            self.usage = usage;
+        if let Some(u) = usage {
+            self.usage = Some(Box::new(u));
         }
         self
     }
@@ -282,6 +299,7 @@ impl fmt::Debug for CallError {
             .field("retry_after", &self.retry_after)
             .field("usage", &self.usage)
             .field("status", &self.status)
+            .field("provider_code", &self.provider_code)
             .finish_non_exhaustive()
     }
 }
@@ -346,38 +364,118 @@ impl ErrorClassifier for DefaultClassifier {
     }
 }
 
-/// Errors of the library itself: configuration and I/O, not calls.
+/// An error of the library itself (a setting, a file, a checkpoint), not
+/// of a call: calls fail with a [`CallError`] inside their item's result.
+///
+/// Opaque, like `reqwest::Error`: ask it what it is with the predicates,
+/// and show it with `Display`, which names the place (file, line, setting).
+///
+/// ```
+/// use async_batch_llm::{BatchConfig, Error};
+/// let e: Error = BatchConfig { concurrency: 0, ..BatchConfig::default() }
+///     .validate()
+///     .unwrap_err();
+/// assert!(e.is_config());
+/// assert!(e.to_string().contains("concurrency"));
+/// ```
+pub struct Error(Box<Kind>);
+
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// A setting is out of range or inconsistent.
+enum Kind {
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
-        /// The file.
         path: String,
-        /// What went wrong.
         #[source]
         source: std::io::Error,
     },
-    /// A checkpoint is held by another run (one writer per checkpoint).
     #[error("{path} is in use by another run ({holder}); wait for it to end or stop it")]
-    InUse {
-        /// The checkpoint.
-        path: String,
-        /// Who holds it: PID, host and start time.
-        holder: String,
-    },
-    /// A serialized result or batch could not be read.
+    InUse { path: String, holder: String },
     #[error("{place}: {message}")]
-    Format {
-        /// Where (file and line, or field).
-        place: String,
-        /// What is wrong.
-        message: String,
-    },
+    Format { place: String, message: String },
+}
+
+impl Error {
+    /// A setting is out of range or inconsistent (for your own models,
+    /// strategies and stores as much as for the library).
+    pub fn config(message: impl Into<String>) -> Self {
+        Self(Box::new(Kind::Config(crate::secret::redacted(
+            message.into(),
+        ))))
+    }
+
+    /// Reading or writing `path` failed.
+    pub fn io(path: impl Into<String>, source: std::io::Error) -> Self {
+        Self(Box::new(Kind::Io {
+            path: path.into(),
+            source,
+        }))
+    }
+
+    /// A checkpoint is held by another run.
+    pub(crate) fn in_use(path: impl Into<String>, holder: impl Into<String>) -> Self {
+        Self(Box::new(Kind::InUse {
+            path: path.into(),
+            holder: holder.into(),
+        }))
+    }
+
+    /// Something read (a record, a batch, a checkpoint) is not what it
+    /// should be, at `place` (a file and line, or a field).
+    pub fn format(place: impl Into<String>, message: impl Into<String>) -> Self {
+        Self(Box::new(Kind::Format {
+            place: place.into(),
+            message: crate::secret::redacted(message.into()),
+        }))
+    }
+
+    /// True for a setting that is out of range or inconsistent.
+    pub fn is_config(&self) -> bool {
+        matches!(*self.0, Kind::Config(_))
+    }
+
+    /// True when reading or writing a file failed; see [`Error::io_error`].
+    pub fn is_io(&self) -> bool {
+        matches!(*self.0, Kind::Io { .. })
+    }
+
+    /// True when a checkpoint is locked by another run.
+    pub fn is_in_use(&self) -> bool {
+        matches!(*self.0, Kind::InUse { .. })
+    }
+
+    /// True when something read is malformed, or is not ours (a file given
+    /// as a checkpoint that is not one).
+    pub fn is_format(&self) -> bool {
+        matches!(*self.0, Kind::Format { .. })
+    }
+
+    /// The I/O error, for an I/O failure.
+    pub fn io_error(&self) -> Option<&std::io::Error> {
+        match &*self.0 {
+            Kind::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.0)
+    }
 }
 
 #[cfg(test)]

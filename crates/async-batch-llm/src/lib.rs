@@ -69,7 +69,7 @@
 //! ## Typed output and caches
 //!
 //! - [`StructuredStrategy<T>`](StructuredStrategy) derives a JSON schema from
-//!   `T` (`schemars`), sends it in each provider's dialect ([`schema`]),
+//!   `T` (`schemars`), sends it in each provider's dialect ([`SchemaDialect`]),
 //!   validates every reply and deserializes it; an invalid reply is retried
 //!   with the error shown to the model.
 //! - [`providers::GeminiCachedModel`] keeps a Gemini context cache alive for
@@ -87,40 +87,44 @@
 //! - [`call`] / [`call_result`]: one resilient call.
 //! - [`CallPool`]: a long-lived shared executor for services.
 //!
-//! Quota scopes ([`limit`]) are names: runs whose strategies resolve to the
-//! same provider, key and model share one cooldown.
+//! Quota scopes are names ([`default_scope_name`]): runs whose strategies
+//! resolve to the same provider, key and model share one cooldown when they
+//! share a [`ScopeRegistry`].
 
-pub mod engine;
-pub mod error;
+mod engine;
+mod error;
 mod fingerprint;
-pub mod item;
-pub mod limit;
-pub mod model;
-pub mod observe;
+mod item;
+mod limit;
+mod model;
+mod observe;
 pub mod providers;
 mod rand;
-pub mod result;
-pub mod schema;
+mod result;
+mod schema;
 pub mod secret;
 pub mod store;
-pub mod strategy;
-pub mod structured;
+mod strategy;
+mod structured;
 pub mod testing;
-pub mod time;
-pub mod usage;
+mod time;
+mod usage;
 
 pub use engine::{
-    BatchConfig, Budget, CallPool, MAX_CONCURRENCY, MAX_RPM, MIN_RPM, PoolError, PoolSettings,
-    ResultStream, RetryPolicy, RunExtras, StartupRamp, StopHandle, StopMode, call, call_result,
-    process_prompts, process_prompts_with, process_stream, process_stream_with,
+    BatchConfig, Budget, CallPool, MAX_CONCURRENCY, MAX_RPM, MIN_RPM, MiddlewareList, PoolError,
+    PoolSettings, ResultStream, RetryPolicy, RunExtras, StartupRamp, StopHandle, StopMode, call,
+    call_result, process_prompts, process_prompts_with, process_stream, process_stream_with,
 };
 pub use error::{
     CallError, DefaultClassifier, Error, ErrorCategory, ErrorClassifier, RetryDecision,
+    UnknownCategory,
 };
 pub use item::{Item, Message, Prompt, Role};
+#[cfg(feature = "tiktoken")]
+pub use limit::TiktokenEstimator;
 pub use limit::{
-    CharEstimator, CooldownPolicy, RateLimits, ScopeRegistry, TokenEstimator, default_scope_name,
-    key_fingerprint,
+    AdmissionStats, CharEstimator, CooldownPolicy, EstimateError, RateLimits, ScopeRegistry,
+    ScopeSettings, TokenEstimator, default_scope_name, key_fingerprint,
 };
 pub use model::{
     DynModel, LlmRequest, LlmResponse, Model, ModelStrategy, RequestDefaults, ResponseMetadata,
@@ -128,10 +132,12 @@ pub use model::{
 };
 pub use observe::{Event, MetricsObserver, Middleware, Observer};
 pub use result::{
-    BatchResult, BatchStats, ItemError, ItemResult, ItemTiming, RunSummary, SummaryCollector,
-    Termination, TerminationReason, TryTiming,
+    BATCH_SCHEMA, BATCH_SCHEMA_VERSION, BatchResult, BatchStats, CategoryStats, ItemError,
+    ItemResult, ItemTiming, Percentiles, RunSummary, SummaryCollector, Termination,
+    TerminationReason, TryTiming,
 };
-pub use schema::{ResponseSchema, SchemaDialect};
+pub use schema::{ResponseSchema, SchemaDialect, example_value};
 pub use strategy::{Completion, RetryState, Strategy, dry_run_placeholder};
-pub use structured::StructuredStrategy;
+pub use structured::{FEEDBACK_KEY, Feedback, StructuredStrategy, Validator};
+pub use time::{MAX_DURATION, secs_f64};
 pub use usage::{Prices, TokenUsage};

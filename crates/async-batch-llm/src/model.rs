@@ -122,7 +122,9 @@ pub struct LlmResponse {
     pub cache_write_input_tokens: Option<u64>,
     /// Provider details.
     pub metadata: ResponseMetadata,
-    /// The raw body, when the provider keeps it.
+    /// The provider's JSON body, when [`HttpOptions::keep_raw`] asks for it.
+    ///
+    /// [`HttpOptions::keep_raw`]: crate::providers::HttpOptions::keep_raw
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<serde_json::Value>,
 }
@@ -293,12 +295,15 @@ impl<M: Model> Model for Arc<M> {
 }
 
 /// Turns a response into an output. A failure is a retryable
-/// `validation_error` that keeps the response's billed usage.
+/// `validation_error` (its `Display` is the message) that keeps the
+/// response's billed usage.
 pub trait ResponseParser: Send + Sync + 'static {
     /// The parsed output.
     type Output: Send + 'static;
+    /// Why a response does not parse.
+    type Error: std::fmt::Display;
     /// Parses one response.
-    fn parse(&self, response: &LlmResponse) -> Result<Self::Output, String>;
+    fn parse(&self, response: &LlmResponse) -> Result<Self::Output, Self::Error>;
 }
 
 impl<T, E, F> ResponseParser for F
@@ -308,8 +313,9 @@ where
     E: std::fmt::Display,
 {
     type Output = T;
-    fn parse(&self, response: &LlmResponse) -> Result<T, String> {
-        self(response).map_err(|e| e.to_string())
+    type Error = E;
+    fn parse(&self, response: &LlmResponse) -> Result<T, E> {
+        self(response)
     }
 }
 
@@ -319,7 +325,8 @@ pub struct TextParser;
 
 impl ResponseParser for TextParser {
     type Output = String;
-    fn parse(&self, response: &LlmResponse) -> Result<String, String> {
+    type Error = std::convert::Infallible;
+    fn parse(&self, response: &LlmResponse) -> Result<String, Self::Error> {
         Ok(response.text.clone())
     }
 }
@@ -399,7 +406,7 @@ impl<M: Model, P: ResponseParser> ModelStrategy<M, P> {
         let usage = response.token_usage();
         match self.parser.parse(response) {
             Ok(out) => Ok((out, usage)),
-            Err(msg) => Err(CallError::validation(msg).with_usage_if(usage)),
+            Err(e) => Err(CallError::validation(e.to_string()).with_usage_if(usage)),
         }
     }
 }

@@ -17,7 +17,7 @@
 //! - [`SchemaDialect::JsonSchema`]: the schema as given (minus `$schema`).
 //!
 //! ```
-//! use async_batch_llm::schema::{ResponseSchema, SchemaDialect};
+//! use async_batch_llm::{ResponseSchema, SchemaDialect};
 //! use serde_json::json;
 //!
 //! let schema = ResponseSchema::new("ticket", json!({
@@ -53,6 +53,7 @@ pub enum SchemaDialect {
 }
 
 impl SchemaDialect {
+    #[cfg(test)]
     const ALL: [Self; 4] = [
         Self::JsonSchema,
         Self::OpenAiStrict,
@@ -222,7 +223,8 @@ pub fn translate(schema: &Value, dialect: SchemaDialect) -> Result<Value, String
 }
 
 /// Every dialect at once, for tests and inspection.
-pub fn translate_all(schema: &Value) -> Vec<(SchemaDialect, Result<Value, String>)> {
+#[cfg(test)]
+pub(crate) fn translate_all(schema: &Value) -> Vec<(SchemaDialect, Result<Value, String>)> {
     SchemaDialect::ALL
         .iter()
         .map(|d| (*d, translate(schema, *d)))

@@ -2,37 +2,10 @@
 //! counterpart of the seed's `PydanticAIStrategy`.
 //!
 //! The schema is derived once from the output type with `schemars`, sent to
-//! each provider in its own dialect (see [`crate::schema`]), and every reply
+//! each provider in its own dialect (see `schema.rs`), and every reply
 //! is validated against it before it is deserialized. A reply that fails is a
 //! retryable `validation_error`; the next attempt shows the model its reply
 //! and what was wrong with it. Usage of every billed attempt is counted.
-//!
-//! ```no_run
-//! use async_batch_llm::providers::llm;
-//! use async_batch_llm::{BatchConfig, Item, StructuredStrategy, process_prompts};
-//! use schemars::JsonSchema;
-//! use serde::Deserialize;
-//!
-//! #[derive(Debug, Deserialize, JsonSchema)]
-//! struct Ticket {
-//!     title: String,
-//!     priority: Priority,
-//!     assignee: Option<String>,
-//!     tags: Vec<String>,
-//! }
-//!
-//! #[derive(Debug, Deserialize, JsonSchema)]
-//! #[serde(rename_all = "lowercase")]
-//! enum Priority { Low, High }
-//!
-//! # async fn run() -> Result<(), async_batch_llm::Error> {
-//! let strategy = StructuredStrategy::<Ticket, _>::new(llm("openai:gpt-4o-mini")?)?
-//!     .with_system("Turn the message into a ticket.");
-//! let items = [Item::new("t1", "The printer on floor 2 is on fire, Bob is on it")];
-//! let batch = process_prompts(strategy, items, &BatchConfig::default()).await?;
-//! let ticket: &Ticket = batch.results[0].output().unwrap();
-//! # Ok(()) }
-//! ```
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -90,7 +63,7 @@ impl<T: DeserializeOwned> Validator<T> {
     /// A validator for an explicit schema.
     pub fn with_schema(schema: ResponseSchema) -> Result<Self, Error> {
         let compiled = jsonschema::validator_for(schema.source()).map_err(|e| {
-            Error::Config(format!(
+            Error::config(format!(
                 "schema '{}' is not a valid JSON schema: {e}",
                 schema.name()
             ))
@@ -173,7 +146,37 @@ fn strip_fence(text: &str) -> &str {
 /// Typed structured output from any [`Model`]: the schema of `T` in the
 /// provider's dialect, each reply validated and deserialized, validation
 /// failures retried with the error fed back. Build it with
-/// [`StructuredStrategy::new`]; see the [module docs](self).
+/// [`StructuredStrategy::new`]. The schema is derived once from `T`
+/// (`schemars`), sent to each provider in its own dialect, and every reply
+/// is validated before it is deserialized; a reply that fails is retried
+/// with the model shown its reply and what was wrong.
+///
+/// ```no_run
+/// use async_batch_llm::providers::llm;
+/// use async_batch_llm::{BatchConfig, Item, StructuredStrategy, process_prompts};
+/// use schemars::JsonSchema;
+/// use serde::Deserialize;
+///
+/// #[derive(Debug, Deserialize, JsonSchema)]
+/// struct Ticket {
+///     title: String,
+///     priority: Priority,
+///     assignee: Option<String>,
+///     tags: Vec<String>,
+/// }
+///
+/// #[derive(Debug, Deserialize, JsonSchema)]
+/// #[serde(rename_all = "lowercase")]
+/// enum Priority { Low, High }
+///
+/// # async fn run() -> Result<(), async_batch_llm::Error> {
+/// let strategy = StructuredStrategy::<Ticket, _>::new(llm("openai:gpt-4o-mini")?)?
+///     .with_system("Turn the message into a ticket.");
+/// let items = [Item::new("t1", "The printer on floor 2 is on fire, Bob is on it")];
+/// let batch = process_prompts(strategy, items, &BatchConfig::default()).await?;
+/// let ticket: &Ticket = batch.results[0].output().unwrap();
+/// # Ok(()) }
+/// ```
 pub struct StructuredStrategy<T, M> {
     model: M,
     validator: Arc<Validator<T>>,

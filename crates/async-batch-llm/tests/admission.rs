@@ -49,7 +49,7 @@ fn max_in_window(starts: &[Instant], w: Duration) -> usize {
 struct Fixed(u64);
 
 impl TokenEstimator for Fixed {
-    fn estimate(&self, _: &Prompt) -> Result<u64, String> {
+    fn estimate(&self, _: &Prompt) -> Result<u64, async_batch_llm::EstimateError> {
         Ok(self.0)
     }
 }

@@ -381,10 +381,10 @@ impl CheckpointStore for Broken {
         Vec::new()
     }
     fn write_batch(&self, _: &[async_batch_llm::store::EncodedRecord]) -> Result<(), Error> {
-        Err(Error::Io {
-            path: "/full/disk".into(),
-            source: std::io::Error::other("No space left on device"),
-        })
+        Err(Error::io(
+            "/full/disk",
+            std::io::Error::other("No space left on device"),
+        ))
     }
     fn for_each(&self, _: &mut dyn FnMut(Record) -> Result<(), Error>) -> Result<(), Error> {
         Ok(())

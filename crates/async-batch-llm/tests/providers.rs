@@ -453,10 +453,7 @@ async fn absurd_retry_hints_from_a_provider_are_clamped_not_panics() {
         let e = m.generate(&LlmRequest::new("hi")).await.unwrap_err();
         assert_eq!(e.category(), ErrorCategory::RateLimit, "{headers}");
         let hint = e.retry_after().unwrap();
-        assert!(
-            hint <= async_batch_llm::time::MAX_DURATION,
-            "{headers}: {hint:?}"
-        );
+        assert!(hint <= async_batch_llm::MAX_DURATION, "{headers}: {hint:?}");
         // Through the engine: one cooldown, capped at the policy's 600 s,
         // and no panic; the item stops at its deadline.
         let cfg = BatchConfig {

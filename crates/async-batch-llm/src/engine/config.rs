@@ -220,7 +220,7 @@ impl std::fmt::Debug for BatchConfig {
 impl BatchConfig {
     /// Checks ranges and consistency.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |m: &str| Err(Error::Config(m.to_owned()));
+        let bad = |m: &str| Err(Error::config(m.to_owned()));
         if self.concurrency == 0 {
             return bad("concurrency must be at least 1");
         }
@@ -232,7 +232,7 @@ impl BatchConfig {
                 .startup_ramp
                 .is_some_and(|r| r.initial > MAX_CONCURRENCY)
         {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "concurrency is at most {MAX_CONCURRENCY} (workers, scope gate and startup ramp)"
             )));
         }
@@ -256,7 +256,7 @@ impl BatchConfig {
             .iter()
             .find(|(_, d)| d.is_some_and(|d| d > MAX_DURATION))
         {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "{name} is longer than the longest duration allowed ({} s)",
                 MAX_DURATION.as_secs()
             )));
@@ -287,7 +287,7 @@ impl BatchConfig {
             .rpm
             .is_some_and(|r| !(r.is_finite() && (MIN_RPM..=MAX_RPM).contains(&r)))
         {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "limits.rpm must be a number from {MIN_RPM} to {MAX_RPM}"
             )));
         }

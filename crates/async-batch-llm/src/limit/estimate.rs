@@ -4,10 +4,16 @@
 
 use crate::item::Prompt;
 
+/// Why a prompt's tokens could not be estimated; the item fails with
+/// `admission_error` before any call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EstimateError(pub String);
+
 /// Estimates the tokens of a call before it is made.
 pub trait TokenEstimator: Send + Sync {
     /// Input plus expected output tokens for `prompt`.
-    fn estimate(&self, prompt: &Prompt) -> Result<u64, String>;
+    fn estimate(&self, prompt: &Prompt) -> Result<u64, EstimateError>;
 }
 
 /// The default estimator: characters / 4 (rounded up) plus the expected
@@ -27,7 +33,7 @@ impl Default for CharEstimator {
 }
 
 impl TokenEstimator for CharEstimator {
-    fn estimate(&self, prompt: &Prompt) -> Result<u64, String> {
+    fn estimate(&self, prompt: &Prompt) -> Result<u64, EstimateError> {
         Ok((prompt.char_len() as u64).div_ceil(4) + self.expected_output)
     }
 }
@@ -60,7 +66,7 @@ impl TiktokenEstimator {
             .or_else(|_| {
                 tiktoken_rs::bpe_for_tokenizer(tiktoken_rs::tokenizer::Tokenizer::O200kBase)
             })
-            .map_err(|e| crate::error::Error::Config(format!("no tokenizer for {model}: {e}")))?;
+            .map_err(|e| crate::error::Error::config(format!("no tokenizer for {model}: {e}")))?;
         Ok(Self {
             bpe,
             expected_output,
@@ -70,7 +76,7 @@ impl TiktokenEstimator {
 
 #[cfg(feature = "tiktoken")]
 impl TokenEstimator for TiktokenEstimator {
-    fn estimate(&self, prompt: &Prompt) -> Result<u64, String> {
+    fn estimate(&self, prompt: &Prompt) -> Result<u64, EstimateError> {
         const PER_MESSAGE: u64 = 4;
         let input: u64 = match prompt {
             Prompt::Text(t) => self.bpe.encode_ordinary(t).len() as u64 + PER_MESSAGE,

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use crate::fingerprint::key_fingerprint;
-pub use admission::{Admission, AdmissionError, AdmissionStats, RateLimits, Reservation};
+pub use admission::{Admission, AdmissionStats, RateLimits, Reservation};
 pub use cooldown::{Cooldown, CooldownOutcome, CooldownPolicy};
 #[cfg(feature = "tiktoken")]
 pub use estimate::TiktokenEstimator;
-pub use estimate::{CharEstimator, TokenEstimator};
+pub use estimate::{CharEstimator, EstimateError, TokenEstimator};
 
 /// The default quota scope name: provider, base URL (without a trailing
 /// slash), key fingerprint and model. Two clients on the same key and model
@@ -133,7 +133,7 @@ impl ScopeRegistry {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(s) = map.get(name) {
             if s.settings() != settings {
-                return Err(crate::error::Error::Config(format!(
+                return Err(crate::error::Error::config(format!(
                     "quota scope {name:?} is already in use with other settings ({:?}; asked for {:?}): give this run its own ScopeRegistry, or the same settings",
                     s.settings(),
                     settings

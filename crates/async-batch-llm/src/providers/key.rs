@@ -29,13 +29,11 @@ impl ApiKey {
     /// Reads a key from a file (surrounding whitespace removed).
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::io(path.display().to_string(), source))?;
         let key = text.trim();
         if key.is_empty() {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "{}: the key file is empty",
                 path.display()
             )));

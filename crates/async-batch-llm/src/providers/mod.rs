@@ -29,7 +29,7 @@ pub use gemini::{
     CONTENT_TAG, CacheOptions, CachedContent, GeminiCachedModel, GeminiConfig, GeminiModel,
     TAG_PREFIX, content_fingerprint,
 };
-pub use http::{HttpOptions, classify_error, parse_body, parse_go_duration, retry_hint};
+pub use http::{HttpOptions, parse_body, retry_hint};
 pub use key::ApiKey;
 pub use openai::{ChatFlavor, ChatModel, OpenAiConfig, OpenAiModel};
 
@@ -118,7 +118,7 @@ impl std::str::FromStr for ModelSpec {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         let (prefix, model) = s.split_once(':').ok_or_else(|| {
-            Error::Config(format!(
+            Error::config(format!(
                 "model {s:?}: expected PROVIDER:MODEL, e.g. openai:gpt-4o-mini"
             ))
         })?;
@@ -127,13 +127,13 @@ impl std::str::FromStr for ModelSpec {
             .find(|p| p.prefix() == prefix)
             .ok_or_else(|| {
                 let known: Vec<&str> = Provider::ALL.iter().map(|p| p.prefix()).collect();
-                Error::Config(format!(
+                Error::config(format!(
                     "model {s:?}: unknown provider {prefix:?} (known: {})",
                     known.join(", ")
                 ))
             })?;
         if model.trim().is_empty() {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "model {s:?}: the model name is empty"
             )));
         }
@@ -187,7 +187,7 @@ pub fn llm_with(spec: &str, options: ModelOptions) -> Result<Arc<dyn DynModel>, 
         .or_else(|| ApiKey::from_env(p.key_vars()));
     let require_key = || {
         key.clone().ok_or_else(|| {
-            Error::Config(format!(
+            Error::config(format!(
                 "no API key for {}: set {} (or pass a key)",
                 p.prefix(),
                 p.key_vars().join(" or ")
@@ -201,9 +201,8 @@ pub fn llm_with(spec: &str, options: ModelOptions) -> Result<Arc<dyn DynModel>, 
     {
         Some(u) => u,
         None => std::env::var("OPENAI_COMPATIBLE_BASE_URL").map_err(|_| {
-            Error::Config(
-                "openai-compatible needs a base URL: set OPENAI_COMPATIBLE_BASE_URL or pass one"
-                    .into(),
+            Error::config(
+                "openai-compatible needs a base URL: set OPENAI_COMPATIBLE_BASE_URL or pass one",
             )
         })?,
     };

@@ -218,18 +218,12 @@ impl<T: Serialize + Clone> BatchResult<T> {
             header: self.header(),
             results: &self.results,
         };
-        serde_json::to_string(&doc).map_err(|e| Error::Format {
-            place: "batch".into(),
-            message: e.to_string(),
-        })
+        serde_json::to_string(&doc).map_err(|e| Error::format("batch", e.to_string()))
     }
 
     /// The batch as JSONL: a header line, then one line per result.
     pub fn to_jsonl(&self) -> Result<String, Error> {
-        let fmt_err = |e: serde_json::Error| Error::Format {
-            place: "batch".into(),
-            message: e.to_string(),
-        };
+        let fmt_err = |e: serde_json::Error| Error::format("batch", e.to_string());
         let mut out = serde_json::to_string(&self.header()).map_err(fmt_err)?;
         out.push('\n');
         for r in &self.results {
@@ -242,19 +236,19 @@ impl<T: Serialize + Clone> BatchResult<T> {
 
 fn check_header(h: &BatchHeader, place: &str) -> Result<(), Error> {
     if h.schema != BATCH_SCHEMA {
-        return Err(Error::Format {
-            place: place.into(),
-            message: format!("schema is {:?}, expected {BATCH_SCHEMA:?}", h.schema),
-        });
+        return Err(Error::format(
+            place,
+            format!("schema is {:?}, expected {BATCH_SCHEMA:?}", h.schema),
+        ));
     }
     if h.version == 0 || h.version > BATCH_SCHEMA_VERSION {
-        return Err(Error::Format {
-            place: place.into(),
-            message: format!(
+        return Err(Error::format(
+            place,
+            format!(
                 "unsupported schema version {} (this build reads 1..={BATCH_SCHEMA_VERSION})",
                 h.version
             ),
-        });
+        ));
     }
     Ok(())
 }
@@ -262,11 +256,12 @@ fn check_header(h: &BatchHeader, place: &str) -> Result<(), Error> {
 impl<T: DeserializeOwned> BatchResult<T> {
     /// Reads what [`to_json`](BatchResult::to_json) wrote.
     pub fn from_json(s: &str) -> Result<Self, Error> {
-        let doc: BatchDocument<Vec<ItemResult<T>>> =
-            serde_json::from_str(s).map_err(|e| Error::Format {
-                place: format!("batch JSON line {} column {}", e.line(), e.column()),
-                message: e.to_string(),
-            })?;
+        let doc: BatchDocument<Vec<ItemResult<T>>> = serde_json::from_str(s).map_err(|e| {
+            Error::format(
+                format!("batch JSON line {} column {}", e.line(), e.column()),
+                e.to_string(),
+            )
+        })?;
         check_header(&doc.header, "batch JSON")?;
         Ok(Self {
             results: doc.results,
@@ -280,22 +275,18 @@ impl<T: DeserializeOwned> BatchResult<T> {
     pub fn from_jsonl(s: &str) -> Result<Self, Error> {
         let mut lines = s.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
         let Some((_, first)) = lines.next() else {
-            return Err(Error::Format {
-                place: "batch JSONL line 1".into(),
-                message: "empty input: expected a header line".into(),
-            });
+            return Err(Error::format(
+                "batch JSONL line 1",
+                "empty input: expected a header line",
+            ));
         };
-        let header: BatchHeader = serde_json::from_str(first).map_err(|e| Error::Format {
-            place: "batch JSONL line 1".into(),
-            message: e.to_string(),
-        })?;
+        let header: BatchHeader = serde_json::from_str(first)
+            .map_err(|e| Error::format("batch JSONL line 1", e.to_string()))?;
         check_header(&header, "batch JSONL line 1")?;
         let mut results = Vec::new();
         for (n, line) in lines {
-            let r = serde_json::from_str(line).map_err(|e| Error::Format {
-                place: format!("batch JSONL line {}", n + 1),
-                message: e.to_string(),
-            })?;
+            let r = serde_json::from_str(line)
+                .map_err(|e| Error::format(format!("batch JSONL line {}", n + 1), e.to_string()))?;
             results.push(r);
         }
         Ok(Self {

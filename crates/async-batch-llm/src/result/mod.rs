@@ -9,7 +9,7 @@ mod termination;
 
 pub use batch::{BATCH_SCHEMA, BATCH_SCHEMA_VERSION, BatchResult, BatchStats, CategoryStats};
 pub use item::{ItemError, ItemResult, ItemTiming, TryTiming};
-pub use summary::{Percentiles, RunSummary, SummaryCollector, nearest_rank};
+pub use summary::{Percentiles, RunSummary, SummaryCollector};
 pub use termination::{Termination, TerminationReason};
 
 #[cfg(test)]

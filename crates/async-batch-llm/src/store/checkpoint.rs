@@ -181,10 +181,10 @@ impl<T> Checkpoint<T> {
                 Ok(Some(*r))
             }
             Decision::Run(_) => Ok(None),
-            Decision::Failed(message) => Err(Error::Format {
-                place: format!("checkpoint, item {}", item.id),
+            Decision::Failed(message) => Err(Error::format(
+                format!("checkpoint, item {}", item.id),
                 message,
-            }),
+            )),
         }
     }
 
@@ -309,10 +309,9 @@ impl<T> Checkpoint<T> {
         prompt: Option<Prompt>,
     ) -> Result<Record, Error> {
         let outcome = match &result.outcome {
-            Ok(t) => Ok((self.encode)(t).map_err(|e| Error::Format {
-                place: format!("item {}", result.id),
-                message: e,
-            })?),
+            Ok(t) => Ok(
+                (self.encode)(t).map_err(|e| Error::format(format!("item {}", result.id), e))?
+            ),
             Err(e) => Err(e.clone()),
         };
         let rec = Record {

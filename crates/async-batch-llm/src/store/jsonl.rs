@@ -71,17 +71,11 @@ impl std::fmt::Debug for JsonlStore {
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    Error::io(path.display().to_string(), source)
 }
 
 fn bad(path: &Path, line: u64, message: impl Into<String>) -> Error {
-    Error::Format {
-        place: format!("{}:{line}", path.display()),
-        message: message.into(),
-    }
+    Error::format(format!("{}:{line}", path.display()), message)
 }
 
 /// Longest span a chunk lookup reads at once.
@@ -337,26 +331,28 @@ impl JsonlStore {
     /// The bytes `from..to` of the file as text (whole lines, so whole
     /// characters).
     fn read_span(&self, from: u64, to: u64) -> Result<String, Error> {
-        let len = usize::try_from(to.saturating_sub(from)).map_err(|_| Error::Format {
-            place: format!("{} at byte {from}", self.path.display()),
-            message: "span too long to read".into(),
+        let len = usize::try_from(to.saturating_sub(from)).map_err(|_| {
+            Error::format(
+                format!("{} at byte {from}", self.path.display()),
+                "span too long to read",
+            )
         })?;
         let mut buf = vec![0u8; len];
         self.reader
             .read_exact_at(&mut buf, from)
             .map_err(|e| io(&self.path, e))?;
-        String::from_utf8(buf).map_err(|e| Error::Format {
-            place: format!("{} at byte {from}", self.path.display()),
-            message: e.to_string(),
+        String::from_utf8(buf).map_err(|e| {
+            Error::format(
+                format!("{} at byte {from}", self.path.display()),
+                e.to_string(),
+            )
         })
     }
 
     fn read(&self, offset: u64, len: u32) -> Result<Record, Error> {
         let text = self.read_line(offset, len)?;
-        Record::from_json(&text).map_err(|e| Error::Format {
-            place: format!("{} at byte {offset}", self.path.display()),
-            message: e,
-        })
+        Record::from_json(&text)
+            .map_err(|e| Error::format(format!("{} at byte {offset}", self.path.display()), e))
     }
 
     /// Where the latest lines of `ids` under `identity_fp` are.

@@ -42,10 +42,7 @@ pub struct StoreLock {
 }
 
 fn io(path: &Path, source: std::io::Error) -> Error {
-    Error::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    Error::io(path.display().to_string(), source)
 }
 
 fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
@@ -62,7 +59,7 @@ fn host() -> String {
 
 impl StoreLock {
     /// Takes the lock of the store at `store`, or fails at once with
-    /// [`Error::InUse`] naming the holder.
+    /// an error naming the holder ([`Error::is_in_use`]).
     pub fn acquire(store: &Path) -> Result<Self, Error> {
         let path = lock_path(store);
         for _ in 0..16 {
@@ -79,14 +76,14 @@ impl StoreLock {
                     let mut holder = String::new();
                     let _ = file.read_to_string(&mut holder);
                     let holder = holder.trim();
-                    return Err(Error::InUse {
-                        path: store.display().to_string(),
-                        holder: if holder.is_empty() {
+                    return Err(Error::in_use(
+                        store.display().to_string(),
+                        if holder.is_empty() {
                             "another process".to_owned()
                         } else {
                             holder.to_owned()
                         },
-                    });
+                    ));
                 }
                 Err(TryLockError::Error(e)) => return Err(io(&path, e)),
             }

@@ -69,10 +69,8 @@ impl EncodedRecord {
             identity_fp: r.identity_fp.clone(),
             ok: r.result.outcome.is_ok(),
             category: r.result.outcome.as_ref().err().map(|e| e.category.as_str()),
-            body: serde_json::to_string(r).map_err(|e| Error::Format {
-                place: format!("record {}", r.id),
-                message: e.to_string(),
-            })?,
+            body: serde_json::to_string(r)
+                .map_err(|e| Error::format(format!("record {}", r.id), e.to_string()))?,
         })
     }
 }
@@ -130,10 +128,7 @@ pub trait CheckpointStore: Send + Sync + 'static {
                     .map(|r| {
                         serde_json::to_string(&r)
                             .map(StoredLine::from)
-                            .map_err(|e| Error::Format {
-                                place: format!("record {id}"),
-                                message: e.to_string(),
-                            })
+                            .map_err(|e| Error::format(format!("record {id}"), e.to_string()))
                     })
                     .transpose()
             })

@@ -46,10 +46,10 @@ impl Drop for Writer {
 }
 
 fn gone(id: &str) -> Error {
-    Error::Format {
-        place: format!("checkpoint, item {id}"),
-        message: "the checkpoint writer has stopped".into(),
-    }
+    Error::format(
+        format!("checkpoint, item {id}"),
+        "the checkpoint writer has stopped",
+    )
 }
 
 impl Writer {
@@ -64,7 +64,7 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("abl-checkpoint".into())
             .spawn(move || run(&*store, rx, rows.max(1), delay))
-            .map_err(|e| Error::Config(format!("cannot start the checkpoint writer: {e}")))?;
+            .map_err(|e| Error::config(format!("cannot start the checkpoint writer: {e}")))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
@@ -81,10 +81,7 @@ impl Writer {
             .map_err(|_| gone(&id))?;
         match done.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(Error::Format {
-                place: format!("checkpoint, item {id}"),
-                message,
-            }),
+            Ok(Err(message)) => Err(Error::format(format!("checkpoint, item {id}"), message)),
             Err(_) => Err(gone(&id)),
         }
     }

@@ -197,7 +197,7 @@ impl Model for AnthropicModel {
             .endpoint
             .post_json("v1/messages", &body, &[], request.timeout)
             .await?;
-        Self::parse_response(&v, id)
+        self.endpoint.with_raw(Self::parse_response(&v, id), v)
     }
 
     fn name(&self) -> &str {

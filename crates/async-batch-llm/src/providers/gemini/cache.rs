@@ -199,8 +199,11 @@ fn parse_expiry(text: &str) -> Option<Duration> {
     crate::time::parse_rfc3339(text).map(|at| crate::time::until(at, std::time::SystemTime::now()))
 }
 
-fn is_cache_gone(e: &CallError) -> bool {
-    matches!(e.status(), Some(403 | 404)) && e.message().to_lowercase().contains("cachedcontent")
+/// The status Gemini answers for a cache that is not there: 404, or 403
+/// ("CachedContent not found (or permission denied)"), which is also its
+/// answer to other permission problems.
+fn may_be_gone(e: &CallError) -> bool {
+    matches!(e.status(), Some(403 | 404))
 }
 
 impl GeminiCachedModel {
@@ -214,21 +217,21 @@ impl GeminiCachedModel {
         options: CacheOptions,
     ) -> Result<Self, Error> {
         if options.renewal_buffer >= options.ttl {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "the cache renewal buffer ({:?}) must be shorter than its TTL ({:?})",
                 options.renewal_buffer, options.ttl
             )));
         }
         if options.ttl < Duration::from_secs(1) {
-            return Err(Error::Config("the cache TTL must be at least 1 s".into()));
+            return Err(Error::config("the cache TTL must be at least 1 s"));
         }
         if model.config().system_instruction.is_some() {
-            return Err(Error::Config(
-                "a cached Gemini model takes its system instruction from the cached content, not from the model".into(),
+            return Err(Error::config(
+                "a cached Gemini model takes its system instruction from the cached content, not from the model",
             ));
         }
         if options.tags.contains_key(CONTENT_TAG) {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "the cache tag '{CONTENT_TAG}' is reserved"
             )));
         }
@@ -245,7 +248,7 @@ impl GeminiCachedModel {
         );
         let display_name = format!("{TAG_PREFIX}{}", json!(tags));
         if display_name.chars().count() > MAX_DISPLAY_NAME {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "cache tags are too long: the display name would have {} characters (at most {MAX_DISPLAY_NAME})",
                 display_name.chars().count()
             )));
@@ -453,6 +456,16 @@ impl GeminiCachedModel {
         live_of(&st)
     }
 
+    /// Whether the cache `name` is gone, asked of the provider: a 403 or
+    /// 404 to a call naming a cache may be a missing cache or a plain
+    /// permission problem, and only a lookup tells them apart.
+    async fn is_gone(&self, name: &str) -> bool {
+        match self.call(reqwest::Method::GET, name, None).await {
+            Ok(_) => false,
+            Err(e) => may_be_gone(&e),
+        }
+    }
+
     /// Deletes the cache in use. Safe to call concurrently: one provider
     /// delete; later calls find nothing to delete. A later `generate`
     /// prepares a new cache.
@@ -464,7 +477,7 @@ impl GeminiCachedModel {
         st.generation += 1;
         match self.call(reqwest::Method::DELETE, &live.name, None).await {
             Ok(_) => Ok(()),
-            Err(e) if is_cache_gone(&e) => Ok(()),
+            Err(e) if may_be_gone(&e) && self.is_gone(&live.name).await => Ok(()),
             Err(e) => {
                 st.live = Some(live);
                 Err(e)
@@ -501,7 +514,7 @@ impl Model for GeminiCachedModel {
         loop {
             let body = self.inner.request_body(request, Some(&live.name))?;
             match self.inner.send(&body, request).await {
-                Err(e) if !retried && is_cache_gone(&e) => {
+                Err(e) if !retried && may_be_gone(&e) && self.is_gone(&live.name).await => {
                     live = self.replace(&live).await?;
                     retried = true;
                 }

@@ -141,7 +141,7 @@ impl GeminiModel {
             .endpoint
             .post_json(&path, body, &[], req.timeout)
             .await?;
-        Self::parse_response(&v, id)
+        self.endpoint.with_raw(Self::parse_response(&v, id), v)
     }
 
     /// Reads a `generateContent` body.

@@ -61,7 +61,7 @@ fn error_fields(body: Option<&Value>) -> (Option<String>, String, String) {
 
 /// Classifies a non-success response (or an error inside a 200 body, with
 /// `status` taken from the body's code when it has one).
-pub fn classify_error(status: u16, headers: &HeaderMap, body: Option<&Value>) -> CallError {
+pub(crate) fn classify_error(status: u16, headers: &HeaderMap, body: Option<&Value>) -> CallError {
     let (msg, kind, code) = error_fields(body);
     let text = format!("{kind} {code} {}", msg.as_deref().unwrap_or_default()).to_ascii_lowercase();
     let message = match &msg {
@@ -100,6 +100,9 @@ pub fn classify_error(status: u16, headers: &HeaderMap, body: Option<&Value>) ->
             ErrorCategory::ClientError
         };
     let mut err = CallError::new(category, message).with_status(status);
+    if let Some(c) = code.split_whitespace().rev().find(|c| !c.is_empty()) {
+        err = err.with_provider_code(c);
+    }
     if category == ErrorCategory::RateLimit {
         err = err.with_retry_after(retry_hint(headers, body));
     }

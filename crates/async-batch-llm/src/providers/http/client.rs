@@ -19,6 +19,11 @@ pub struct HttpOptions {
     pub connect_timeout: Duration,
     /// Used when a request carries no timeout of its own (120 s).
     pub default_timeout: Duration,
+    /// Keep each successful response's JSON body in [`LlmResponse::raw`]
+    /// (off: a body can be large, and most runs never look at it).
+    ///
+    /// [`LlmResponse::raw`]: crate::LlmResponse::raw
+    pub keep_raw: bool,
 }
 
 impl Default for HttpOptions {
@@ -27,6 +32,7 @@ impl Default for HttpOptions {
             max_connections: 64,
             connect_timeout: Duration::from_secs(10),
             default_timeout: Duration::from_secs(120),
+            keep_raw: false,
         }
     }
 }
@@ -46,7 +52,7 @@ impl Http {
             .tcp_nodelay(true)
             .user_agent(concat!("async-batch-llm/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+            .map_err(|e| Error::config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             client,
             default_timeout: options.default_timeout,
@@ -142,6 +148,7 @@ pub(crate) struct Endpoint {
     base_url: String,
     headers: Vec<(&'static str, String)>,
     scope: String,
+    keep_raw: bool,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -170,6 +177,22 @@ impl Endpoint {
             base_url: base_url.trim_end_matches('/').to_owned(),
             headers,
             scope,
+            keep_raw: options.keep_raw,
+        })
+    }
+
+    /// Puts `body` into `response.raw` when [`HttpOptions::keep_raw`] asks
+    /// for it.
+    pub(crate) fn with_raw(
+        &self,
+        response: Result<crate::model::LlmResponse, CallError>,
+        body: Value,
+    ) -> Result<crate::model::LlmResponse, CallError> {
+        response.map(|mut r| {
+            if self.keep_raw {
+                r.raw = Some(body);
+            }
+            r
         })
     }
 

@@ -15,7 +15,7 @@ use crate::time::{parse_http_date, secs_f64, until};
 /// plain number of seconds. `None` for anything else (negative numbers,
 /// unknown units, `NaN`); values past [`crate::time::MAX_DURATION`] are
 /// clamped to it.
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
+pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
         return secs_f64(secs);
@@ -212,7 +212,7 @@ mod tests {
             let got = retry_hint(&HeaderMap::new(), Some(&body));
             prop_assert!(got.is_none_or(|d| d <= MAX_DURATION));
             for status in [429u16, 503] {
-                let e = crate::providers::classify_error(status, &h, Some(&body));
+                let e = super::super::classify::classify_error(status, &h, Some(&body));
                 prop_assert!(e.retry_after().is_none_or(|d| d <= MAX_DURATION));
             }
         }

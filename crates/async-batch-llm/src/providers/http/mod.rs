@@ -7,7 +7,7 @@ mod client;
 mod hints;
 
 pub(crate) use classify::shape_error;
-pub use classify::{classify_error, parse_body};
+pub use classify::parse_body;
 pub(crate) use client::Endpoint;
 pub use client::HttpOptions;
-pub use hints::{parse_go_duration, retry_hint};
+pub use hints::retry_hint;

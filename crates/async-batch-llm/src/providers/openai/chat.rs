@@ -204,7 +204,7 @@ impl Model for ChatModel {
             .endpoint
             .post_json("chat/completions", &body, &extra, request.timeout)
             .await?;
-        Self::parse_response(&v, id)
+        self.endpoint.with_raw(Self::parse_response(&v, id), v)
     }
 
     fn name(&self) -> &str {

@@ -136,7 +136,7 @@ impl Model for OpenAiModel {
             .endpoint
             .post_json("responses", &body, &[], request.timeout)
             .await?;
-        Self::parse_response(&v, id)
+        self.endpoint.with_raw(Self::parse_response(&v, id), v)
     }
 
     fn name(&self) -> &str {

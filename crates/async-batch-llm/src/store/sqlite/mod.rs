@@ -110,10 +110,8 @@ impl CheckpointStore for SqliteStore {
     fn lookup(&self, identity_fp: &str, id: &str) -> Result<Option<Record>, Error> {
         let body = self.by_key(&self.reader(), identity_fp, id)?;
         body.map(|b| {
-            Record::from_json(&b).map_err(|m| Error::Format {
-                place: format!("{}: record {id}", self.path.display()),
-                message: m,
-            })
+            Record::from_json(&b)
+                .map_err(|m| Error::format(format!("{}: record {id}", self.path.display()), m))
         })
         .transpose()
     }
@@ -149,7 +147,7 @@ impl CheckpointStore for SqliteStore {
 
     fn write_batch(&self, records: &[EncodedRecord]) -> Result<(), Error> {
         let Some(w) = &self.writer else {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "{}: opened read-only",
                 self.path.display()
             )));
@@ -198,10 +196,8 @@ impl CheckpointStore for SqliteStore {
         while let Some(row) = rows.next().map_err(|e| db(&self.path, &e))? {
             let id: String = row.get(0).map_err(|e| db(&self.path, &e))?;
             let body: String = row.get(1).map_err(|e| db(&self.path, &e))?;
-            f(Record::from_json(&body).map_err(|m| Error::Format {
-                place: format!("{}: record {id}", self.path.display()),
-                message: m,
-            })?)?;
+            f(Record::from_json(&body)
+                .map_err(|m| Error::format(format!("{}: record {id}", self.path.display()), m))?)?;
         }
         Ok(())
     }

@@ -64,19 +64,16 @@ pub(super) fn db(path: &Path, e: &rusqlite::Error) -> Error {
 }
 
 pub(super) fn db_message(path: &Path, message: &str) -> Error {
-    Error::Format {
-        place: path.display().to_string(),
-        message: format!("SQLite: {message}"),
-    }
+    Error::format(path.display().to_string(), format!("SQLite: {message}"))
 }
 
 fn refuse(path: &Path, what: &str) -> Error {
-    Error::Format {
-        place: path.display().to_string(),
-        message: format!(
+    Error::format(
+        path.display().to_string(),
+        format!(
             "not an abl checkpoint ({what}); it was left untouched: give --checkpoint a new file or an existing checkpoint"
         ),
-    }
+    )
 }
 
 const SCHEMA: &str = "
@@ -191,10 +188,7 @@ fn check_integrity(c: &Connection, path: &Path) -> Result<(), Error> {
 }
 
 fn to_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<String, Error> {
-    serde_json::to_string(v).map_err(|e| Error::Format {
-        place: path.display().to_string(),
-        message: e.to_string(),
-    })
+    serde_json::to_string(v).map_err(|e| Error::format(path.display().to_string(), e.to_string()))
 }
 
 /// Creates the layout-2 tables and marks the file as ours.
@@ -345,10 +339,10 @@ impl SqliteStore {
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
         if !path.exists() {
-            return Err(Error::Io {
-                path: path.display().to_string(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            });
+            return Err(Error::io(
+                path.display().to_string(),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
         }
         let r = Connection::open_with_flags(
             &path,
@@ -445,10 +439,8 @@ pub(super) fn read_manifest(c: &Connection, path: &Path) -> Result<Option<Manife
         .optional()
         .map_err(|e| db(path, &e))?;
     json.map(|j| {
-        serde_json::from_str(&j).map_err(|e| Error::Format {
-            place: path.display().to_string(),
-            message: format!("bad manifest: {e}"),
-        })
+        serde_json::from_str(&j)
+            .map_err(|e| Error::format(path.display().to_string(), format!("bad manifest: {e}")))
     })
     .transpose()
 }
@@ -588,7 +580,7 @@ mod tests {
         let path = dir.path().join("run.sqlite");
         let s = SqliteStore::open(&path, &identity("m"), Durability::Normal).unwrap();
         let e = SqliteStore::open(&path, &identity("m"), Durability::Normal).unwrap_err();
-        assert!(matches!(e, Error::InUse { .. }), "{e}");
+        assert!(e.is_in_use(), "{e}");
         assert!(SqliteStore::open_read_only(&path).is_ok());
         drop(s);
         assert!(SqliteStore::open(&path, &identity("m"), Durability::Normal).is_ok());

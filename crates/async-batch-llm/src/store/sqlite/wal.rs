@@ -66,7 +66,7 @@ impl Checkpointer {
                     wal_round(&c, reset_frames);
                 }
             })
-            .map_err(|e| Error::Config(format!("cannot start the WAL checkpointer: {e}")))?;
+            .map_err(|e| Error::config(format!("cannot start the WAL checkpointer: {e}")))?;
         Ok(Self {
             stop,
             thread: Some(thread),
