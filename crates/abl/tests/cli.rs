@@ -34,7 +34,7 @@ fn jsonl_end_to_end_item_by_item() {
         assert_eq!(o["output"], i["prompt"]);
         assert_eq!(o["context"]["lang"], i["lang"]);
         assert_eq!(o["replayed"], false);
-        assert!(o["usage"]["total"].as_u64().unwrap() > 0);
+        assert!(o["usage"]["total_tokens"].as_u64().unwrap() > 0);
     }
     assert!(
         stderr(&o).contains("Batch completed: 200 items, 200 succeeded, 0 failed"),

@@ -10,29 +10,39 @@ use serde::{Deserialize, Serialize};
 
 /// Tokens consumed by one or more billed calls.
 ///
+/// Serialized with the seed's names (`input_tokens`, `output_tokens`,
+/// `total_tokens`, `cached_input_tokens`, plus `reasoning_tokens` and
+/// `cache_write_input_tokens`); the short names of earlier records
+/// (`input`, `output`…) are still read.
+///
 /// `total` is explicit because some providers report a total that is not
 /// `input + output` (reasoning or tool tokens); [`TokenUsage::new`] fills it
 /// with the sum when the provider gives none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TokenUsage {
     /// Input (prompt) tokens, cached ones included.
-    #[serde(default)]
+    #[serde(default, rename = "input_tokens", alias = "input")]
     pub input: u64,
     /// Output (completion) tokens, reasoning tokens included.
-    #[serde(default)]
+    #[serde(default, rename = "output_tokens", alias = "output")]
     pub output: u64,
     /// Total tokens as reported, or `input + output`.
-    #[serde(default)]
+    #[serde(default, rename = "total_tokens", alias = "total")]
     pub total: u64,
     /// The part of `input` served from a prompt cache (billed at a lower rate).
-    #[serde(default)]
+    #[serde(default, rename = "cached_input_tokens", alias = "cached_input")]
     pub cached_input: u64,
     /// The part of `output` spent on reasoning, when the provider reports it.
-    #[serde(default)]
+    #[serde(default, rename = "reasoning_tokens", alias = "reasoning")]
     pub reasoning: u64,
     /// The part of `input` written to a prompt cache (Anthropic bills it at
     /// a higher rate).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        rename = "cache_write_input_tokens",
+        alias = "cache_write_input",
+        skip_serializing_if = "is_zero"
+    )]
     pub cache_write_input: u64,
 }
 

@@ -1,12 +1,13 @@
 //! The record format: one JSON object per stored result, the same for both
 //! stores (a line of a JSONL checkpoint, the `body` of a SQLite row).
 //!
-//! Version 2 (written by this build):
+//! Version 3 (written by this build):
 //!
 //! ```text
-//! {"v":2,"id":ID,"item_fp":HEX,"identity_fp":HEX,
+//! {"v":3,"id":ID,"item_fp":HEX,"identity_fp":HEX,
 //!  "result":{"id":ID,"ok":true,"output":OUTPUT | "ok":false,"error":{…},
-//!            "usage":{"input":N,"output":N,"total":N, cached_input, reasoning, cache_write_input},
+//!            "usage":{"input_tokens":N,"output_tokens":N,"total_tokens":N,
+//!                     cached_input_tokens, reasoning_tokens, cache_write_input_tokens},
 //!            "attempts":N,"tries":N,
 //!            "timing":{"total_ms":MS, cooldown_wait_ms, admission_wait_ms, execution_ms,
 //!                      backoff_ms, tries},
@@ -21,8 +22,11 @@
 //! it. A resume parses every stored record, so a short record is a faster
 //! resume.
 //!
-//! Version 1 carried every field, plus the publication's `index` and
-//! `replayed` flag inside `result`; it is still read.
+//! Version 2 named the usage fields `input`, `output`, `total`,
+//! `cached_input`, `reasoning` and `cache_write_input`; version 3 uses the
+//! seed's `TokenUsage` names. Version 1 carried every field, plus the
+//! publication's `index` and `replayed` flag inside `result`. Both are
+//! still read.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -38,7 +42,7 @@ use crate::time::duration_ms;
 use crate::usage::TokenUsage;
 
 /// Version of the record format this build writes (it reads 1..=this).
-pub const RECORD_VERSION: u32 = 2;
+pub const RECORD_VERSION: u32 = 3;
 
 /// One stored result.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,12 +102,12 @@ impl Serialize for Record {
                 output: r.outcome.as_ref().ok(),
                 error: r.outcome.as_ref().err(),
                 usage: UsageOut {
-                    input: r.usage.input,
-                    output: r.usage.output,
-                    total: r.usage.total,
-                    cached_input: r.usage.cached_input,
-                    reasoning: r.usage.reasoning,
-                    cache_write_input: r.usage.cache_write_input,
+                    input_tokens: r.usage.input,
+                    output_tokens: r.usage.output,
+                    total_tokens: r.usage.total,
+                    cached_input_tokens: r.usage.cached_input,
+                    reasoning_tokens: r.usage.reasoning,
+                    cache_write_input_tokens: r.usage.cache_write_input,
                 },
                 attempts: r.attempts,
                 tries: r.tries,
@@ -176,15 +180,15 @@ struct ResultOut<'a> {
 
 #[derive(Serialize)]
 struct UsageOut {
-    input: u64,
-    output: u64,
-    total: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    total_tokens: u64,
     #[serde(skip_serializing_if = "is_zero")]
-    cached_input: u64,
+    cached_input_tokens: u64,
     #[serde(skip_serializing_if = "is_zero")]
-    reasoning: u64,
+    reasoning_tokens: u64,
     #[serde(skip_serializing_if = "is_zero")]
-    cache_write_input: u64,
+    cache_write_input_tokens: u64,
 }
 
 #[derive(Serialize)]
@@ -403,7 +407,7 @@ mod tests {
     fn one_plain_try_and_zero_fields_are_left_out_and_read_back() {
         let r = record(one_try(), Ok(serde_json::json!({"label": "x"})));
         let line = serde_json::to_string(&r).unwrap();
-        assert!(line.starts_with(r#"{"v":2,"id":"a\"1","#), "{line}");
+        assert!(line.starts_with(r#"{"v":3,"id":"a\"1","#), "{line}");
         for absent in [
             "\"tries\":[",
             "index",
@@ -413,7 +417,7 @@ mod tests {
         ] {
             assert!(!line.contains(absent), "{absent} in {line}");
         }
-        assert!(line.contains(r#""cached_input":4"#));
+        assert!(line.contains(r#""cached_input_tokens":4"#), "{line}");
         assert_eq!(Record::from_json(&line).unwrap(), r);
     }
 
@@ -525,16 +529,37 @@ mod tests {
         assert_eq!(r.result.usage.total, 40);
         assert_eq!(r.result.timing.execution, Duration::from_micros(5686));
         assert_eq!(r.result.timing.tries.len(), 1);
-        // Written again, it is version 2 and reads back the same.
+        // Written again, it is version 3 and reads back the same.
         let again = Record::from_json(&serde_json::to_string(&r).unwrap()).unwrap();
-        assert_eq!(again.v, 2);
+        assert_eq!(again.v, 3);
         assert_eq!(again.result, r.result);
     }
 
     #[test]
+    fn version_2_records_are_read_and_rewritten_with_the_seeds_usage_names() {
+        let v2 = r#"{"v":2,"id":"t","item_fp":"e","identity_fp":"a","result":{"id":"t","ok":true,"output":"x","usage":{"input":20,"output":5,"total":25,"cached_input":4,"reasoning":2,"cache_write_input":3},"attempts":1,"tries":1,"timing":{"total_ms":1.5}}}"#;
+        let r = Record::from_json(v2).unwrap();
+        assert_eq!(r.v, 2);
+        assert_eq!(
+            r.result.usage,
+            TokenUsage::new(20, 5)
+                .with_cached_input(4)
+                .with_reasoning(2)
+                .with_cache_write_input(3)
+        );
+        let v3 = serde_json::to_string(&r).unwrap();
+        assert!(v3.starts_with(r#"{"v":3,"#), "{v3}");
+        assert!(
+            v3.contains(r#""usage":{"input_tokens":20,"output_tokens":5,"total_tokens":25,"cached_input_tokens":4,"reasoning_tokens":2,"cache_write_input_tokens":3}"#),
+            "{v3}"
+        );
+        assert_eq!(Record::from_json(&v3).unwrap().result, r.result);
+    }
+
+    #[test]
     fn unsound_and_future_records_are_refused() {
-        let future = r#"{"v":3,"id":"x","item_fp":"e","identity_fp":"a","result":{"id":"x","ok":true,"output":1,"attempts":1,"tries":1,"timing":{"total_ms":1}}}"#;
-        assert!(Record::from_json(future).unwrap_err().contains("version 3"));
+        let future = r#"{"v":4,"id":"x","item_fp":"e","identity_fp":"a","result":{"id":"x","ok":true,"output":1,"attempts":1,"tries":1,"timing":{"total_ms":1}}}"#;
+        assert!(Record::from_json(future).unwrap_err().contains("version 4"));
         let no_output = r#"{"v":2,"id":"x","item_fp":"e","identity_fp":"a","result":{"id":"x","ok":true,"attempts":1,"tries":1,"timing":{"total_ms":1}}}"#;
         assert!(
             Record::from_json(no_output)

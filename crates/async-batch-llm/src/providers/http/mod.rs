@@ -6,8 +6,8 @@ mod classify;
 mod client;
 mod hints;
 
-pub(crate) use classify::shape_error;
 pub use classify::parse_body;
+pub(crate) use classify::shape_error;
 pub(crate) use client::Endpoint;
 pub use client::HttpOptions;
 pub use hints::retry_hint;
