@@ -179,6 +179,7 @@ struct ResultOut<'a> {
 }
 
 #[derive(Serialize)]
+#[allow(clippy::struct_field_names)] // the seed's names
 struct UsageOut {
     input_tokens: u64,
     output_tokens: u64,
