@@ -87,6 +87,28 @@
 //! - [`call`] / [`call_result`]: one resilient call.
 //! - [`CallPool`]: a long-lived shared executor for services.
 //!
+//! ## Cargo features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `openai` | yes | OpenAI Responses, Chat Completions, OpenRouter, DeepSeek, any OpenAI-compatible server |
+//! | `gemini` | yes | Gemini `generateContent` and `providers::GeminiCachedModel` |
+//! | `anthropic` | yes | Anthropic Messages and prompt caching |
+//! | `sqlite` | yes | `store::SqliteStore` (SQLite, built from source) |
+//! | `tiktoken` | no | `TiktokenEstimator`: OpenAI's tokenizer for TPM estimates |
+//!
+//! A `provider:model` spec of a family that is not built in is a
+//! configuration error naming the feature. With
+//! `default-features = false` the engine, the JSONL store and your own
+//! [`Model`]s and [`Strategy`]s remain.
+//!
+//! ## What is where
+//!
+//! Everything a program names is at the crate root, except four groups
+//! that keep their own module: [`providers`] (the HTTP models and the
+//! `provider:model` factory), [`store`] (checkpoints), [`testing`] (fakes
+//! for your own tests) and [`secret`] (keeping keys out of messages).
+//!
 //! Quota scopes are names ([`default_scope_name`]): runs whose strategies
 //! resolve to the same provider, key and model share one cooldown when they
 //! share a [`ScopeRegistry`].

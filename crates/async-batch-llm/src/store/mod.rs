@@ -29,6 +29,7 @@ mod identity;
 mod jsonl;
 mod lock;
 mod record;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 mod writer;
 
@@ -40,6 +41,7 @@ pub use identity::{Identity, KnownIdentity, Manifest, item_fingerprint};
 pub use jsonl::JsonlStore;
 pub use lock::{StoreLock, lock_path};
 pub use record::{RECORD_VERSION, Record};
+#[cfg(feature = "sqlite")]
 pub use sqlite::{Durability, SqliteStore};
 
 use crate::error::Error;

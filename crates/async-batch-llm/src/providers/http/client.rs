@@ -72,6 +72,7 @@ impl Http {
     }
 
     /// Sends a request with any method (JSON body optional).
+    #[cfg_attr(not(feature = "gemini"), allow(dead_code))]
     pub(crate) async fn request(
         &self,
         method: reqwest::Method,
@@ -232,6 +233,7 @@ impl Endpoint {
     }
 
     /// Sends a request with any method to `path`; returns the raw reply.
+    #[cfg_attr(not(feature = "gemini"), allow(dead_code))]
     pub(crate) async fn request(
         &self,
         method: reqwest::Method,
