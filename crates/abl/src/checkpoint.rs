@@ -12,7 +12,7 @@ use async_batch_llm::store::{
 };
 use serde_json::Value;
 
-use crate::run::{UsageError, exit};
+use crate::exit::{self, UsageError};
 use crate::settings::{CheckpointPlan, RunPlan};
 
 fn usage(msg: impl Into<String>) -> UsageError {

@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod cli;
+mod exit;
 mod input;
 mod model;
 mod paths;
@@ -34,7 +35,7 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             progress::eprintln_safe(&format!("abl: error: cannot start the runtime: {e}"));
-            std::process::exit(run::exit::USAGE);
+            std::process::exit(exit::USAGE);
         }
     };
     let code = rt.block_on(async {
@@ -51,16 +52,16 @@ fn main() {
         match result {
             Ok(code) => code,
             Err(e) => {
-                let usage = e.downcast_ref::<run::UsageError>().is_some();
+                let usage = e.downcast_ref::<exit::UsageError>().is_some();
                 let message = format!("{e:#}");
                 progress::eprintln_safe(&format!(
                     "abl: error: {}",
                     async_batch_llm::secret::redact(&message)
                 ));
                 if usage {
-                    run::exit::USAGE
+                    exit::USAGE
                 } else {
-                    run::exit::SOME_FAILED
+                    exit::SOME_FAILED
                 }
             }
         }
@@ -72,7 +73,7 @@ fn main() {
 
 async fn mock_server(config: abl_mock::MockConfig) -> anyhow::Result<i32> {
     let server = abl_mock::MockServer::start(config).await.map_err(|e| {
-        anyhow::Error::new(run::UsageError(format!(
+        anyhow::Error::new(exit::UsageError(format!(
             "cannot start the mock server: {e}"
         )))
     })?;
@@ -90,5 +91,5 @@ async fn mock_server(config: abl_mock::MockConfig) -> anyhow::Result<i32> {
     let _ = out.flush();
     let _ = tokio::signal::ctrl_c().await;
     server.shutdown().await;
-    Ok(run::exit::OK)
+    Ok(exit::OK)
 }

@@ -10,7 +10,7 @@ use async_batch_llm::providers::{ApiKey, HttpOptions, ModelOptions, llm_with};
 use async_batch_llm::{DynModel, Model as _, ResponseSchema};
 use serde_json::Value;
 
-use crate::run::UsageError;
+use crate::exit::UsageError;
 use crate::settings::ModelChoice;
 
 /// The mock server of a `mock:` run; dropping it stops the server.

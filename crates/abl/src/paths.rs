@@ -20,7 +20,7 @@ use std::io::{BufWriter, Write as _};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
-use crate::run::UsageError;
+use crate::exit::UsageError;
 use crate::settings::{InputSource, RunPlan};
 
 /// The suffix of an output being written.

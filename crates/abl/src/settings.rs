@@ -15,8 +15,8 @@ use async_batch_llm::{
 };
 
 use crate::cli::{EstimatorArg, ResumeArg, RunArgs, StopModeArg};
+use crate::exit::UsageError;
 use crate::input::{Format, Mapping, Template};
-use crate::run::UsageError;
 
 /// One day, in seconds.
 const DAY: f64 = 86_400.0;

@@ -11,8 +11,8 @@ use async_batch_llm::{ItemResult, RunSummary, SummaryCollector, Termination};
 use serde_json::Value;
 
 use crate::checkpoint::{is_sqlite, open_read_only};
+use crate::exit::{self, UsageError};
 use crate::progress::print_safe;
-use crate::run::{UsageError, exit};
 
 fn usage(msg: impl Into<String>) -> UsageError {
     UsageError(msg.into())

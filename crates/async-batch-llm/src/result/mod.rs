@@ -4,11 +4,13 @@
 
 mod batch;
 mod item;
+mod stats;
 mod summary;
 mod termination;
 
-pub use batch::{BATCH_SCHEMA, BATCH_SCHEMA_VERSION, BatchResult, BatchStats, CategoryStats};
+pub use batch::{BATCH_SCHEMA, BATCH_SCHEMA_VERSION, BatchResult};
 pub use item::{ItemError, ItemResult, ItemTiming, TryTiming};
+pub use stats::{BatchStats, CategoryStats};
 pub use summary::{Percentiles, RunSummary, SummaryCollector};
 pub use termination::{Termination, TerminationReason};
 

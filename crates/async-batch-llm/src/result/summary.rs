@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::batch::BatchStats;
 use super::item::ItemResult;
+use super::stats::BatchStats;
 use super::termination::Termination;
 use crate::time::{duration_ms, micros};
 use crate::usage::Prices;

@@ -5,6 +5,7 @@
 //! [`open`] opens and checks a store, [`wal`] keeps its WAL bounded, and
 //! [`scan`] reads ahead for resumes.
 
+mod errors;
 mod open;
 mod scan;
 mod wal;
@@ -15,7 +16,7 @@ use std::sync::{Mutex, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use open::{db, db_message};
+use errors::{db, db_message};
 use scan::Scan;
 use wal::Checkpointer;
 

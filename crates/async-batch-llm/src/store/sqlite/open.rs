@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 
+use super::errors::{db, db_message};
 use super::scan::Scan;
 use super::wal::Checkpointer;
 use super::{Durability, Layout, SqliteStore};
@@ -57,14 +58,6 @@ fn open_readers(path: &Path) -> Result<Vec<Mutex<Connection>>, Error> {
             .map_err(|e| db(path, &e))
         })
         .collect()
-}
-
-pub(super) fn db(path: &Path, e: &rusqlite::Error) -> Error {
-    db_message(path, &e.to_string())
-}
-
-pub(super) fn db_message(path: &Path, message: &str) -> Error {
-    Error::format(path.display().to_string(), format!("SQLite: {message}"))
 }
 
 fn refuse(path: &Path, what: &str) -> Error {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
-use super::open::db;
+use super::errors::db;
 use crate::error::Error;
 use crate::store::StoredLine;
 

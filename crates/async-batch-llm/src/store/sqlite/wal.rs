@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::open::db;
+use super::errors::db;
 use crate::error::Error;
 
 /// Copies the WAL into the database from its own thread and connection,
