@@ -22,29 +22,6 @@ pub struct Cached {
     expires: SystemTime,
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = i64::try_from(days).unwrap_or(i64::MAX / 2) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
-    )
-}
-
 /// Parses a protobuf duration such as `"3600s"` or `"1.5s"`.
 pub fn parse_ttl(s: &str) -> Option<Duration> {
     let n: f64 = s.strip_suffix('s')?.parse().ok()?;
@@ -58,9 +35,9 @@ impl Cached {
             "name": self.name,
             "model": self.model,
             "displayName": self.display_name,
-            "createTime": rfc3339(self.created),
-            "updateTime": rfc3339(self.updated),
-            "expireTime": rfc3339(self.expires),
+            "createTime": crate::rfc3339::format(self.created),
+            "updateTime": crate::rfc3339::format(self.updated),
+            "expireTime": crate::rfc3339::format(self.expires),
             "usageMetadata": {"totalTokenCount": self.tokens},
         })
     }
@@ -149,13 +126,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_and_ttls() {
-        assert_eq!(
-            rfc3339(SystemTime::UNIX_EPOCH),
-            "1970-01-01T00:00:00.000000Z"
-        );
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_251_199);
-        assert_eq!(rfc3339(t), "2024-02-29T23:59:59.000000Z");
+    fn ttls() {
         assert_eq!(parse_ttl("3600s"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_ttl("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_ttl("3600"), None);

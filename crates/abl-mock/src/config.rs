@@ -249,6 +249,10 @@ pub struct MockConfig {
     /// `GET /requests`.
     #[arg(long)]
     pub record_requests: bool,
+    /// Answer every model request with the response recorded in this JSON
+    /// file (`{"status", "headers", "body"}`), e.g. one a real provider sent.
+    #[arg(long, value_parser = crate::replay::Replay::boxed_from_file)]
+    pub replay: Option<Box<crate::replay::Replay>>,
 }
 
 impl Default for MockConfig {
@@ -281,6 +285,7 @@ impl Default for MockConfig {
             cooldown_grace_ms: 100,
             no_auth: false,
             record_requests: false,
+            replay: None,
         }
     }
 }

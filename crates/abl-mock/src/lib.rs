@@ -15,6 +15,8 @@
 //! - Strict RPM/TPM quotas over a rolling window, answering 429 with the
 //!   usual headers.
 //! - `GET /stats` ([`Stats`]), `GET /stats/prompts`, `POST /reset`.
+//! - Or one recorded response for every request ([`Replay`]), to see what a
+//!   client makes of a body a real provider sent.
 //!
 //! Token counts are a quarter of the characters, rounded up.
 //!
@@ -29,6 +31,9 @@ mod cache;
 pub mod config;
 pub mod markers;
 mod quota;
+mod rate_headers;
+mod replay;
+mod rfc3339;
 pub mod schema;
 mod server;
 mod stats;
@@ -39,6 +44,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use config::{Fault, Hint, MockConfig, ReplyMode};
+pub use replay::Replay;
 pub use server::tokens;
 pub use stats::{CacheOps, Recorded, Stats};
 

@@ -1,25 +1,37 @@
 //! Strict requests-per-minute and tokens-per-minute quotas over a rolling
-//! window, as a provider enforces them. Rejected requests consume nothing.
+//! window, as a provider enforces them, and the standing a provider reports
+//! in its rate-limit headers after each request. Rejected requests consume
+//! nothing.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Why a request was refused, and the headers to say so.
+/// Where a quota stands after a request: what the `x-ratelimit-*` and
+/// `anthropic-ratelimit-*` headers of the reply say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// The request limit per window.
+    pub limit_requests: u64,
+    /// Requests left in the window.
+    pub remaining_requests: u64,
+    /// The token limit per window, if there is one.
+    pub limit_tokens: Option<u64>,
+    /// Tokens left in the window (`u64::MAX` without a token limit).
+    pub remaining_tokens: u64,
+    /// Until the window holds nothing again: the full limit is back.
+    pub reset: Duration,
+}
+
+/// Why a request was refused, and where the quota stands.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     /// When enough of the window will have expired.
     pub retry_after: Duration,
     /// Which limit: `requests` or `tokens`.
     pub limit: &'static str,
-    /// The request limit per window.
-    pub limit_requests: u64,
-    /// Requests left in the window.
-    pub remaining_requests: u64,
-    /// The token limit per window.
-    pub limit_tokens: u64,
-    /// Tokens left in the window.
-    pub remaining_tokens: u64,
+    /// The quota as the 429's headers report it.
+    pub standing: Standing,
 }
 
 struct Window {
@@ -58,8 +70,9 @@ impl Quota {
         })
     }
 
-    /// Admits a request of `tokens` tokens at `now`, or says why not.
-    pub fn admit(&self, tokens: u64, now: Instant) -> Result<(), Rejection> {
+    /// Admits a request of `tokens` tokens at `now` and says where the
+    /// quota stands after it, or says why not.
+    pub fn admit(&self, tokens: u64, now: Instant) -> Result<Standing, Rejection> {
         let mut st = self
             .state
             .lock()
@@ -72,25 +85,28 @@ impl Quota {
                 break;
             }
         }
-        let count = st.admitted.len() as u64;
-        let reject = |limit: &'static str, retry_after: Duration| Rejection {
-            retry_after,
-            limit,
+        let expiry = |t: Instant| (t + self.window).saturating_duration_since(now);
+        let standing = |st: &Window| Standing {
             limit_requests: self.max_requests,
-            remaining_requests: self.max_requests.saturating_sub(count),
-            limit_tokens: self.max_tokens.unwrap_or(u64::MAX),
+            remaining_requests: self.max_requests.saturating_sub(st.admitted.len() as u64),
+            limit_tokens: self.max_tokens,
             remaining_tokens: self
                 .max_tokens
                 .map_or(u64::MAX, |m| m.saturating_sub(st.tokens)),
+            reset: st.admitted.back().map_or(Duration::ZERO, |a| expiry(a.0)),
         };
-        let expiry = |t: Instant| (t + self.window).saturating_duration_since(now);
-        if count + 1 > self.max_requests {
+        let reject = |limit: &'static str, retry_after: Duration, st: &Window| Rejection {
+            retry_after,
+            limit,
+            standing: standing(st),
+        };
+        if st.admitted.len() as u64 + 1 > self.max_requests {
             let oldest = st.admitted.front().map_or(now, |a| a.0);
-            return Err(reject("requests", expiry(oldest)));
+            return Err(reject("requests", expiry(oldest), &st));
         }
         if let Some(max) = self.max_tokens {
             if tokens > max {
-                return Err(reject("tokens", self.window));
+                return Err(reject("tokens", self.window, &st));
             }
             if st.tokens + tokens > max {
                 // Wait until enough old tokens leave the window.
@@ -104,12 +120,12 @@ impl Quota {
                         break;
                     }
                 }
-                return Err(reject("tokens", expiry(at)));
+                return Err(reject("tokens", expiry(at), &st));
             }
         }
         st.admitted.push_back((now, tokens));
         st.tokens += tokens;
-        Ok(())
+        Ok(standing(&st))
     }
 }
 
@@ -133,12 +149,41 @@ mod tests {
         assert!(q.admit(60, t0).is_ok());
         let r = q.admit(60, t0 + Duration::from_secs(5)).unwrap_err();
         assert_eq!(
-            (r.limit, r.retry_after, r.remaining_tokens),
+            (r.limit, r.retry_after, r.standing.remaining_tokens),
             ("tokens", Duration::from_secs(55), 40)
         );
         let half = Quota::new(Some(0.5), None).unwrap();
         assert!(half.admit(1, t0).is_ok());
         assert!(half.admit(1, t0 + Duration::from_secs(119)).is_err());
         assert!(half.admit(1, t0 + Duration::from_secs(120)).is_ok());
+    }
+
+    #[test]
+    fn the_standing_after_each_request() {
+        let q = Quota::new(Some(3.0), Some(100)).unwrap();
+        let t0 = Instant::now();
+        let s = q.admit(10, t0).unwrap();
+        assert_eq!(
+            (s.remaining_requests, s.remaining_tokens, s.reset),
+            (2, 90, Duration::from_secs(60))
+        );
+        let s = q.admit(30, t0 + Duration::from_secs(20)).unwrap();
+        assert_eq!(
+            (s.limit_requests, s.remaining_requests, s.limit_tokens),
+            (3, 1, Some(100))
+        );
+        assert_eq!((s.remaining_tokens, s.reset), (60, Duration::from_secs(60)));
+        // Later, the first request has left the window.
+        let s = q.admit(5, t0 + Duration::from_secs(70)).unwrap();
+        assert_eq!(
+            (s.remaining_requests, s.remaining_tokens, s.reset),
+            (1, 65, Duration::from_secs(60))
+        );
+        let q = Quota::new(Some(1.0), None).unwrap();
+        q.admit(1, t0).unwrap();
+        let r = q.admit(1, t0 + Duration::from_secs(15)).unwrap_err();
+        assert_eq!(r.standing.remaining_requests, 0);
+        assert_eq!(r.standing.reset, Duration::from_secs(45));
+        assert_eq!(r.standing.limit_tokens, None);
     }
 }

@@ -38,6 +38,8 @@ pub struct SchemaRequest {
     pub strict: bool,
     /// Anthropic: the forced tool's name.
     pub tool: Option<String>,
+    /// OpenAI: the schema's `name`, which the reply echoes.
+    pub name: Option<String>,
 }
 
 /// What the mock needs of a request, in any format.
@@ -147,6 +149,7 @@ pub fn parse(format: Format, body: &Value, model: Option<&str>) -> Result<MockRe
                         .ok_or("text.format.schema is required for json_schema")?,
                     strict: f.get("strict").and_then(Value::as_bool).unwrap_or(false),
                     tool: None,
+                    name: f.get("name").and_then(Value::as_str).map(str::to_owned),
                 });
             }
         }
@@ -176,6 +179,7 @@ pub fn parse(format: Format, body: &Value, model: Option<&str>) -> Result<MockRe
                                 .ok_or("response_format.json_schema.schema is required")?,
                             strict: js.get("strict").and_then(Value::as_bool).unwrap_or(false),
                             tool: None,
+                            name: js.get("name").and_then(Value::as_str).map(str::to_owned),
                         });
                     }
                     Some("json_object") => {
@@ -183,6 +187,7 @@ pub fn parse(format: Format, body: &Value, model: Option<&str>) -> Result<MockRe
                             schema: json!({"type": "object"}),
                             strict: false,
                             tool: None,
+                            name: None,
                         });
                     }
                     _ => {}
@@ -220,6 +225,7 @@ pub fn parse(format: Format, body: &Value, model: Option<&str>) -> Result<MockRe
                     schema: s.clone(),
                     strict: false,
                     tool: None,
+                    name: None,
                 });
             }
             r.cached_content = body
@@ -274,6 +280,7 @@ pub fn parse(format: Format, body: &Value, model: Option<&str>) -> Result<MockRe
                         .unwrap_or(json!({"type": "object"})),
                     strict: false,
                     tool: Some(name.to_owned()),
+                    name: None,
                 });
             }
         }
@@ -358,17 +365,40 @@ pub fn success(
                     json!([{"type": "output_text", "text": text, "annotations": []}]),
                 ),
             };
+            // Every field a real body has that the SDK's `Response` type
+            // requires (`parallel_tool_calls`, `tool_choice`, `tools`…).
             json!({
                 "id": format!("resp_mock{seq:08}"),
                 "object": "response",
                 "created_at": 1_700_000_000u64,
                 "status": status,
+                "error": null,
                 "incomplete_details": incomplete,
+                "instructions": null,
+                "metadata": {},
                 "model": req.model,
                 "output": [{"type": "message", "id": format!("msg_mock{seq:08}"), "status": "completed", "role": "assistant", "content": parts}],
+                "parallel_tool_calls": true,
+                "background": false,
+                "max_output_tokens": null,
+                "max_tool_calls": null,
+                "previous_response_id": null,
+                "prompt_cache_key": null,
+                "reasoning": {"effort": null, "summary": null},
+                "safety_identifier": null,
+                "service_tier": "default",
+                "store": true,
+                "temperature": 1.0,
+                "text": {"format": text_format(req.schema.as_ref()), "verbosity": "medium"},
+                "tool_choice": "auto",
+                "tools": [],
+                "top_logprobs": 0,
+                "top_p": 1.0,
+                "truncation": "disabled",
+                "user": null,
                 "usage": {
                     "input_tokens": usage.input,
-                    "input_tokens_details": {"cached_tokens": usage.cached},
+                    "input_tokens_details": {"cached_tokens": usage.cached, "cache_write_tokens": 0},
                     "output_tokens": usage.output,
                     "output_tokens_details": {"reasoning_tokens": usage.reasoning},
                     "total_tokens": usage.input + usage.output,
@@ -386,13 +416,20 @@ pub fn success(
                 "object": "chat.completion",
                 "created": 1_700_000_000u64,
                 "model": req.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content_v, "refusal": refusal_v}, "finish_reason": finish}],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content_v, "refusal": refusal_v, "annotations": []}, "logprobs": null, "finish_reason": finish}],
+                "service_tier": "default",
+                "system_fingerprint": "fp_mock",
                 "usage": {
                     "prompt_tokens": usage.input,
                     "completion_tokens": usage.output,
                     "total_tokens": usage.input + usage.output,
-                    "prompt_tokens_details": {"cached_tokens": usage.cached},
-                    "completion_tokens_details": {"reasoning_tokens": usage.reasoning},
+                    "prompt_tokens_details": {"cached_tokens": usage.cached, "audio_tokens": 0},
+                    "completion_tokens_details": {
+                        "reasoning_tokens": usage.reasoning,
+                        "audio_tokens": 0,
+                        "accepted_prediction_tokens": 0,
+                        "rejected_prediction_tokens": 0,
+                    },
                     "prompt_cache_hit_tokens": usage.cached,
                     "prompt_cache_miss_tokens": usage.input - usage.cached,
                 }
@@ -405,6 +442,7 @@ pub fn success(
             ]);
             let mut usage_v = json!({
                 "promptTokenCount": usage.input,
+                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": usage.input}],
                 "candidatesTokenCount": usage.output - usage.reasoning,
                 "totalTokenCount": usage.input + usage.output,
             });
@@ -461,10 +499,27 @@ pub fn success(
                     "input_tokens": usage.input - usage.cached - usage.cache_write,
                     "cache_creation_input_tokens": usage.cache_write,
                     "cache_read_input_tokens": usage.cached,
+                    "cache_creation": {"ephemeral_5m_input_tokens": usage.cache_write, "ephemeral_1h_input_tokens": 0},
                     "output_tokens": usage.output,
+                    "service_tier": "standard",
                 }
             })
         }
+    }
+}
+
+/// The `text.format` a Responses reply echoes: the requested JSON schema,
+/// or plain text.
+fn text_format(schema: Option<&SchemaRequest>) -> Value {
+    match schema {
+        Some(sr) => json!({
+            "type": "json_schema",
+            "name": sr.name.as_deref().unwrap_or("output"),
+            "schema": sr.schema,
+            "strict": sr.strict,
+            "description": null,
+        }),
+        None => json!({"type": "text"}),
     }
 }
 
@@ -582,7 +637,7 @@ pub fn error(format: Format, fault: Fault, message: &str) -> (u16, Vec<(String, 
             json!({"error": {"code": status, "message": message, "status": g_status, "details": details}})
         }
         Format::Anthropic => {
-            json!({"type": "error", "error": {"type": a_type, "message": message}})
+            json!({"type": "error", "error": {"type": a_type, "message": message}, "request_id": "req_mock"})
         }
     };
     (status, headers, body)

@@ -144,3 +144,105 @@ async fn replies_auth_and_reset() {
         .unwrap();
     assert_eq!(mock.stats().requests, 0);
 }
+
+#[tokio::test]
+async fn anthropic_takes_x_api_key_or_bearer_like_the_api() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let url = format!("{}/v1/messages", mock.base_url());
+    let body = json!({"model": "claude", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    let send = |auth: Option<(&'static str, &'static str)>| {
+        let mut r = reqwest::Client::new()
+            .post(&url)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body);
+        if let Some((k, v)) = auth {
+            r = r.header(k, v);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(send(Some(("x-api-key", "k"))).await, 200);
+    assert_eq!(send(Some(("authorization", "Bearer k"))).await, 200);
+    assert_eq!(send(Some(("authorization", "Basic k"))).await, 401);
+    assert_eq!(send(None).await, 401);
+}
+
+#[tokio::test]
+async fn every_reply_carries_the_quota_standing_in_each_providers_headers() {
+    let mock = MockServer::start(MockConfig {
+        rpm: Some(100.0),
+        tpm: Some(50_000),
+        ..MockConfig::default()
+    })
+    .await
+    .unwrap();
+    let base = mock.base_url();
+    let (status, h, _) = post(
+        &format!("{base}/v1/responses"),
+        &json!({"model": "m", "input": "hello"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(h["x-ratelimit-limit-requests"], "100");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "99");
+    assert_eq!(h["x-ratelimit-limit-tokens"], "50000");
+    let remaining: u64 = h["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(remaining < 50_000, "{remaining}");
+    assert!(
+        h["x-ratelimit-reset-tokens"]
+            .to_str()
+            .unwrap()
+            .ends_with('s')
+    );
+    // A fault after admission carries them too.
+    let (status, h, _) = post(
+        &format!("{base}/v1/chat/completions"),
+        &json!({"model": "m", "messages": [{"role": "user", "content": "[[mock:500]]"}]}),
+    )
+    .await;
+    assert_eq!(status, 500);
+    assert_eq!(h["x-ratelimit-remaining-requests"], "98");
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", "k")
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "c", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let h = r.headers();
+    assert_eq!(h["anthropic-ratelimit-requests-remaining"], "97");
+    assert_eq!(h["anthropic-ratelimit-tokens-limit"], "50000");
+    let reset = h["anthropic-ratelimit-requests-reset"].to_str().unwrap();
+    assert!(reset.len() == 27 && reset.ends_with('Z'), "{reset}");
+    assert!(h.get("x-ratelimit-limit-requests").is_none());
+    let (_, h, _) = post(
+        &format!("{base}/v1beta/models/g:generateContent"),
+        &json!({"contents": [{"parts": [{"text": "hi"}]}]}),
+    )
+    .await;
+    assert!(h.keys().all(|k| !k.as_str().contains("ratelimit")), "{h:?}");
+}
+
+#[tokio::test]
+async fn a_responses_body_has_what_the_sdk_type_requires() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let (_, _, r) = post(
+        &format!("{}/v1/responses", mock.base_url()),
+        &json!({"model": "m", "input": "x"}),
+    )
+    .await;
+    for field in [
+        "parallel_tool_calls",
+        "tool_choice",
+        "tools",
+        "created_at",
+        "error",
+    ] {
+        assert!(r.get(field).is_some(), "{field} missing from {r}");
+    }
+    assert_eq!(r["usage"]["input_tokens_details"]["cache_write_tokens"], 0);
+}

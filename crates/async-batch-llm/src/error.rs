@@ -65,6 +65,10 @@ categories! {
     ClientError => "client_error",
     /// The prompt does not fit the model's context window.
     ContextLengthExceeded => "context_length_exceeded",
+    /// The request alone is larger than the provider takes: HTTP 413, or a
+    /// 429 saying the one request exceeds the whole per-minute limit. No
+    /// wait can fix it, so it is not retried.
+    RequestTooLarge => "request_too_large",
     /// A safety block or a refusal.
     ContentFilter => "content_filter",
     /// The provider failed (HTTP 500, 502, 503, 504).
@@ -489,7 +493,7 @@ mod tests {
             let json = serde_json::to_string(c).unwrap_or_default();
             assert_eq!(json, format!("\"{}\"", c.as_str()));
         }
-        assert_eq!(ErrorCategory::ALL.len(), 26);
+        assert_eq!(ErrorCategory::ALL.len(), 27);
         assert!("nope".parse::<ErrorCategory>().is_err());
     }
 

@@ -142,7 +142,6 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
 
 /// Parses an RFC 3339 time (`2024-02-29T23:59:59.123456Z`, or with an
 /// offset such as `+02:00`).
-#[cfg_attr(not(feature = "gemini"), allow(dead_code))]
 pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let text = text.trim();
     let (body, offset_secs) = if let Some(b) = text.strip_suffix(['Z', 'z']) {

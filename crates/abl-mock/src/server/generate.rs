@@ -280,41 +280,28 @@ async fn handle(
         reasoning,
         cache_write,
     };
-    if let Some(q) = &s.quota
-        && let Err(rej) = q.admit(usage.input + usage.output, arrived)
-    {
-        s.stats.rate_limited(arrived, Some(rej.retry_after));
-        let (status, mut h, b) = wire::error(
-            format,
-            Fault::RateLimit(Hint::RetryAfter(rej.retry_after)),
-            &format!(
-                "Rate limit reached for {} per min. Please try again in {:.3}s.",
-                rej.limit,
-                rej.retry_after.as_secs_f64()
-            ),
-        );
-        h.push((
-            "x-ratelimit-limit-requests".into(),
-            rej.limit_requests.to_string(),
-        ));
-        h.push((
-            "x-ratelimit-remaining-requests".into(),
-            rej.remaining_requests.to_string(),
-        ));
-        h.push((
-            "x-ratelimit-limit-tokens".into(),
-            rej.limit_tokens.to_string(),
-        ));
-        h.push((
-            "x-ratelimit-remaining-tokens".into(),
-            rej.remaining_tokens.to_string(),
-        ));
-        h.push((
-            "x-ratelimit-reset-requests".into(),
-            format!("{:.3}s", rej.retry_after.as_secs_f64()),
-        ));
-        s.stats.outcome(route, "429_quota", 0);
-        return json_response(status, &h, &b);
+    // The quota's standing goes out on every reply from here on, as real
+    // providers send their rate-limit headers on every response.
+    let mut rate = Vec::new();
+    if let Some(q) = &s.quota {
+        match q.admit(usage.input + usage.output, arrived) {
+            Ok(standing) => rate = crate::rate_headers::headers(format, &standing),
+            Err(rej) => {
+                s.stats.rate_limited(arrived, Some(rej.retry_after));
+                let (status, mut h, b) = wire::error(
+                    format,
+                    Fault::RateLimit(Hint::RetryAfter(rej.retry_after)),
+                    &format!(
+                        "Rate limit reached for {} per min. Please try again in {:.3}s.",
+                        rej.limit,
+                        rej.retry_after.as_secs_f64()
+                    ),
+                );
+                h.extend(crate::rate_headers::headers(format, &rej.standing));
+                s.stats.outcome(route, "429_quota", 0);
+                return json_response(status, &h, &b);
+            }
+        }
     }
     if fault == Some(Fault::Hang) {
         tokio::time::sleep(Duration::from_secs(s.config.hang_secs)).await;
@@ -331,7 +318,7 @@ async fn handle(
         Some(Fault::Refusal) => Ending::Refusal,
         _ => Ending::Normal,
     };
-    match fault {
+    let mut response = match fault {
         None
         | Some(
             Fault::Hang | Fault::Empty | Fault::Safety | Fault::Refusal | Fault::InvalidOutput,
@@ -394,5 +381,7 @@ async fn handle(
             };
             fail(f, message)
         }
-    }
+    };
+    super::add_headers(&mut response, &rate);
+    response
 }

@@ -87,7 +87,16 @@ pub fn tokens(chars: usize) -> u64 {
 }
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let service = Router::new()
+        .route("/stats", get(stats))
+        .route("/stats/prompts", get(prompt_stats))
+        .route("/requests", get(recent))
+        .route("/reset", post(reset))
+        .route("/health", get(|| async { "ok" }));
+    if shared.config.replay.is_some() {
+        return service.fallback(replay).with_state(shared);
+    }
+    service
         .route("/v1/responses", post(responses))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(anthropic))
@@ -97,12 +106,26 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v1beta/cachedContents/{id}",
             get(cache_get).patch(cache_patch).delete(cache_delete),
         )
-        .route("/stats", get(stats))
-        .route("/stats/prompts", get(prompt_stats))
-        .route("/requests", get(recent))
-        .route("/reset", post(reset))
-        .route("/health", get(|| async { "ok" }))
         .with_state(shared)
+}
+
+/// Every request of a replaying mock: the recorded response.
+async fn replay(State(s): State<Arc<Shared>>) -> Response {
+    let Some(r) = &s.config.replay else {
+        return json_response(404, &[], &json!({"error": "not replaying"}));
+    };
+    let _in_flight = s
+        .stats
+        .arrive(std::time::Instant::now(), std::time::Duration::ZERO, None);
+    s.stats.outcome("replay", "replayed", 0);
+    let mut response = (
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [("content-type", "application/json")],
+        r.body.clone(),
+    )
+        .into_response();
+    add_headers(&mut response, &r.headers);
+    response
 }
 
 pub(super) fn json_response(status: u16, headers: &[(String, String)], body: &Value) -> Response {
@@ -112,6 +135,13 @@ pub(super) fn json_response(status: u16, headers: &[(String, String)], body: &Va
         body.to_string(),
     )
         .into_response();
+    add_headers(&mut r, headers);
+    r
+}
+
+/// Adds `headers` to a response (names or values that are not valid HTTP
+/// are skipped).
+pub(super) fn add_headers(r: &mut Response, headers: &[(String, String)]) {
     for (k, v) in headers {
         if let (Ok(name), Ok(value)) = (
             axum::http::HeaderName::try_from(k.as_str()),
@@ -120,7 +150,6 @@ pub(super) fn json_response(status: u16, headers: &[(String, String)], body: &Va
             r.headers_mut().insert(name, value);
         }
     }
-    r
 }
 
 pub(super) fn raw_response(body: String) -> Response {
@@ -153,12 +182,13 @@ pub(super) fn api_key(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    let bearer = || h("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned));
     match format {
-        Format::Responses | Format::Chat => {
-            h("authorization").and_then(|v| v.strip_prefix("Bearer ").map(str::to_owned))
-        }
+        Format::Responses | Format::Chat => bearer(),
         Format::Gemini => h("x-goog-api-key").or_else(|| query.get("key").cloned()),
-        Format::Anthropic => h("x-api-key"),
+        // The API takes `x-api-key`; the official SDKs send
+        // `Authorization: Bearer` by default.
+        Format::Anthropic => h("x-api-key").or_else(bearer),
     }
     .filter(|k| !k.is_empty())
 }

@@ -89,11 +89,10 @@ impl TokenEstimator for TiktokenEstimator {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "tiktoken"))]
 mod tests {
     use super::*;
 
-    #[cfg(feature = "tiktoken")]
     #[test]
     fn tiktoken_counts_real_tokens() {
         let e = TiktokenEstimator::for_model("gpt-4o-mini", 10).unwrap();

@@ -48,6 +48,7 @@ fn merge_maps(dst: &mut Map<String, Value>, src: &Map<String, Value>) {
     }
 }
 
+/// The unsigned integer at a JSON pointer, if it is one.
 pub(crate) fn u64_at(v: &Value, pointer: &str) -> Option<u64> {
     v.pointer(pointer).and_then(Value::as_u64)
 }

@@ -216,6 +216,8 @@ impl GeminiModel {
                         | "BLOCKLIST"
                         | "SPII"
                         | "IMAGE_SAFETY"
+                        | "IMAGE_PROHIBITED_CONTENT"
+                        | "MODEL_ARMOR"
                 )
             });
         let resp = LlmResponse {

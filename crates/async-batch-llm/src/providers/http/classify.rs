@@ -4,10 +4,14 @@
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use super::hints::{gemini_details, retry_hint};
+use super::error_body::{error_object, gemini_details, in_body_error};
+use super::hints::{message_hint, retry_hint};
 use crate::error::{CallError, ErrorCategory};
 
-/// True when a Gemini error names a per-day quota: it will not refill soon.
+/// True when a Gemini error names a per-day quota among its violations:
+/// it will not refill soon. A `RetryInfo` next to it (47 s in
+/// googleapis/python-genai#2044) does not change that: a retry after the
+/// delay meets the same per-day limit.
 fn gemini_daily_quota(body: &Value) -> bool {
     gemini_details(body)
         .filter(|d| {
@@ -47,7 +51,7 @@ fn error_fields(body: Option<&Value>) -> (Option<String>, String, String) {
     let Some(b) = body else {
         return (None, String::new(), String::new());
     };
-    let e = b.get("error").unwrap_or(b);
+    let e = error_object(b);
     let s = |v: Option<&Value>| match v {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
@@ -55,8 +59,26 @@ fn error_fields(body: Option<&Value>) -> (Option<String>, String, String) {
     };
     let msg = e.get("message").and_then(Value::as_str).map(str::to_owned);
     let kind = s(e.get("type"));
-    let code = [s(e.get("code")), s(e.get("status"))].join(" ");
+    let inner = e.pointer("/innererror/code");
+    let code = [s(e.get("code")), s(e.get("status")), s(inner)].join(" ");
     (msg, kind, code)
+}
+
+/// A safety block sent as an error: Azure's `content_filter` code (with or
+/// without `innererror: ResponsibleAIPolicyViolation`), Anthropic's
+/// "Output blocked by content filtering policy".
+fn is_content_filter(text: &str) -> bool {
+    text.contains("content_filter")
+        || text.contains("responsibleaipolicyviolation")
+        || text.contains("output blocked by content filtering policy")
+}
+
+/// A request no wait can admit: HTTP 413, Anthropic's `request_too_large`,
+/// or OpenAI's 429 "Request too large for … Limit 30000, Requested 30601".
+fn is_request_too_large(status: u16, kind: &str, text: &str) -> bool {
+    status == 413
+        || kind == "request_too_large"
+        || (status == 429 && text.contains("request too large"))
 }
 
 /// Classifies a non-success response (or an error inside a 200 body, with
@@ -71,6 +93,8 @@ pub(crate) fn classify_error(status: u16, headers: &HeaderMap, body: Option<&Val
     let category =
         if status == 402 || text.contains("insufficient_quota") || kind == "billing_error" {
             ErrorCategory::InsufficientBalance
+        } else if is_request_too_large(status, &kind, &text) {
+            ErrorCategory::RequestTooLarge
         } else if status == 429 && body.is_some_and(gemini_daily_quota) {
             ErrorCategory::QuotaExhausted
         } else if status == 429 {
@@ -85,6 +109,8 @@ pub(crate) fn classify_error(status: u16, headers: &HeaderMap, body: Option<&Val
             ErrorCategory::ServerOverload
         } else if matches!(status, 500..=599 | 425) {
             ErrorCategory::ServerError
+        } else if is_content_filter(&text) {
+            ErrorCategory::ContentFilter
         } else if text.contains("context_length_exceeded")
             || text.contains("maximum context length")
             || text.contains("prompt is too long")
@@ -104,7 +130,8 @@ pub(crate) fn classify_error(status: u16, headers: &HeaderMap, body: Option<&Val
         err = err.with_provider_code(c);
     }
     if category == ErrorCategory::RateLimit {
-        err = err.with_retry_after(retry_hint(headers, body));
+        let hint = retry_hint(headers, body).or_else(|| msg.as_deref().and_then(message_hint));
+        err = err.with_retry_after(hint);
     }
     err
 }
@@ -126,7 +153,7 @@ pub fn parse_body(status: u16, headers: &HeaderMap, bytes: &[u8]) -> Result<Valu
         )
         .with_status(status)
     })?;
-    if let Some(err) = body.get("error").filter(|e| !e.is_null()) {
+    if let Some(err) = in_body_error(&body) {
         let code = err
             .get("code")
             .and_then(|c| {
@@ -208,6 +235,49 @@ mod tests {
     }
 
     #[test]
+    fn what_real_providers_taught_us() {
+        let none = HeaderMap::new();
+        let c = |s, b: Value| {
+            let e = classify_error(s, &none, Some(&b));
+            (e.category(), e.is_retryable())
+        };
+        let azure = json!({"error": {"code": "content_filter", "status": 400, "innererror": {"code": "ResponsibleAIPolicyViolation"}}});
+        assert_eq!(c(400, azure), (ErrorCategory::ContentFilter, false));
+        let blocked = json!({"type": "error", "error": {"type": "invalid_request_error", "message": "Output blocked by content filtering policy"}});
+        assert_eq!(c(400, blocked), (ErrorCategory::ContentFilter, false));
+        assert_eq!(c(413, json!({})), (ErrorCategory::RequestTooLarge, false));
+        let too_large = json!({"error": {"message": "Request too large for gpt-4o on tokens per min (TPM): Limit 30000, Requested 30601.", "code": "rate_limit_exceeded"}});
+        assert_eq!(c(429, too_large), (ErrorCategory::RequestTooLarge, false));
+        // An array body keeps its message and so its category.
+        let arr = json!([{"error": {"code": 400, "message": "This model's maximum context length is 8192 tokens", "status": "INVALID_ARGUMENT"}}]);
+        let e = classify_error(400, &none, Some(&arr));
+        assert_eq!(e.category(), ErrorCategory::ContextLengthExceeded);
+        assert!(
+            e.message().contains("maximum context length"),
+            "{}",
+            e.message()
+        );
+        // A per-day quota stays exhausted whatever RetryInfo comes with it;
+        // a per-minute one with a RetryInfo is a wait.
+        let violation = |id: &str| json!({"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaId": id}]});
+        let retry =
+            json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "47s"});
+        let day = json!({"error": {"code": 429, "details": [violation("GenerateRequestsPerDayPerProjectPerModel"), retry]}});
+        assert_eq!(c(429, day), (ErrorCategory::QuotaExhausted, false));
+        let minute = json!({"error": {"code": 429, "details": [violation("GenerateRequestsPerMinutePerProjectPerModel"), retry]}});
+        let e = classify_error(429, &none, Some(&minute));
+        assert_eq!(e.category(), ErrorCategory::RateLimit);
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(47)));
+        // A wait only in the message.
+        let tpm = json!({"error": {"message": "Rate limit reached. Please try again in 9.816s.", "code": "rate_limit_exceeded"}});
+        let e = classify_error(429, &none, Some(&tpm));
+        assert_eq!(
+            e.retry_after(),
+            Some(std::time::Duration::from_millis(9816))
+        );
+    }
+
+    #[test]
     fn bodies() {
         let none = HeaderMap::new();
         let e = parse_body(200, &none, b"<html>").unwrap_err();
@@ -224,5 +294,8 @@ mod tests {
         assert_eq!(e.category(), ErrorCategory::ServerError);
         assert!(e.message().contains("inside a 200 body"));
         assert!(parse_body(200, &none, br#"{"error":null,"ok":1}"#).is_ok());
+        let e =
+            parse_body(200, &none, br#"[{"error":{"code":429,"message":"busy"}}]"#).unwrap_err();
+        assert_eq!(e.category(), ErrorCategory::RateLimit);
     }
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use crate::time::{parse_http_date, secs_f64, until};
+use super::error_body::gemini_details;
+use crate::time::{parse_http_date, parse_rfc3339, secs_f64, until};
 
 /// Parses a duration such as `1s`, `6m0s`, `20ms`, `1.5s`, `2h3m`, or a
 /// plain number of seconds. `None` for anything else (negative numbers,
@@ -83,15 +84,49 @@ pub fn retry_hint(headers: &HeaderMap, body: Option<&Value>) -> Option<Duration>
     if resets.is_some() {
         return resets;
     }
+    if let Some(d) = anthropic_reset(headers) {
+        return Some(d);
+    }
     gemini_retry_delay(body?)
 }
 
-/// The `details` of a Google RPC error body.
-pub(crate) fn gemini_details(body: &Value) -> impl Iterator<Item = &Value> {
-    body.pointer("/error/details")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+/// Anthropic's `anthropic-ratelimit-{requests,tokens,input-tokens,
+/// output-tokens}-reset` (RFC 3339 instants), for the 429s that come
+/// without `retry-after`. The resets of the limits whose `-remaining` is
+/// `0` are the ones that matter; when none says so, the latest of all.
+/// Measured from the response's `Date` when it has one (the server's
+/// clock, so a skewed local clock does not stretch the wait), else now.
+fn anthropic_reset(headers: &HeaderMap) -> Option<Duration> {
+    const LIMITS: [&str; 4] = ["requests", "tokens", "input-tokens", "output-tokens"];
+    let reset = |limit: &str| {
+        header(headers, &format!("anthropic-ratelimit-{limit}-reset")).and_then(parse_rfc3339)
+    };
+    let exhausted = LIMITS
+        .iter()
+        .filter(|l| header(headers, &format!("anthropic-ratelimit-{l}-remaining")) == Some("0"))
+        .filter_map(|l| reset(l))
+        .max();
+    let at = exhausted.or_else(|| LIMITS.iter().filter_map(|l| reset(l)).max())?;
+    let now = header(headers, "date")
+        .and_then(parse_http_date)
+        .unwrap_or_else(SystemTime::now);
+    Some(until(at, now))
+}
+
+/// A wait spelled out in an error message, for the providers that put it
+/// only there: OpenAI's "Please try again in 9.816s" / "in 20ms" / "in
+/// 1m30s", Gemini's "Please retry in 26.6s".
+pub(crate) fn message_hint(message: &str) -> Option<Duration> {
+    let lower = message.to_ascii_lowercase();
+    ["try again in ", "retry in "].iter().find_map(|marker| {
+        let start = lower.find(marker)? + marker.len();
+        let rest = &lower[start..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+            .unwrap_or(rest.len());
+        parse_go_duration(rest[..end].trim_end_matches('.'))
+            .filter(|_| rest[..end].contains(|c: char| c.is_ascii_alphabetic()))
+    })
 }
 
 fn gemini_retry_delay(body: &Value) -> Option<Duration> {
@@ -160,6 +195,56 @@ mod tests {
         let past = headers(&[("retry-after", "Sun, 06 Nov 1994 08:49:37 GMT")]);
         assert_eq!(retry_hint(&past, None), Some(Duration::ZERO));
         assert_eq!(retry_hint(&headers(&[("retry-after", "soon")]), None), None);
+    }
+
+    #[test]
+    fn anthropic_resets_count_from_the_servers_clock() {
+        let h = headers(&[
+            ("date", "Mon, 01 Dec 2026 10:00:00 GMT"),
+            ("anthropic-ratelimit-requests-remaining", "12"),
+            ("anthropic-ratelimit-requests-reset", "2026-12-01T10:00:30Z"),
+            ("anthropic-ratelimit-tokens-remaining", "0"),
+            ("anthropic-ratelimit-tokens-reset", "2026-12-01T10:00:04Z"),
+        ]);
+        assert_eq!(retry_hint(&h, None), Some(Duration::from_secs(4)));
+        let none_exhausted = headers(&[
+            ("date", "Mon, 01 Dec 2026 10:00:00 GMT"),
+            ("anthropic-ratelimit-requests-reset", "2026-12-01T10:00:30Z"),
+            ("anthropic-ratelimit-tokens-reset", "2026-12-01T10:00:04Z"),
+        ]);
+        assert_eq!(
+            retry_hint(&none_exhausted, None),
+            Some(Duration::from_secs(30))
+        );
+        let with_retry_after = headers(&[
+            ("retry-after", "2"),
+            ("anthropic-ratelimit-tokens-reset", "2026-12-01T10:00:04Z"),
+        ]);
+        assert_eq!(
+            retry_hint(&with_retry_after, None),
+            Some(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn waits_written_in_messages() {
+        let m = "Rate limit reached for gpt-4o on tokens per min (TPM): Limit 30000, Used 29000, Requested 1500. Please try again in 9.816s. Visit https://platform.openai.com/account/rate-limits";
+        assert_eq!(message_hint(m), Some(Duration::from_millis(9816)));
+        assert_eq!(
+            message_hint("Please try again in 20ms."),
+            Some(Duration::from_millis(20))
+        );
+        assert_eq!(
+            message_hint("Please try again in 1m30s."),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            message_hint("Quota exceeded. Please retry in 26.6s."),
+            Some(Duration::from_millis(26_600))
+        );
+        assert_eq!(message_hint("Please try again in a few minutes."), None);
+        assert_eq!(message_hint("Please try again in 5 minutes"), None);
+        assert_eq!(message_hint("try again later"), None);
     }
 
     #[test]

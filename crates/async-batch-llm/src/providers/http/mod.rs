@@ -1,6 +1,7 @@
 //! What every HTTP provider shares: the client and [`Endpoint`]
-//! ([`client`]), the retry hints of a response ([`hints`]), and turning a
-//! status and body into a categorized error ([`classify`]).
+//! ([`client`]), where an error sits in a body ([`error_body`]), the retry
+//! hints of a response ([`hints`]), and turning a status and body into a
+//! categorized error ([`classify`]).
 
 // Without a provider family built in, only the public helpers are used.
 #![cfg_attr(
@@ -10,6 +11,7 @@
 
 mod classify;
 mod client;
+mod error_body;
 mod hints;
 
 pub use classify::parse_body;

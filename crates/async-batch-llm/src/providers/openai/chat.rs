@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::{OpenAiConfig, role};
+use super::{OpenAiConfig, non_empty, role};
 use crate::error::{CallError, Error};
 use crate::model::{LlmRequest, LlmResponse, Model, ResponseMetadata};
 use crate::providers::http::{Endpoint, parse_body, shape_error};
@@ -154,11 +154,7 @@ impl ChatModel {
                 .or_else(|| u64_at(u, "/prompt_cache_hit_tokens"))
         });
         let resp = LlmResponse {
-            text: message
-                .get("content")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
+            text: content_text(message.get("content")),
             input_tokens: usage.and_then(|u| u64_at(u, "/prompt_tokens")),
             output_tokens: usage.and_then(|u| u64_at(u, "/completion_tokens")),
             total_tokens: usage.and_then(|u| u64_at(u, "/total_tokens")),
@@ -171,10 +167,7 @@ impl ChatModel {
                 model: body.get("model").and_then(Value::as_str).map(str::to_owned),
                 request_id: request_id
                     .or_else(|| body.get("id").and_then(Value::as_str).map(str::to_owned)),
-                refusal: message
-                    .get("refusal")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
+                refusal: non_empty(message.get("refusal")),
                 safety_ratings: None,
                 tool_calls: message
                     .get("tool_calls")
@@ -217,5 +210,38 @@ impl Model for ChatModel {
 
     fn schema_dialect(&self) -> SchemaDialect {
         SchemaDialect::OpenAiStrict
+    }
+}
+
+/// The answer text of a message's `content`: a string, or (Mistral's
+/// reasoning models) an array of parts whose `text` parts are the answer and
+/// whose `thinking` parts are not.
+fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter(|p| p.get("type").and_then(Value::as_str) == Some("text"))
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn content_is_a_string_or_text_parts() {
+        assert_eq!(content_text(Some(&json!("Paris"))), "Paris");
+        let mistral = json!([
+            {"type": "thinking", "thinking": [{"type": "text", "text": "2+2 is 4"}]},
+            {"type": "text", "text": "4"}
+        ]);
+        assert_eq!(content_text(Some(&mistral)), "4");
+        assert_eq!(content_text(Some(&Value::Null)), "");
+        assert_eq!(content_text(None), "");
     }
 }

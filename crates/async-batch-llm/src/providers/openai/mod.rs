@@ -13,6 +13,15 @@ use super::key::ApiKey;
 use crate::error::Error;
 use crate::item::Role;
 use crate::limit::default_scope_name;
+use serde_json::Value;
+
+/// A string field that says something: `refusal: ""` (which several
+/// OpenAI-compatible servers send on every answer) is no refusal.
+fn non_empty(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_owned)
+}
 
 fn role(r: Role) -> &'static str {
     match r {
@@ -52,5 +61,19 @@ impl OpenAiConfig {
             headers,
             default_scope_name(provider, &self.base_url, key, &self.model),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_empty_refusal_is_no_refusal() {
+        assert_eq!(non_empty(Some(&json!(""))), None);
+        assert_eq!(non_empty(Some(&json!("  "))), None);
+        assert_eq!(non_empty(Some(&Value::Null)), None);
+        assert_eq!(non_empty(Some(&json!("I can't"))), Some("I can't".into()));
     }
 }

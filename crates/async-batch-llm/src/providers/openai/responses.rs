@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{OpenAiConfig, role};
+use super::{OpenAiConfig, non_empty, role};
 use crate::error::{CallError, Error};
 use crate::item::Role;
 use crate::model::{LlmRequest, LlmResponse, Model, ResponseMetadata};
@@ -93,10 +93,7 @@ impl OpenAiModel {
                                 part.get("text").and_then(Value::as_str).unwrap_or_default(),
                             ),
                             Some("refusal") => {
-                                meta.refusal = part
-                                    .get("refusal")
-                                    .and_then(Value::as_str)
-                                    .map(str::to_owned);
+                                meta.refusal = non_empty(part.get("refusal"));
                             }
                             _ => {}
                         }
@@ -121,7 +118,8 @@ impl OpenAiModel {
                 .and_then(|u| u64_at(u, "/input_tokens_details/cached_tokens")),
             reasoning_tokens: usage
                 .and_then(|u| u64_at(u, "/output_tokens_details/reasoning_tokens")),
-            cache_write_input_tokens: None,
+            cache_write_input_tokens: usage
+                .and_then(|u| u64_at(u, "/input_tokens_details/cache_write_tokens")),
             metadata: meta,
             raw: None,
         };
