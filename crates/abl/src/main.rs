@@ -5,6 +5,7 @@ mod cli;
 mod exit;
 mod input;
 mod model;
+mod output;
 mod paths;
 mod progress;
 mod run;

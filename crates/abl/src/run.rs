@@ -7,22 +7,21 @@
 //! locked). Only then are the output's partial files created and the calls
 //! made; the outputs replace the earlier files when the run ends.
 
-use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use async_batch_llm::{
     BatchConfig, CharEstimator, ErrorCategory, Item, ItemError, ItemResult, LlmResponse,
-    ModelStrategy, RunExtras, Strategy, StructuredStrategy, SummaryCollector, Termination,
-    TerminationReason, TokenEstimator,
+    ModelStrategy, RunExtras, StopHandle, Strategy, StructuredStrategy, SummaryCollector,
+    Termination, TerminationReason, TokenEstimator,
 };
 use futures::StreamExt as _;
 use serde_json::Value;
 
 use crate::cli::{EstimatorArg, RunArgs};
 use crate::input::{Format, IdSet, InputError, Mapping, Reader, first_line_of};
+use crate::output::{Results, WriteFailure};
 use crate::paths::{PathPlan, Replacement};
 use crate::progress::{Counters, Progress, eprintln_safe};
 use crate::settings::{InputSource, ModelChoice, RunPlan};
@@ -95,27 +94,6 @@ fn estimator(plan: &RunPlan) -> Result<Arc<dyn TokenEstimator>, UsageError> {
         }
         EstimatorArg::Chars => Arc::new(CharEstimator { expected_output }),
     })
-}
-
-/// Where results go: a file being replaced, or stdout (streaming).
-enum Sink {
-    File(Replacement),
-    Stdout(std::io::BufWriter<std::io::Stdout>),
-}
-
-impl std::io::Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Sink::File(f) => f.write(buf),
-            Sink::Stdout(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Sink::File(f) => f.flush(),
-            Sink::Stdout(s) => s.flush(),
-        }
-    }
 }
 
 /// What the result loop needs besides the strategy.
@@ -263,15 +241,29 @@ fn spawn_reader(
     Ok(input_error)
 }
 
-/// Why writing the results stopped.
-enum WriteFailure {
-    /// The reader of stdout went away.
-    Pipe,
-    /// Anything else (a full disk).
-    Io(std::io::Error),
+/// On Ctrl-C: no new calls (a second Ctrl-C cancels those in flight).
+/// The flag says whether it happened.
+fn on_ctrl_c(stop: StopHandle) -> Arc<AtomicBool> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::SeqCst);
+            eprintln_safe(
+                "abl: interrupted: no new calls; finishing the calls in flight (Ctrl-C again cancels them)",
+            );
+            stop.stop();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln_safe("abl: cancelling the calls in flight");
+                stop.cancel();
+            }
+        }
+    });
+    interrupted
 }
 
-#[allow(clippy::too_many_lines)]
+/// Runs the batch: results written as they come, the progress line, the
+/// summary, the exit code.
 async fn drive<S>(strategy: S, ready: Ready) -> anyhow::Result<i32>
 where
     S: Strategy<Output = Value>,
@@ -284,10 +276,7 @@ where
         checkpoint,
     } = ready;
     // Every check has passed: now the outputs are created, as partial files.
-    let mut out = match &paths.output {
-        Some(target) => Sink::File(Replacement::create(target)?),
-        None => Sink::Stdout(std::io::BufWriter::new(std::io::stdout())),
-    };
+    let mut out = Results::create(paths.output.as_deref())?;
     let summary_out = match &paths.summary_json {
         Some(p) => Some(Replacement::create(p)?),
         None => None,
@@ -305,46 +294,26 @@ where
     };
     let mut stream = async_batch_llm::process_stream_with(strategy, items, &config, extras)?;
     let stop = stream.stop_handle();
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = Arc::clone(&interrupted);
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                interrupted.store(true, Ordering::SeqCst);
-                eprintln_safe(
-                    "abl: interrupted: no new calls; finishing the calls in flight (Ctrl-C again cancels them)",
-                );
-                stop.stop();
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln_safe("abl: cancelling the calls in flight");
-                    stop.cancel();
-                }
-            }
-        });
-    }
-
+    let interrupted = on_ctrl_c(stop.clone());
     let counters = Arc::new(Counters::default());
-    let writing = match &out {
-        Sink::File(f) => Some(f.partial().to_path_buf()),
-        Sink::Stdout(_) => None,
-    };
     let progress = Progress::new(
         Arc::clone(&counters),
         total,
         plan.prices,
         plan.no_progress,
         plan.progress_interval,
-        writing.as_deref(),
+        out.partial().as_deref(),
     );
     let mut collector = SummaryCollector::default();
+    let mut record = |r: &ItemResult<Value>, out: &mut Results| {
+        counters.add(r.is_ok(), r.usage);
+        collector.add(r);
+        out.write(r)
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_line = Instant::now();
-    let mut last_flush = Instant::now();
-    let mut write_failure: Option<WriteFailure> = None;
     let mut rejected_open = true;
-    let mut line = Vec::with_capacity(1024);
     loop {
         let next = tokio::select! {
             next = stream.next() => match next {
@@ -365,101 +334,50 @@ where
                 continue;
             }
         };
-        counters.add(next.is_ok(), next.usage);
-        collector.add(&next);
-        if write_failure.is_none() {
-            line.clear();
-            serde_json::to_writer(&mut line, &next).context("serializing a result")?;
-            line.push(b'\n');
-            let written = out.write_all(&line).and_then(|()| {
-                if last_flush.elapsed() >= Duration::from_secs(1) {
-                    last_flush = Instant::now();
-                    out.flush()
-                } else {
-                    Ok(())
-                }
-            });
-            if let Err(e) = written {
-                // Keep draining so every call ends cleanly, then report.
-                write_failure = Some(if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    WriteFailure::Pipe
-                } else {
-                    WriteFailure::Io(e)
-                });
-                stop.stop();
-            }
+        // A failed write stops the run; the calls in flight still end.
+        if !record(&next, &mut out)? {
+            stop.stop();
         }
     }
     // Rejected items that arrived after the stream ended.
     while let Ok(r) = rejected_rx.try_recv() {
-        counters.add(false, r.usage);
-        collector.add(&r);
-        if write_failure.is_none() {
-            line.clear();
-            serde_json::to_writer(&mut line, &r).context("serializing a result")?;
-            line.push(b'\n');
-            if let Err(e) = out.write_all(&line) {
-                write_failure = Some(WriteFailure::Io(e));
-            }
-        }
+        record(&r, &mut out)?;
     }
     progress.finish();
-    if write_failure.is_none()
-        && let Err(e) = out.flush()
-    {
-        write_failure = Some(if e.kind() == std::io::ErrorKind::BrokenPipe {
-            WriteFailure::Pipe
-        } else {
-            WriteFailure::Io(e)
-        });
-    }
-    let mut termination = stream.termination().unwrap_or_else(Termination::completed);
+    let write_failure = out.finish()?;
     let input_error = input_error.lock().map_or(None, |e| e.clone());
-    if let Some(e) = &input_error {
-        termination = Termination {
-            reason: TerminationReason::Aborted,
+    let termination = match &input_error {
+        Some(e) => Termination {
             message: Some(format!("input error: {e}")),
             ..Termination::new(TerminationReason::Aborted)
-        };
-    }
-    let mut collected = collector;
-    collected.stats.cooldowns = stream.cooldowns();
-    collected.stats.admission = stream.admission_stats();
-    collected.stats.dry_run = config.dry_run;
-    let summary = collected.finish(termination.clone(), started.elapsed());
+        },
+        None => stream.termination().unwrap_or_else(Termination::completed),
+    };
+    collector.stats.cooldowns = stream.cooldowns();
+    collector.stats.admission = stream.admission_stats();
+    collector.stats.dry_run = config.dry_run;
+    let summary = collector.finish(termination, started.elapsed());
     drop(stream);
+    crate::summary::print_end(&summary, plan.prices.as_ref(), total, input_error.is_some());
+    if let Some(s) = summary_out {
+        crate::summary::commit_json(s, &summary)?;
+    }
+    exit_code(
+        write_failure,
+        input_error,
+        &summary,
+        interrupted.load(Ordering::SeqCst),
+    )
+}
 
-    // The outputs replace the earlier files only when everything was written.
-    match (&write_failure, out) {
-        (None, Sink::File(f)) => {
-            let target = f.target().to_path_buf();
-            f.commit()
-                .with_context(|| format!("{}: cannot put the output in place", target.display()))?;
-        }
-        (Some(_), Sink::File(f)) => eprintln_safe(&format!(
-            "abl: {} was left as it was; the results written before the failure are in {}",
-            f.target().display(),
-            f.partial().display()
-        )),
-        (_, Sink::Stdout(_)) => {}
-    }
-    eprintln_safe(summary.render(plan.prices.as_ref()).trim_end());
-    if let Some(total) = total
-        && summary.stats.items < total
-        && input_error.is_none()
-    {
-        eprintln_safe(&format!(
-            "Not started: {} of {total} input items (the run stopped before reading them; they have no record)",
-            total - summary.stats.items
-        ));
-    }
-    if let Some(mut s) = summary_out {
-        serde_json::to_writer_pretty(&mut s, &summary)?;
-        s.write_all(b"\n")?;
-        let target = s.target().to_path_buf();
-        s.commit()
-            .with_context(|| format!("{}: cannot write the summary", target.display()))?;
-    }
+/// The exit code once the results and the summary are out, saying on
+/// stderr why a run that could not finish stopped.
+fn exit_code(
+    write_failure: Option<WriteFailure>,
+    input_error: Option<InputError>,
+    summary: &async_batch_llm::RunSummary,
+    interrupted: bool,
+) -> anyhow::Result<i32> {
     match write_failure {
         Some(WriteFailure::Pipe) => {
             eprintln_safe("abl: the output pipe was closed; the run stopped");
@@ -476,13 +394,9 @@ where
         ));
         return Ok(exit::USAGE);
     }
-    if interrupted.load(Ordering::SeqCst) {
-        return Ok(exit::INTERRUPTED);
-    }
-    Ok(match termination.reason {
-        TerminationReason::Completed if summary.stats.failed == 0 => exit::OK,
-        TerminationReason::Completed => exit::SOME_FAILED,
-        TerminationReason::Aborted => exit::INTERRUPTED,
-        _ => exit::GUARDRAIL,
-    })
+    Ok(exit::of_run(
+        summary.termination.reason,
+        summary.stats.failed,
+        interrupted,
+    ))
 }

@@ -1,3 +1,4 @@
+//! Summaries: the end of `abl run` on stderr (and `--summary-json`), and
 //! `abl summary FILE`: the summary of an output file, or of a checkpoint
 //! with every identity it holds and the count of each.
 
@@ -7,12 +8,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_batch_llm::store::{CHECKPOINT_SCHEMA, Identity, KnownIdentity};
-use async_batch_llm::{ItemResult, RunSummary, SummaryCollector, Termination};
+use async_batch_llm::{ItemResult, Prices, RunSummary, SummaryCollector, Termination};
 use serde_json::Value;
 
 use crate::checkpoint::{is_sqlite, open_read_only};
 use crate::exit::{self, UsageError};
-use crate::progress::print_safe;
+use crate::paths::Replacement;
+use crate::progress::{eprintln_safe, print_safe};
 
 fn usage(msg: impl Into<String>) -> UsageError {
     UsageError(msg.into())
@@ -146,11 +148,37 @@ fn is_jsonl_checkpoint(file: &Path) -> Result<bool, UsageError> {
 
 /// Writes `summary` as JSON to `path`, replacing it atomically.
 pub fn write_json(path: &Path, summary: &RunSummary) -> anyhow::Result<()> {
-    let mut out = crate::paths::Replacement::create(path)?;
+    commit_json(Replacement::create(path)?, summary)
+}
+
+/// Writes `summary` as JSON into `out` (created when the run started) and
+/// puts it in place.
+pub fn commit_json(mut out: Replacement, summary: &RunSummary) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut out, summary)?;
     std::io::Write::write_all(&mut out, b"\n")?;
+    let target = out.target().to_path_buf();
     out.commit()
-        .map_err(|e| anyhow::anyhow!("{}: cannot write the summary: {e}", path.display()))
+        .map_err(|e| anyhow::anyhow!("{}: cannot write the summary: {e}", target.display()))
+}
+
+/// The end of `abl run` on stderr: the summary, and how many input items
+/// were never started when the run stopped early (they have no record).
+pub fn print_end(
+    summary: &RunSummary,
+    prices: Option<&Prices>,
+    total: Option<u64>,
+    input_failed: bool,
+) {
+    eprintln_safe(summary.render(prices).trim_end());
+    if let Some(total) = total
+        && summary.stats.items < total
+        && !input_failed
+    {
+        eprintln_safe(&format!(
+            "Not started: {} of {total} input items (the run stopped before reading them; they have no record)",
+            total - summary.stats.items
+        ));
+    }
 }
 
 /// `abl summary FILE`.
