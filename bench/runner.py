@@ -37,6 +37,8 @@ FULL = {
     "quota_seconds": 180,
     "memory_items": 1_000_000,
     "resume_items": 20_000,
+    "sliding_items": 3000,
+    "poison_items": 2000,
 }
 QUICK = {
     "reps": 1,
@@ -47,6 +49,8 @@ QUICK = {
     "quota_seconds": 8,
     "memory_items": 10_000,
     "resume_items": 1_000,
+    "sliding_items": 1000,
+    "poison_items": 200,
 }
 
 
@@ -285,6 +289,120 @@ def kill_at_half_python(m: Mock, n: int, ckpt: Path):
     return wall, out.stdout.strip().splitlines()[-1] if out.stdout else ""
 
 
+def abl_quota_cmd(m: Mock, inp: Path, secs: int) -> list:
+    """abl told nothing of the quota: no --rpm, no --tpm."""
+    return [str(ABL), "run", str(inp), "--model", "openai:gpt-4o-mini", "--base-url", m.url + "/v1",
+            "-o", "/dev/null", "--no-progress", "-c", "64", "--expected-output-tokens", "190",
+            "--batch-deadline", str(secs)]
+
+
+def quota_share(st: dict, secs: int, tpm: int) -> dict:
+    served = st["by_route"].get("responses", {})
+    return {"requests": st["requests"], "requests_ok": served.get("ok", 0), "answered_429": st["rate_limited"],
+            "share_429": st["rate_limited"] / max(1, st["requests"]), "tokens": st["tokens"],
+            "share_of_tpm": st["tokens"] / (tpm * math.ceil(secs / 60))}
+
+
+def limits(cfg):
+    """Limits nobody told us (issue 16): abl runs with no --rpm/--tpm."""
+    secs, rpm, tpm = cfg["quota_seconds"], 600, 60000
+    env = dict(os.environ, OPENAI_API_KEY="bench-key")
+    inp = write_input(5000, pad=740)
+    out = {"seconds": secs, "rpm": rpm, "tpm": tpm}
+    hidden = ("--latency-ms", "50", "--rpm", str(rpm), "--tpm", str(tpm))
+    for name, headers in (("hidden_headers", "full"), ("hidden_no_headers", "none")):
+        with Mock(*hidden, "--rate-headers", headers) as m:
+            proc = subprocess.Popen(abl_quota_cmd(m, inp, secs), env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            sample_quota(m, proc, secs)
+            out[name] = quota_share(m.stats(), secs, tpm)
+    # The Python package told nothing either (it has no way to learn a quota).
+    with Mock(*hidden, "--rate-headers", "none") as m:
+        cmd = [PY, str(DRIVER), "quota", "--items", "5000", "--pad", "740", "--concurrency", "64",
+               "--base-url", m.url + "/v1", "--seconds", str(secs), "--cooldown", "1"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sample_quota(m, proc, secs)
+        out["python_hidden_no_headers"] = quota_share(m.stats(), secs, tpm)
+    # Two processes on one quota, with headers.
+    with Mock(*hidden, "--rate-headers", "full") as m:
+        procs = [subprocess.Popen(abl_quota_cmd(m, inp, secs), env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL) for _ in range(2)]
+        sample_quota(m, procs[0], secs)
+        procs[1].wait()
+        out["two_processes"] = quota_share(m.stats(), secs, tpm)
+    inp.unlink()
+    # 500 requests in any 10 s, stated as 3,000 a minute.
+    n = cfg["sliding_items"]
+    sl = write_input(n)
+    with Mock("--latency-ms", "50", "--rpm", "500", "--quota-window-secs", "10") as m:
+        s = abl_run(m, sl, "-c", "64")
+        st = m.stats()
+        ideal = 10 * math.ceil(n / 500 - 1) + 0.05
+        out["sliding"] = {"items": n, "wall_s": s["process_wall_s"], "ideal_s": ideal,
+                          "answered_429": st["rate_limited"], "requests": st["requests"]}
+    sl.unlink()
+    # One item answered 429 without a hint on every call.
+    n = cfg["poison_items"]
+    plain = write_input(n)
+    poisoned = write_input(n)
+    lines = poisoned.read_text().splitlines()
+    lines[n // 2] = json.dumps({"id": str(n // 2), "prompt": "poisoned [[mock:429-nohint]]"})
+    poisoned.write_text("\n".join(lines) + "\n")
+    res = {"items": n}
+    with Mock("--latency-ms", "50") as m:
+        for name, f in (("baseline", plain), ("poisoned", poisoned)):
+            m.reset()
+            cmd = [str(ABL), "run", str(f), "--model", "openai:gpt-4o-mini", "--base-url", m.url + "/v1",
+                   "-o", "/dev/null", "--no-progress", "-c", "64"]
+            start = time.perf_counter()
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            # The others are done when the mock has answered n - 1 of them;
+            # the poisoned item goes on retrying on its own backoff.
+            others = None
+            while proc.poll() is None:
+                ok = m.stats()["by_route"].get("responses", {}).get("ok", 0)
+                if others is None and ok >= n - 1:
+                    others = time.perf_counter() - start
+                time.sleep(0.05)
+            st = m.stats()
+            res[name] = {"wall_s": others or time.perf_counter() - start,
+                         "process_wall_s": time.perf_counter() - start,
+                         "rate_limited": st["rate_limited"], "during_cooldown": st["during_cooldown"]}
+    plain.unlink()
+    poisoned.unlink()
+    out["poison"] = res
+    return out
+
+
+def limits_table(l) -> str:
+    def row(label, t):
+        return (f"| {label} | {t['requests']:,} | {t['answered_429']} ({100 * t['share_429']:.2f} %) |"
+                f" {t['tokens']:,} | {100 * t['share_of_tpm']:.1f} % |")
+    sl, po = l["sliding"], l["poison"]
+    lines = [
+        f"**Limits nobody told us** (mock enforcing RPM {l['rpm']} / TPM {l['tpm']:,} over a rolling minute,"
+        f" {l['seconds']} s, concurrency 64, no `--rpm`/`--tpm`; ~380 tokens per call so TPM binds)",
+        "",
+        "| run | requests | answered 429 | tokens | share of TPM used |",
+        "|---|---|---|---|---|",
+        row("abl, provider sends rate-limit headers", l["hidden_headers"]),
+        row("abl, no headers (learned, adaptive)", l["hidden_no_headers"]),
+        row("async-batch-llm (Python), no headers", l["python_hidden_no_headers"]),
+        row("two abl processes on one quota, headers", l["two_processes"]),
+        "",
+        f"**Sliding window** (500 requests in any 10 s, headers stating 3,000 a minute, {sl['items']:,} items):"
+        f" wall {sl['wall_s']:.1f} s against an ideal of {sl['ideal_s']:.1f} s"
+        f" ({100 * (sl['wall_s'] / sl['ideal_s'] - 1):+.1f} %), {sl['answered_429']} answered 429.",
+        "",
+        f"**One item answered 429 without a hint on every call** ({po['items']:,} items, 50 ms, concurrency 64):"
+        f" the other {po['items'] - 1:,} are done in {po['poisoned']['wall_s']:.1f} s with it,"
+        f" {po['baseline']['wall_s']:.1f} s without ({po['poisoned']['wall_s'] / po['baseline']['wall_s']:.2f}×);"
+        f" the poisoned item gets {po['poisoned']['rate_limited']} 429s on its own backoff and the run ends at"
+        f" {po['poisoned']['process_wall_s']:.0f} s.",
+    ]
+    return "\n".join(lines)
+
+
 def resume(cfg):
     n = cfg["resume_items"]
     inp = write_input(n)
@@ -436,6 +554,19 @@ def tables(results) -> str:
 
 START = "<!-- side-by-side:start -->"
 END = "<!-- side-by-side:end -->"
+LIMITS_START = "<!-- limits:start -->"
+LIMITS_END = "<!-- limits:end -->"
+
+
+def replace_block(doc: Path, start: str, end: str, text: str, heading: str):
+    """Puts `text` between the markers of `doc`, or at its end under `heading`."""
+    body = doc.read_text()
+    block = f"{start}\n{text}\n{end}"
+    if start in body:
+        body = body[: body.index(start)] + block + body[body.index(end) + len(end):]
+    else:
+        body = body.rstrip() + f"\n\n{heading}\n\n" + block + "\n"
+    doc.write_text(body)
 
 
 def main():
@@ -457,7 +588,7 @@ def main():
     t0 = time.perf_counter()
     import importlib.metadata as md
     results = {}
-    names = ["overhead", "http", "rate_limit", "quota", "memory", "resume"]
+    names = ["overhead", "http", "rate_limit", "quota", "memory", "resume", "limits"]
     if args.only:
         names = [n for n in names if n in args.only.split(",")]
     for name in names:
@@ -481,21 +612,21 @@ def main():
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     # A subset (--only) never replaces the results of a whole run.
-    name = mode if len(names) == 6 else f"{mode}-only"
+    name = mode if len(names) == 7 else f"{mode}-only"
     (out / f"{name}.json").write_text(json.dumps(results, indent=1))
-    if len(names) == 6:
+    if "limits" in results:
+        text = limits_table(results["limits"])
+        print(text)
+        if not args.quick:
+            replace_block(ROOT / "docs" / "benchmarks.md", LIMITS_START, LIMITS_END, text,
+                          "## Limits nobody told us")
+    if len(names) == 7:
         text = tables(results)
         print(text)
         if not args.quick:
             plots(results, ROOT / "docs" / "img")
-            doc = ROOT / "docs" / "benchmarks.md"
-            body = doc.read_text()
-            block = f"{START}\n{text}\n{END}"
-            if START in body:
-                body = body[: body.index(START)] + block + body[body.index(END) + len(END):]
-            else:
-                body = body.rstrip() + "\n\n## Side by side with the Python package\n\n" + block + "\n"
-            doc.write_text(body)
+            replace_block(ROOT / "docs" / "benchmarks.md", START, END, text,
+                          "## Side by side with the Python package")
     print(f"total {time.perf_counter() - t0:.0f} s")
 
 

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use async_batch_llm::testing::{FakeStep, FakeStrategy};
-use async_batch_llm::{BatchConfig, CooldownPolicy, Item, Prices, RetryPolicy, process_prompts};
+use async_batch_llm::{BatchConfig, Item, Prices, RetryPolicy, process_prompts};
 
 #[tokio::main]
 async fn main() -> Result<(), async_batch_llm::Error> {
@@ -28,10 +28,6 @@ async fn main() -> Result<(), async_batch_llm::Error> {
         retry: RetryPolicy {
             initial_backoff: Duration::from_millis(200),
             ..RetryPolicy::default()
-        },
-        cooldown: CooldownPolicy {
-            ramp: Duration::from_millis(500),
-            ..CooldownPolicy::default()
         },
         preserve_order: true,
         ..BatchConfig::default()

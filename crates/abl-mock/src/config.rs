@@ -3,6 +3,18 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+/// Which rate-limit headers a mock with a quota sends on every reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RateHeaders {
+    /// Limit, remaining and reset, as OpenAI and Anthropic send them.
+    #[default]
+    Full,
+    /// Remaining and reset only (no limit), as some servers send.
+    Remaining,
+    /// None: a quota the client must find by itself.
+    None,
+}
+
 /// How successful replies are made (a request for a JSON schema always gets
 /// a JSON value that satisfies it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -234,6 +246,16 @@ pub struct MockConfig {
     /// Strict tokens-per-minute quota over a rolling window.
     #[arg(long)]
     pub tpm: Option<u64>,
+    /// The quota's window in seconds (60): `--rpm 500 --quota-window-secs
+    /// 10` allows 500 requests in any 10 s. The limit headers then report
+    /// the per-minute equivalent (3000), as OpenAI reports a per-minute
+    /// limit it enforces over shorter periods; remaining and reset are the
+    /// window's.
+    #[arg(long, value_parser = parse_positive)]
+    pub quota_window_secs: Option<f64>,
+    /// Which rate-limit headers replies carry when there is a quota.
+    #[arg(long, value_enum, default_value_t = RateHeaders::Full)]
+    pub rate_headers: RateHeaders,
     /// Count requests per prompt (see `GET /stats/prompts`).
     #[arg(long)]
     pub track_prompts: bool,
@@ -281,6 +303,8 @@ impl Default for MockConfig {
             hang_secs: 600,
             rpm: None,
             tpm: None,
+            quota_window_secs: None,
+            rate_headers: RateHeaders::Full,
             track_prompts: false,
             cooldown_grace_ms: 100,
             no_auth: false,

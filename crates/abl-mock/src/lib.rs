@@ -43,7 +43,7 @@ pub mod wire;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use config::{Fault, Hint, MockConfig, ReplyMode};
+pub use config::{Fault, Hint, MockConfig, RateHeaders, ReplyMode};
 pub use replay::Replay;
 pub use server::tokens;
 pub use stats::{CacheOps, Recorded, Stats};

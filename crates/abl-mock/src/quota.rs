@@ -11,11 +11,15 @@ use std::time::{Duration, Instant};
 /// `anthropic-ratelimit-*` headers of the reply say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Standing {
-    /// The request limit per window.
+    /// The request limit, per minute: a window shorter than a minute
+    /// reports its limit scaled to one (OpenAI states per-minute limits and
+    /// enforces them over shorter periods); `remaining` and `reset` are the
+    /// window's own.
     pub limit_requests: u64,
     /// Requests left in the window.
     pub remaining_requests: u64,
-    /// The token limit per window, if there is one.
+    /// The token limit per minute, if there is one (scaled as
+    /// `limit_requests`).
     pub limit_tokens: Option<u64>,
     /// Tokens left in the window (`u64::MAX` without a token limit).
     pub remaining_tokens: u64,
@@ -48,16 +52,18 @@ pub struct Quota {
 }
 
 impl Quota {
-    /// A quota of `rpm` requests and `tpm` tokens per minute. A fractional
-    /// RPM below one becomes one request per `60 / rpm` seconds.
-    pub fn new(rpm: Option<f64>, tpm: Option<u64>) -> Option<Self> {
+    /// A quota of `rpm` requests and `tpm` tokens per `window` (a minute
+    /// unless given). A fractional RPM below one becomes one request per
+    /// `window / rpm`.
+    pub fn new(rpm: Option<f64>, tpm: Option<u64>, window: Option<Duration>) -> Option<Self> {
         if rpm.is_none() && tpm.is_none() {
             return None;
         }
+        let span = window.unwrap_or(Duration::from_secs(60));
         let (max_requests, window) = match rpm {
-            Some(r) if r < 1.0 => (1, Duration::from_secs_f64(60.0 / r)),
-            Some(r) => (r.floor() as u64, Duration::from_secs(60)),
-            None => (u64::MAX, Duration::from_secs(60)),
+            Some(r) if r < 1.0 => (1, span.div_f64(r)),
+            Some(r) => (r.floor() as u64, span),
+            None => (u64::MAX, span),
         };
         Some(Self {
             max_requests,
@@ -68,6 +74,21 @@ impl Quota {
                 tokens: 0,
             }),
         })
+    }
+
+    /// A limit per window as a limit per minute (unchanged for windows of
+    /// a minute or more, and for "no limit").
+    fn per_minute(&self, per_window: u64) -> u64 {
+        let minute = Duration::from_secs(60);
+        if self.window >= minute || per_window == u64::MAX {
+            return per_window;
+        }
+        let scaled = per_window as f64 * minute.as_secs_f64() / self.window.as_secs_f64();
+        if scaled >= u64::MAX as f64 {
+            u64::MAX - 1
+        } else {
+            scaled.round() as u64
+        }
     }
 
     /// Admits a request of `tokens` tokens at `now` and says where the
@@ -87,9 +108,9 @@ impl Quota {
         }
         let expiry = |t: Instant| (t + self.window).saturating_duration_since(now);
         let standing = |st: &Window| Standing {
-            limit_requests: self.max_requests,
+            limit_requests: self.per_minute(self.max_requests),
             remaining_requests: self.max_requests.saturating_sub(st.admitted.len() as u64),
-            limit_tokens: self.max_tokens,
+            limit_tokens: self.max_tokens.map(|t| self.per_minute(t)),
             remaining_tokens: self
                 .max_tokens
                 .map_or(u64::MAX, |m| m.saturating_sub(st.tokens)),
@@ -135,7 +156,7 @@ mod tests {
 
     #[test]
     fn rolling_window_for_requests_and_tokens() {
-        let q = Quota::new(Some(2.0), Some(100)).unwrap();
+        let q = Quota::new(Some(2.0), Some(100), None).unwrap();
         let t0 = Instant::now();
         assert!(q.admit(10, t0).is_ok());
         assert!(q.admit(10, t0 + Duration::from_secs(10)).is_ok());
@@ -145,14 +166,14 @@ mod tests {
             ("requests", Duration::from_secs(40))
         );
         assert!(q.admit(10, t0 + Duration::from_secs(60)).is_ok());
-        let q = Quota::new(None, Some(100)).unwrap();
+        let q = Quota::new(None, Some(100), None).unwrap();
         assert!(q.admit(60, t0).is_ok());
         let r = q.admit(60, t0 + Duration::from_secs(5)).unwrap_err();
         assert_eq!(
             (r.limit, r.retry_after, r.standing.remaining_tokens),
             ("tokens", Duration::from_secs(55), 40)
         );
-        let half = Quota::new(Some(0.5), None).unwrap();
+        let half = Quota::new(Some(0.5), None, None).unwrap();
         assert!(half.admit(1, t0).is_ok());
         assert!(half.admit(1, t0 + Duration::from_secs(119)).is_err());
         assert!(half.admit(1, t0 + Duration::from_secs(120)).is_ok());
@@ -160,7 +181,7 @@ mod tests {
 
     #[test]
     fn the_standing_after_each_request() {
-        let q = Quota::new(Some(3.0), Some(100)).unwrap();
+        let q = Quota::new(Some(3.0), Some(100), None).unwrap();
         let t0 = Instant::now();
         let s = q.admit(10, t0).unwrap();
         assert_eq!(
@@ -179,11 +200,25 @@ mod tests {
             (s.remaining_requests, s.remaining_tokens, s.reset),
             (1, 65, Duration::from_secs(60))
         );
-        let q = Quota::new(Some(1.0), None).unwrap();
+        let q = Quota::new(Some(1.0), None, None).unwrap();
         q.admit(1, t0).unwrap();
         let r = q.admit(1, t0 + Duration::from_secs(15)).unwrap_err();
         assert_eq!(r.standing.remaining_requests, 0);
         assert_eq!(r.standing.reset, Duration::from_secs(45));
         assert_eq!(r.standing.limit_tokens, None);
+    }
+
+    #[test]
+    fn a_window_of_ten_seconds() {
+        let q = Quota::new(Some(2.0), None, Some(Duration::from_secs(10))).unwrap();
+        let t0 = Instant::now();
+        q.admit(1, t0).unwrap();
+        q.admit(1, t0).unwrap();
+        let r = q.admit(1, t0 + Duration::from_secs(4)).unwrap_err();
+        assert_eq!(r.retry_after, Duration::from_secs(6));
+        // Reported per minute; what remains is the window's own.
+        assert_eq!(r.standing.limit_requests, 12);
+        assert_eq!(r.standing.remaining_requests, 0);
+        assert!(q.admit(1, t0 + Duration::from_secs(10)).is_ok());
     }
 }

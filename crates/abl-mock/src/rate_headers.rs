@@ -7,12 +7,18 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::config::RateHeaders;
 use crate::quota::Standing;
 use crate::wire::Format;
 
-/// The headers of a reply for a quota standing `standing` now.
-pub fn headers(format: Format, standing: &Standing) -> Vec<(String, String)> {
+/// The headers of a reply for a quota standing `standing` now; `which`
+/// leaves out the limit, or every header.
+pub fn headers(format: Format, standing: &Standing, which: RateHeaders) -> Vec<(String, String)> {
     let mut h = Vec::new();
+    if which == RateHeaders::None {
+        return h;
+    }
+    let with_limit = which == RateHeaders::Full;
     let limits = [
         (
             "requests",
@@ -28,7 +34,9 @@ pub fn headers(format: Format, standing: &Standing) -> Vec<(String, String)> {
         };
         match format {
             Format::Responses | Format::Chat => {
-                h.push((format!("x-ratelimit-limit-{kind}"), limit.to_string()));
+                if with_limit {
+                    h.push((format!("x-ratelimit-limit-{kind}"), limit.to_string()));
+                }
                 h.push((
                     format!("x-ratelimit-remaining-{kind}"),
                     remaining.to_string(),
@@ -40,10 +48,12 @@ pub fn headers(format: Format, standing: &Standing) -> Vec<(String, String)> {
             }
             Format::Anthropic => {
                 let reset = crate::rfc3339::format(SystemTime::now() + standing.reset);
-                h.push((
-                    format!("anthropic-ratelimit-{kind}-limit"),
-                    limit.to_string(),
-                ));
+                if with_limit {
+                    h.push((
+                        format!("anthropic-ratelimit-{kind}-limit"),
+                        limit.to_string(),
+                    ));
+                }
                 h.push((
                     format!("anthropic-ratelimit-{kind}-remaining"),
                     remaining.to_string(),
@@ -97,22 +107,33 @@ mod tests {
             remaining_tokens: 29_000,
             reset: Duration::from_millis(120),
         };
-        let openai = headers(Format::Chat, &s);
+        let openai = headers(Format::Chat, &s, RateHeaders::Full);
         assert!(openai.contains(&("x-ratelimit-remaining-tokens".into(), "29000".into())));
         assert!(openai.contains(&("x-ratelimit-reset-requests".into(), "120ms".into())));
         assert_eq!(openai.len(), 6);
-        let anthropic = headers(Format::Anthropic, &s);
+        let anthropic = headers(Format::Anthropic, &s, RateHeaders::Full);
         assert!(anthropic.contains(&("anthropic-ratelimit-requests-limit".into(), "500".into())));
         assert!(
             anthropic
                 .iter()
                 .any(|(k, v)| k == "anthropic-ratelimit-tokens-reset" && v.ends_with('Z'))
         );
-        assert!(headers(Format::Gemini, &s).is_empty());
+        assert!(headers(Format::Gemini, &s, RateHeaders::Full).is_empty());
         let no_tpm = Standing {
             limit_tokens: None,
             ..s
         };
-        assert_eq!(headers(Format::Responses, &no_tpm).len(), 3);
+        assert_eq!(
+            headers(Format::Responses, &no_tpm, RateHeaders::Full).len(),
+            3
+        );
+        let remaining = headers(Format::Responses, &s, RateHeaders::Remaining);
+        assert_eq!(remaining.len(), 4);
+        assert!(
+            remaining
+                .iter()
+                .all(|(k, _)| !k.starts_with("x-ratelimit-limit"))
+        );
+        assert!(headers(Format::Chat, &s, RateHeaders::None).is_empty());
     }
 }

@@ -33,7 +33,7 @@ pub enum Command {
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
     /// Run the mock provider as a standalone server.
-    MockServer(abl_mock::MockConfig),
+    MockServer(Box<abl_mock::MockConfig>),
     /// Print the summary of an output file or a checkpoint (every identity it holds).
     Summary {
         /// An output JSONL file written by `abl run`, or a checkpoint (.jsonl or .sqlite).
@@ -74,6 +74,18 @@ pub enum EstimatorArg {
     Chars,
     /// OpenAI's tokenizer for the model.
     Tiktoken,
+}
+
+/// `--mock-rate-headers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateHeadersArg {
+    /// Limit, remaining and reset (as OpenAI and Anthropic).
+    Full,
+    /// Remaining and reset only.
+    Remaining,
+    /// None: a hidden quota.
+    None,
 }
 
 /// `--resume`.
@@ -167,11 +179,14 @@ run_args! {
     /// Cap of cooldowns without a hint, in seconds (default 300, at most 86400).
     #[arg(long, env = "ABL_COOLDOWN_MAX")]
     cooldown_max: Option<f64>,
-    /// Window in seconds over which waiting calls are released after a cooldown
-    /// (default 5, never longer than the cooldown itself; 0 releases them at once).
-    #[arg(long, env = "ABL_COOLDOWN_RAMP")]
-    cooldown_ramp: Option<f64>,
+    /// Turn adaptive concurrency off: without it, when no limit is known
+    /// (no --rpm/--tpm, none in the provider's headers), the calls in flight
+    /// shrink when the provider's quota or overload shows and grow back on
+    /// clean successes.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", env = "ABL_NO_ADAPTIVE")]
+    no_adaptive: Option<bool>,
     /// Requests per minute allowed by the provider (fractions allowed); never exceeded.
+    /// Without it, the limit the provider's headers report is used.
     #[arg(long, env = "ABL_RPM")]
     rpm: Option<f64>,
     /// Tokens per minute allowed by the provider; never exceeded (estimates are settled after each call).
@@ -289,6 +304,12 @@ run_args! {
     /// mock: strict tokens-per-minute quota.
     #[arg(long, env = "ABL_MOCK_TPM", help_heading = MOCK)]
     mock_tpm: Option<u64>,
+    /// mock: the quota's window in seconds (default 60).
+    #[arg(long, env = "ABL_MOCK_QUOTA_WINDOW_SECS", help_heading = MOCK)]
+    mock_quota_window_secs: Option<f64>,
+    /// mock: the rate-limit headers of its replies when it has a quota.
+    #[arg(long, value_enum, env = "ABL_MOCK_RATE_HEADERS", help_heading = MOCK)]
+    mock_rate_headers: Option<RateHeadersArg>,
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ fn main() {
             cli::Command::Summary { file, summary_json } => {
                 summary::run(&file, summary_json.as_deref())
             }
-            cli::Command::MockServer(config) => mock_server(config).await,
+            cli::Command::MockServer(config) => mock_server(*config).await,
             cli::Command::Checkpoint(cli::CheckpointCommand::Import { from, to }) => {
                 checkpoint::import(&from, &to)
             }

@@ -20,6 +20,8 @@ pub struct Counters {
     usage: Mutex<TokenUsage>,
     /// Seconds left of the running cooldown, in ms (0: none).
     pub cooldown_ms: AtomicU64,
+    /// The limits in force, when any is known or adaptive concurrency moved.
+    limits: Mutex<Option<String>>,
 }
 
 impl Counters {
@@ -32,6 +34,18 @@ impl Counters {
         if let Ok(mut u) = self.usage.lock() {
             *u += usage;
         }
+    }
+
+    /// Notes the limits the run's scope runs under now.
+    pub fn set_limits(&self, l: &async_batch_llm::LimitsInForce) {
+        let text = (l.rpm.is_some() || l.tpm.is_some() || l.decreases > 0).then(|| l.to_string());
+        if let Ok(mut slot) = self.limits.lock() {
+            *slot = text;
+        }
+    }
+
+    fn limits(&self) -> Option<String> {
+        self.limits.lock().ok().and_then(|l| l.clone())
     }
 
     fn usage(&self) -> TokenUsage {
@@ -144,7 +158,13 @@ impl Progress {
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         let rate = done as f64 / secs;
         let usage = self.counters.usage();
-        let mut s = format!("failed {failed} | {rate:.1}/s | {} tokens", usage.total);
+        let mut s = format!("failed {failed}");
+        // First, so that a narrow terminal, which cuts the line, still shows it.
+        let cooldown = self.counters.cooldown_ms.load(Ordering::Relaxed);
+        if cooldown > 0 {
+            let _ = write!(s, " | COOLDOWN {:.1}s (429)", cooldown as f64 / 1000.0);
+        }
+        let _ = write!(s, " | {rate:.1}/s | {} tokens", usage.total);
         if let Some(p) = &self.prices {
             let _ = write!(s, " | cost {:.4}", p.cost(&usage));
         }
@@ -155,16 +175,11 @@ impl Progress {
             let eta = Duration::from_secs_f64((total - done) as f64 / rate);
             let _ = write!(s, " | ETA {}", fmt_duration(eta));
         }
+        if let Some(l) = self.counters.limits() {
+            let _ = write!(s, " | {l}");
+        }
         if let Some(w) = &self.writing {
             let _ = write!(s, " | writing {w}");
-        }
-        let cooldown = self.counters.cooldown_ms.load(Ordering::Relaxed);
-        if cooldown > 0 {
-            let _ = write!(
-                s,
-                " | COOLDOWN {:.1}s (provider said 429)",
-                cooldown as f64 / 1000.0
-            );
         }
         s
     }

@@ -330,6 +330,7 @@ where
             _ = tick.tick() => {
                 let left = stream.cooldown_remaining().map_or(0, |d| d.as_millis() as u64);
                 counters.cooldown_ms.store(left, Ordering::Relaxed);
+                counters.set_limits(&stream.limits_in_force());
                 progress.tick(&mut last_line);
                 continue;
             }
@@ -355,6 +356,7 @@ where
     };
     collector.stats.cooldowns = stream.cooldowns();
     collector.stats.admission = stream.admission_stats();
+    collector.stats.limits = stream.limits_in_force();
     collector.stats.dry_run = config.dry_run;
     let summary = collector.finish(termination, started.elapsed());
     drop(stream);

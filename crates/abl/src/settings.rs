@@ -14,7 +14,7 @@ use async_batch_llm::{
     BatchConfig, Budget, CooldownPolicy, ErrorCategory, Prices, RateLimits, RetryPolicy, StopMode,
 };
 
-use crate::cli::{EstimatorArg, ResumeArg, RunArgs, StopModeArg};
+use crate::cli::{EstimatorArg, RateHeadersArg, ResumeArg, RunArgs, StopModeArg};
 use crate::exit::UsageError;
 use crate::input::{Format, Mapping, Template};
 
@@ -122,6 +122,8 @@ pub struct EnginePlan {
     pub dry_run: bool,
     /// RPM / TPM.
     pub limits: RateLimits,
+    /// Adaptive concurrency while no limit is known.
+    pub adaptive: bool,
     /// Token estimator.
     pub estimator: EstimatorArg,
     /// Output tokens expected per call.
@@ -150,6 +152,7 @@ impl EnginePlan {
             scope_max_concurrency: self.provider_concurrency,
             dry_run: self.dry_run,
             limits: self.limits,
+            adaptive: self.adaptive,
             budget: self.budget.clone(),
             fail_fast: self.fail_fast.clone(),
             stop_mode: self.stop_mode,
@@ -282,6 +285,17 @@ fn mock(a: &RunArgs, mode: &str) -> Result<MockPlan> {
         seed: a.mock_seed.unwrap_or(0),
         rpm: number("mock-rpm", a.mock_rpm, 1e-3, 1e9)?,
         tpm: within("mock-tpm", a.mock_tpm, 1, 1_000_000_000_000)?,
+        quota_window_secs: number(
+            "mock-quota-window-secs",
+            a.mock_quota_window_secs,
+            1e-3,
+            DAY,
+        )?,
+        rate_headers: match a.mock_rate_headers {
+            Some(RateHeadersArg::Remaining) => abl_mock::RateHeaders::Remaining,
+            Some(RateHeadersArg::None) => abl_mock::RateHeaders::None,
+            Some(RateHeadersArg::Full) | None => abl_mock::RateHeaders::Full,
+        },
         ..abl_mock::MockConfig::default()
     };
     config
@@ -351,7 +365,6 @@ fn engine(a: &RunArgs, prices: Option<Prices>) -> Result<EnginePlan> {
     let cooldown = CooldownPolicy {
         default: seconds("cooldown", a.cooldown, 3600.0, false)?.unwrap_or(d.cooldown.default),
         max: seconds("cooldown-max", a.cooldown_max, DAY, false)?.unwrap_or(d.cooldown.max),
-        ramp: seconds("cooldown-ramp", a.cooldown_ramp, 3600.0, true)?.unwrap_or(d.cooldown.ramp),
         ..d.cooldown
     };
     let retry = RetryPolicy {
@@ -395,6 +408,7 @@ fn engine(a: &RunArgs, prices: Option<Prices>) -> Result<EnginePlan> {
         provider_concurrency: within("provider-concurrency", a.provider_concurrency, 1, 100_000)?,
         dry_run: a.dry_run.unwrap_or(false),
         limits,
+        adaptive: !a.no_adaptive.unwrap_or(false),
         estimator: a.token_estimator.unwrap_or(EstimatorArg::Chars),
         expected_output_tokens: within(
             "expected-output-tokens",
@@ -517,7 +531,7 @@ mod tests {
             ("--batch-deadline", "1e308"),
             ("--initial-backoff", "1e308"),
             ("--cooldown-max", "inf"),
-            ("--cooldown-ramp", "-1"),
+            ("--cooldown-max", "-1"),
             ("--rpm", "1e-300"),
             ("--rpm", "NaN"),
             ("--concurrency", "18446744073709551615"),
@@ -533,18 +547,11 @@ mod tests {
             let e = plan(&[&format!("{flag}={value}")]).unwrap_err().0;
             assert!(e.contains(flag), "{flag} {value}: {e}");
         }
-        let p = plan(&[
-            "--attempt-timeout",
-            "30",
-            "--rpm",
-            "0.5",
-            "--cooldown-ramp",
-            "0",
-        ])
-        .unwrap();
+        let p = plan(&["--attempt-timeout", "30", "--rpm", "0.5", "--no-adaptive"]).unwrap();
         assert_eq!(p.engine.attempt_timeout, Duration::from_secs(30));
         assert_eq!(p.engine.limits.rpm, Some(0.5));
-        assert_eq!(p.engine.cooldown.ramp, Duration::ZERO);
+        assert!(!p.engine.adaptive);
+        assert!(plan(&[]).unwrap().engine.adaptive);
         assert!(p.engine.batch_config().validate().is_ok());
     }
 
@@ -598,7 +605,7 @@ mod tests {
         ) {
             let flags = [
                 "--attempt-timeout", "--item-deadline", "--batch-deadline", "--initial-backoff",
-                "--cooldown", "--cooldown-max", "--cooldown-ramp", "--rpm", "--rate-margin",
+                "--cooldown", "--cooldown-max", "--rate-margin", "--rpm", "--rate-margin",
                 "--max-cost", "--price-input", "--price-output", "--price-cached-input",
                 "--progress-interval", "--temperature", "--mock-fault-429", "--mock-rpm",
             ];

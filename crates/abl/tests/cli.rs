@@ -448,8 +448,9 @@ fn the_progress_bar_renders_in_a_pseudo_terminal_and_shows_a_cooldown() {
         writeln!(f, "{{\"id\": \"{i}\", \"prompt\": \"p{i}{marker}\"}}").unwrap();
     }
     drop(f);
+    // An 80-column terminal, whatever the host's: the bar cuts its line there.
     let cmd = format!(
-        "{} run {} --model mock:echo --mock-latency-ms 100 --concurrency 4 -o {}",
+        "stty cols 80; {} run {} --model mock:echo --mock-latency-ms 100 --concurrency 4 -o {}",
         env!("CARGO_BIN_EXE_abl"),
         input.display(),
         dir.path().join("out.jsonl").display()

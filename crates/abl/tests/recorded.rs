@@ -38,7 +38,7 @@ fn check(path: &Path, name: &str, fixture: &Value, dir: &Path) -> Vec<String> {
         .args(["run", input.to_str().unwrap(), "-o", out.to_str().unwrap()])
         .args(["--model", &format!("{provider}:recorded-model")])
         .args(["--base-url", &base, "--max-attempts", "1"])
-        .args(["--max-rate-limit-retries", "0", "--cooldown-ramp", "0"])
+        .args(["--max-rate-limit-retries", "0"])
         .env(key_var, "replay-key")
         .output()
         .unwrap();

@@ -160,6 +160,8 @@ pub struct CallError {
     usage: Option<Box<TokenUsage>>,
     status: Option<u16>,
     provider_code: Option<Box<str>>,
+    /// The rate-limit headers of the reply (boxed, like usage).
+    reported_limits: Option<Box<crate::limit::ReportedLimits>>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -174,6 +176,7 @@ impl CallError {
             usage: None,
             status: None,
             provider_code: None,
+            reported_limits: None,
             source: None,
         }
     }
@@ -233,6 +236,20 @@ impl CallError {
     /// (`rate_limit_exceeded`, `PERMISSION_DENIED`, `overloaded_error`…).
     pub fn provider_code(&self) -> Option<&str> {
         self.provider_code.as_deref()
+    }
+
+    /// What the reply's rate-limit headers said, when it had them.
+    pub fn reported_limits(&self) -> Option<&crate::limit::ReportedLimits> {
+        self.reported_limits.as_deref()
+    }
+
+    /// Attaches the reply's rate-limit headers (`None` leaves the error as is).
+    #[must_use]
+    pub fn with_reported_limits(mut self, limits: Option<crate::limit::ReportedLimits>) -> Self {
+        if let Some(l) = limits {
+            self.reported_limits = Some(Box::new(l));
+        }
+        self
     }
 
     /// Sets the provider's name for the error.

@@ -145,8 +145,9 @@ pub use item::{Item, Message, Prompt, Role};
 #[cfg(feature = "tiktoken")]
 pub use limit::TiktokenEstimator;
 pub use limit::{
-    AdmissionStats, CharEstimator, CooldownPolicy, EstimateError, RateLimits, ScopeRegistry,
-    ScopeSettings, TokenEstimator, default_scope_name, key_fingerprint,
+    AdmissionStats, CharEstimator, CooldownPolicy, EstimateError, LimitSource, LimitsInForce,
+    RateLimits, ReportedLimit, ReportedLimits, ScopeRegistry, ScopeSettings, TokenEstimator,
+    default_scope_name, key_fingerprint,
 };
 pub use model::{
     DynModel, LlmRequest, LlmResponse, Model, ModelStrategy, RequestDefaults, ResponseMetadata,

@@ -100,6 +100,9 @@ pub struct ResponseMetadata {
     /// Tool calls as the provider sent them (kept, never executed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<serde_json::Value>,
+    /// What the reply's rate-limit headers said about the provider's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<crate::limit::ReportedLimits>,
 }
 
 /// A normalized model response.
@@ -423,10 +426,11 @@ impl<M: Model, P: ResponseParser> Strategy for ModelStrategy<M, P> {
         prompt: &Prompt,
         _attempt: u32,
         timeout: Duration,
-        _state: &mut RetryState,
+        state: &mut RetryState,
     ) -> Result<Completion<P::Output>, CallError> {
         let request = self.defaults.request(prompt.clone(), timeout);
         let response = self.model.generate(&request).await?;
+        state.report_limits(response.metadata.rate_limits);
         self.parse(&response)
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::error::{CallError, ErrorCategory};
 use crate::item::Prompt;
+use crate::limit::ReportedLimits;
 use crate::usage::TokenUsage;
 
 /// A successful attempt: the output and the usage it was billed for
@@ -119,12 +120,32 @@ pub fn dry_run_placeholder(prompt: &Prompt) -> Completion<String> {
 /// Notes one item keeps across its attempts, shared by
 /// [`Strategy::execute`] and [`Strategy::on_error`]. Values are typed: a
 /// `get::<T>` finds only a value stored as `T`.
+///
+/// It also carries one engine-bound note: a strategy that calls a provider
+/// hands the rate-limit headers of a successful reply to
+/// [`RetryState::report_limits`] (the built-in strategies do), and the engine
+/// feeds them to the quota scope after the attempt: the limits a provider
+/// reports then pace the run without the user naming them. (Errors carry
+/// theirs in [`CallError::reported_limits`](crate::CallError::reported_limits).)
 #[derive(Default)]
 pub struct RetryState {
     values: HashMap<String, Box<dyn Any + Send + Sync>>,
+    reported: Option<ReportedLimits>,
 }
 
 impl RetryState {
+    /// Notes the rate-limit headers of this attempt's reply for the engine.
+    pub fn report_limits(&mut self, limits: Option<ReportedLimits>) {
+        if limits.is_some() {
+            self.reported = limits;
+        }
+    }
+
+    /// Takes the limits noted by the attempt that just ended.
+    pub(crate) fn take_reported_limits(&mut self) -> Option<ReportedLimits> {
+        self.reported.take()
+    }
+
     /// An empty state.
     pub fn new() -> Self {
         Self::default()
@@ -181,7 +202,10 @@ impl std::fmt::Debug for RetryState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut keys: Vec<&String> = self.values.keys().collect();
         keys.sort();
-        f.debug_struct("RetryState").field("keys", &keys).finish()
+        f.debug_struct("RetryState")
+            .field("keys", &keys)
+            .field("reported", &self.reported)
+            .finish()
     }
 }
 

@@ -366,6 +366,7 @@ where
     ) -> Result<Completion<T>, CallError> {
         let request = self.request(prompt, timeout, state);
         let response = self.model.generate(&request).await?;
+        state.report_limits(response.metadata.rate_limits);
         self.parse_response(&response, state)
     }
 

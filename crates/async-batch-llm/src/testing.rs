@@ -120,6 +120,7 @@ pub struct FakeStrategy {
     usage: TokenUsage,
     schedule: Arc<Vec<FakeStep>>,
     per_item: Arc<HashMap<String, Vec<FakeStep>>>,
+    item_latency: Arc<HashMap<String, Duration>>,
     failure_rate: f64,
     seed: u64,
     prepare_error: Option<CallError>,
@@ -164,6 +165,7 @@ impl FakeStrategy {
             usage: TokenUsage::new(10, 5),
             schedule: Arc::new(Vec::new()),
             per_item: Arc::new(HashMap::new()),
+            item_latency: Arc::new(HashMap::new()),
             failure_rate: 0.0,
             seed: 0,
             prepare_error: None,
@@ -173,6 +175,14 @@ impl FakeStrategy {
             unknown_usage: false,
             rec: Arc::new(Recorder::default()),
         }
+    }
+
+    /// Calls for item `id` take `latency` instead of the strategy's (a
+    /// provider answers a refusal faster than a completion).
+    #[must_use]
+    pub fn with_item_latency(mut self, id: impl Into<String>, latency: Duration) -> Self {
+        Arc::make_mut(&mut self.item_latency).insert(id.into(), latency);
+        self
     }
 
     /// Each call takes `latency` (on tokio's clock).
@@ -353,8 +363,9 @@ impl Strategy for FakeStrategy {
         let now = self.rec.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         self.rec.peak_in_flight.fetch_max(now, Ordering::AcqRel);
         let _leave = Leave(&self.rec.in_flight);
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
+        let latency = self.item_latency.get(&id).copied().unwrap_or(self.latency);
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
         }
         let step = self.step_for(&id, &id, try_no);
         if step == FakeStep::Hang {

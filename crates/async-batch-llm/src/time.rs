@@ -32,6 +32,34 @@ pub mod duration_ms {
     }
 }
 
+/// Optional durations as fractional milliseconds (`None` is absent).
+pub mod option_duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes `Some(d)` as fractional milliseconds.
+    #[allow(clippy::ref_option)] // serde's `with` passes `&Option<T>`
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_ms::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads fractional milliseconds or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<f64>::deserialize(d)? {
+            None => Ok(None),
+            Some(ms) => super::secs_f64(ms / 1000.0).map(Some).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "duration must be a finite, non-negative number of ms, got {ms}"
+                ))
+            }),
+        }
+    }
+}
+
 /// The longest duration [`secs_f64`] returns: about 31,700 years, far past
 /// any timeout or hint, and far below `Duration::MAX` (so adding it to an
 /// instant of a running program cannot overflow).

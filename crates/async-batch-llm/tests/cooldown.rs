@@ -9,17 +9,13 @@
 use std::time::Duration;
 
 use async_batch_llm::testing::{FakeStep, FakeStrategy};
-use async_batch_llm::{BatchConfig, CooldownPolicy, Item, ScopeRegistry, process_prompts};
+use async_batch_llm::{BatchConfig, Item, ScopeRegistry, process_prompts};
 use tokio::time::Instant;
 
 fn config(scopes: &ScopeRegistry, concurrency: usize) -> BatchConfig {
     BatchConfig {
         concurrency,
         scopes: scopes.clone(),
-        cooldown: CooldownPolicy {
-            ramp: Duration::ZERO,
-            ..CooldownPolicy::default()
-        },
         ..BatchConfig::default()
     }
 }
@@ -140,8 +136,9 @@ async fn strategies_on_one_scope_share_the_cooldown_and_others_do_not() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn late_429s_do_not_extend_the_cooldown() {
-    // Three calls in flight all get 429 (hint 4 s) at t=1: one cooldown only.
+async fn late_429s_extend_the_cooldown_to_their_hints() {
+    // Three calls in flight all get 429 at t=1, hints 4 s, 9 s and 9 s: one
+    // cooldown, which ends at t=10 so that no item retries before its hint.
     let t0 = Instant::now();
     let fake = FakeStrategy::echo()
         .with_latency(Duration::from_secs(1))
@@ -168,7 +165,13 @@ async fn late_429s_do_not_extend_the_cooldown() {
     assert_eq!(batch.stats.succeeded, 3);
     assert_eq!(batch.stats.cooldowns, 1);
     let retries: Vec<Duration> = fake.call_starts()[3..].iter().map(|s| s.1 - t0).collect();
-    assert_eq!(retries, vec![Duration::from_secs(5); 3]);
+    // All three were refused, a wall: the scope comes back by slow start,
+    // one call at t=10, then the two others when it has succeeded.
+    assert_eq!(
+        retries,
+        [10, 11, 11].map(Duration::from_secs),
+        "no retry before t=10"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -202,48 +205,111 @@ async fn a_slot_taken_during_a_new_cooldown_is_given_back_without_spending_budge
     assert!(w_start >= Some(Duration::from_secs(4)), "{w_start:?}");
 }
 
+/// Calls started in each second after `from`, for `secs` seconds.
+fn per_second(fake: &FakeStrategy, from: Instant, secs: u64) -> Vec<usize> {
+    let starts = fake.call_starts();
+    (0..secs)
+        .map(|s| {
+            let lo = from + Duration::from_secs(s);
+            let hi = lo + Duration::from_secs(1);
+            starts.iter().filter(|x| x.1 >= lo && x.1 < hi).count()
+        })
+        .collect()
+}
+
 #[tokio::test(start_paused = true)]
-async fn the_ramp_spreads_releases_after_a_cooldown() {
+async fn after_a_quota_wall_the_scope_comes_back_one_call_then_doubling() {
+    // All 16 calls in flight are refused at t=1 (hint 2 s): nothing
+    // succeeded during the cooldown, so at t=3 one call goes, then two, four…
     let t0 = Instant::now();
-    let fake = FakeStrategy::echo()
-        .with_latency(Duration::from_millis(100))
-        .with_item_schedule(
-            "r0",
-            vec![FakeStep::RateLimit(Some(Duration::from_secs(6)))],
-        )
-        .recording();
-    let cfg = BatchConfig {
-        cooldown: CooldownPolicy::default(),
-        ..config(&ScopeRegistry::new(), 41)
+    let mut fake = FakeStrategy::echo().with_latency(Duration::from_secs(1));
+    for i in 0..16 {
+        fake = fake.with_item_schedule(
+            format!("w{i}"),
+            vec![FakeStep::RateLimit(Some(Duration::from_secs(2)))],
+        );
+    }
+    let fake = fake.recording();
+    // Without adaptive concurrency, slow start grows back to the cap.
+    let fixed = BatchConfig {
+        adaptive: false,
+        ..config(&ScopeRegistry::new(), 16)
     };
-    // Wave one (41 calls) starts at 0; r0's 429 at 0.1 s starts a cooldown to
-    // 6.1 s. Wave two (41 items) arrives at 0.1 s and waits; with r0's retry,
-    // 42 calls are released over the 5 s ramp after the cooldown (the ramp
-    // is never longer than the cooldown; this one is longer than 5 s).
-    let batch = process_prompts(fake.clone(), items("r", 82), &cfg)
+    let batch = process_prompts(fake.clone(), items("w", 100), &fixed)
         .await
         .unwrap();
-    assert_eq!(batch.stats.succeeded, 82);
-    let mut after: Vec<Duration> = fake
-        .call_starts()
-        .iter()
-        .skip(41)
-        .map(|s| s.1 - t0)
-        .collect();
-    after.sort();
-    assert_eq!(after.len(), 42);
-    assert!(after[0] >= Duration::from_millis(6100), "{after:?}");
-    assert!(after[41] <= Duration::from_millis(11_100), "{after:?}");
-    // Spread: not all at once, and roughly uniform over the window.
-    let first_second = after
-        .iter()
-        .filter(|d| **d < Duration::from_millis(7100))
-        .count();
-    assert!(
-        first_second < 25,
-        "{first_second} of 42 released in the first second"
+    assert_eq!(batch.stats.succeeded, 100);
+    assert_eq!(batch.stats.cooldowns, 1);
+    assert_eq!(
+        per_second(&fake, t0 + Duration::from_secs(3), 5),
+        [1, 2, 4, 8, 16]
     );
-    assert!(after[41] - after[0] >= Duration::from_secs(3), "{after:?}");
+    // With it (the default), the wall also cut the target to 70 % of the
+    // 16 calls in flight: slow start stops at 11, then grows by one per
+    // window of successes.
+    let fake = fake.recording();
+    let t1 = Instant::now();
+    let batch = process_prompts(
+        fake.clone(),
+        items("w", 100),
+        &config(&ScopeRegistry::new(), 16),
+    )
+    .await
+    .unwrap();
+    assert_eq!(batch.stats.succeeded, 100);
+    let after: Vec<usize> = per_second(&fake, t1 + Duration::from_secs(3), 6);
+    assert_eq!(after[..5], [1, 2, 4, 8, 11]);
+    assert_eq!(after[5], 12);
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_random_429_the_scope_reopens_at_the_calls_that_succeeded() {
+    // One of 16 calls in flight gets a 429 (hint 2 s); the 15 others
+    // succeed while the cooldown runs, so at t=3 fifteen calls go at once
+    // (and the window is whole again one round trip later).
+    let t0 = Instant::now();
+    let fake = FakeStrategy::echo()
+        .with_latency(Duration::from_secs(1))
+        .with_item_schedule(
+            "n0",
+            vec![FakeStep::RateLimit(Some(Duration::from_secs(2)))],
+        )
+        .recording();
+    let batch = process_prompts(
+        fake.clone(),
+        items("n", 100),
+        &config(&ScopeRegistry::new(), 16),
+    )
+    .await
+    .unwrap();
+    assert_eq!(batch.stats.succeeded, 100);
+    assert_eq!(per_second(&fake, t0 + Duration::from_secs(3), 2), [15, 16]);
+    // Nothing started during the signalled cooldown.
+    assert_eq!(per_second(&fake, t0 + Duration::from_secs(1), 2), [0, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hintless_429_among_successes_costs_one_round_trip_not_10_s() {
+    let t0 = Instant::now();
+    // h0's 429 comes back fast (at 0.1 s), with the 15 others in flight.
+    let fake = FakeStrategy::echo()
+        .with_latency(Duration::from_secs(1))
+        .with_item_schedule("h0", vec![FakeStep::RateLimit(None)])
+        .with_item_latency("h0", Duration::from_millis(100))
+        .recording();
+    let batch = process_prompts(
+        fake.clone(),
+        items("h", 64),
+        &config(&ScopeRegistry::new(), 16),
+    )
+    .await
+    .unwrap();
+    assert_eq!(batch.stats.succeeded, 64);
+    // The 15 calls in flight with h0's 429 succeeded: noise, the default
+    // 10 s cooldown ended at once. 64 items of 1 s at 16 wide: 4 s plus
+    // h0's retry.
+    let wall = fake.call_starts().iter().map(|s| s.1).max().unwrap() - t0;
+    assert!(wall <= Duration::from_secs(5), "{wall:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_batch_llm::testing::{FakeStep, FakeStrategy};
 use async_batch_llm::{
-    BatchConfig, CooldownPolicy, ErrorCategory, Event, Item, ItemError, MetricsObserver,
-    Middleware, Observer, ScopeRegistry, process_prompts, process_prompts_with,
+    BatchConfig, ErrorCategory, Event, Item, ItemError, MetricsObserver, Middleware, Observer,
+    ScopeRegistry, process_prompts, process_prompts_with,
 };
 
 #[derive(Default)]
@@ -58,10 +58,6 @@ async fn every_item_has_a_well_formed_event_sequence() {
         concurrency: 4,
         scopes: ScopeRegistry::new(),
         observers: vec![rec.clone()],
-        cooldown: CooldownPolicy {
-            ramp: Duration::ZERO,
-            ..CooldownPolicy::default()
-        },
         ..BatchConfig::default()
     };
     process_prompts(fake, items(50), &cfg).await.unwrap();

@@ -126,7 +126,6 @@ async fn engine_wrong(
         cooldown: CooldownPolicy {
             default: Duration::from_millis(1),
             max_hint: Duration::from_millis(1),
-            ramp: Duration::ZERO,
             ..CooldownPolicy::default()
         },
         ..BatchConfig::default()

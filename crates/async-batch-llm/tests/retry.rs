@@ -10,18 +10,14 @@ use std::time::Duration;
 
 use async_batch_llm::testing::{FakeStep, FakeStrategy};
 use async_batch_llm::{
-    BatchConfig, CooldownPolicy, ErrorCategory, Item, RetryPolicy, ScopeRegistry,
-    TerminationReason, TokenUsage, call_result, process_prompts,
+    BatchConfig, ErrorCategory, Item, RetryPolicy, ScopeRegistry, TerminationReason, TokenUsage,
+    call_result, process_prompts,
 };
 use tokio::time::Instant;
 
 fn config() -> BatchConfig {
     BatchConfig {
         scopes: ScopeRegistry::new(),
-        cooldown: CooldownPolicy {
-            ramp: Duration::ZERO,
-            ..CooldownPolicy::default()
-        },
         ..BatchConfig::default()
     }
 }

@@ -285,7 +285,9 @@ async fn handle(
     let mut rate = Vec::new();
     if let Some(q) = &s.quota {
         match q.admit(usage.input + usage.output, arrived) {
-            Ok(standing) => rate = crate::rate_headers::headers(format, &standing),
+            Ok(standing) => {
+                rate = crate::rate_headers::headers(format, &standing, s.config.rate_headers);
+            }
             Err(rej) => {
                 s.stats.rate_limited(arrived, Some(rej.retry_after));
                 let (status, mut h, b) = wire::error(
@@ -297,7 +299,11 @@ async fn handle(
                         rej.retry_after.as_secs_f64()
                     ),
                 );
-                h.extend(crate::rate_headers::headers(format, &rej.standing));
+                h.extend(crate::rate_headers::headers(
+                    format,
+                    &rej.standing,
+                    s.config.rate_headers,
+                ));
                 s.stats.outcome(route, "429_quota", 0);
                 return json_response(status, &h, &b);
             }

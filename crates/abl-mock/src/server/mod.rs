@@ -41,7 +41,13 @@ impl Shared {
     pub(crate) fn new(config: MockConfig) -> Self {
         Self {
             faults: config.fault_rates(),
-            quota: Quota::new(config.rpm, config.tpm),
+            quota: Quota::new(
+                config.rpm,
+                config.tpm,
+                config
+                    .quota_window_secs
+                    .map(std::time::Duration::from_secs_f64),
+            ),
             config,
             seq: AtomicU64::new(0),
             marker_counts: Mutex::new(HashMap::new()),

@@ -146,8 +146,14 @@ pub struct BatchConfig {
     pub classifier: Arc<dyn ErrorClassifier>,
     /// Call `Strategy::dry_run` instead of `execute`.
     pub dry_run: bool,
-    /// Requests and tokens per minute for the quota scope.
+    /// Requests and tokens per minute for the quota scope. Left unset, the
+    /// limits a provider's headers report are used, and without those the
+    /// limits a quota wall teaches.
     pub limits: RateLimits,
+    /// Adaptive concurrency while no limit is known: the scope's window of
+    /// calls in flight shrinks when the provider's quota or overload shows
+    /// and grows back on clean successes (on).
+    pub adaptive: bool,
     /// Token estimates for TPM admission (default: characters / 4 + 256).
     pub estimator: Option<Arc<dyn TokenEstimator>>,
     /// Token and cost budgets.
@@ -182,6 +188,7 @@ impl Default for BatchConfig {
             classifier: Arc::new(DefaultClassifier),
             dry_run: false,
             limits: RateLimits::default(),
+            adaptive: true,
             estimator: Some(Arc::new(CharEstimator::default())),
             budget: Budget::default(),
             fail_fast: Vec::new(),
@@ -209,6 +216,7 @@ impl std::fmt::Debug for BatchConfig {
             .field("scope_max_concurrency", &self.scope_max_concurrency)
             .field("dry_run", &self.dry_run)
             .field("limits", &self.limits)
+            .field("adaptive", &self.adaptive)
             .field("budget", &self.budget)
             .field("fail_fast", &self.fail_fast)
             .field("stop_mode", &self.stop_mode)
@@ -245,7 +253,6 @@ impl BatchConfig {
             ("cooldown.default", Some(self.cooldown.default)),
             ("cooldown.max", Some(self.cooldown.max)),
             ("cooldown.max_hint", Some(self.cooldown.max_hint)),
-            ("cooldown.ramp", Some(self.cooldown.ramp)),
             ("limits.margin", Some(self.limits.margin)),
             (
                 "startup_ramp.interval",
@@ -319,6 +326,7 @@ impl BatchConfig {
             cooldown: self.cooldown,
             max_concurrency: self.scope_max_concurrency,
             limits: self.limits,
+            adaptive: self.adaptive,
         }
     }
 

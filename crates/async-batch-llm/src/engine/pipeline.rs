@@ -17,7 +17,9 @@ use super::config::{BatchConfig, Budget, RetryPolicy, StopMode};
 use super::prepare::PrepareOnce;
 use crate::error::{CallError, ErrorCategory, ErrorClassifier, RetryDecision};
 use crate::item::{Item, Prompt};
-use crate::limit::{CooldownOutcome, Scope, TokenEstimator};
+use crate::limit::{
+    Attempt, AttemptEnd, CooldownOutcome, Outcome, Scope, ScopeChange, TokenEstimator, Verdict,
+};
 use crate::observe::{Event, EventSink};
 use crate::result::{ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming};
 use crate::strategy::{RetryState, Strategy};
@@ -75,6 +77,7 @@ pub(crate) struct Run<S: Strategy> {
     pub(crate) prepare: PrepareOnce,
     pub(crate) stop: Stop,
     retry: RetryPolicy,
+    concurrency: usize,
     attempt_timeout: Duration,
     item_deadline: Option<Duration>,
     classifier: Arc<dyn ErrorClassifier>,
@@ -97,6 +100,7 @@ impl<S: Strategy> Run<S> {
             prepare: PrepareOnce::new(),
             stop: Stop::default(),
             retry: config.retry,
+            concurrency: config.concurrency,
             attempt_timeout: config.attempt_timeout,
             item_deadline: config.item_deadline,
             classifier: Arc::clone(&config.classifier),
@@ -331,33 +335,36 @@ fn deadline_fail(what: &str, acct: &Acct) -> Fail {
     )
 }
 
-/// Waits out the scope's cooldown. Returns the time waited.
+/// Waits out the scope's cooldown, and the item's own rate-limit wait
+/// (`not_before`). Returns the time waited.
 async fn wait_cooldown(
     scope: &Scope,
     stop: &Stop,
+    not_before: Option<Instant>,
     deadline: Option<Instant>,
     acct: &Acct,
 ) -> Result<Duration, Fail> {
     let t0 = Instant::now();
-    let mut waited = false;
     loop {
+        let shortened = scope.cooldown().shortened();
         let now = Instant::now();
-        // After one wait, only a new cooldown holds us back: drawing a new
-        // ramp point each time would drift past the ramp window.
-        let target = if waited {
-            scope
-                .cooldown()
-                .active_until(now)
-                .map(|u| u + scope.cooldown().policy().ramp.mul_f64(crate::rand::unit()))
-        } else {
-            scope.cooldown().ready_at(now)
+        let scope_until = scope.cooldown().active_until(now);
+        let target = match (scope_until, not_before.filter(|t| *t > now)) {
+            (Some(a), Some(b)) => a.max(b),
+            (a, b) => match a.or(b) {
+                Some(t) => t,
+                None => break,
+            },
         };
-        let Some(t) = target else { break };
-        if deadline.is_some_and(|d| t > d) {
+        if deadline.is_some_and(|d| target > d) {
             return Err(deadline_fail("a rate-limit cooldown", acct));
         }
-        sleep_or_stop(t, stop).await?;
-        waited = true;
+        tokio::select! {
+            biased;
+            () = stop.stopping.cancelled() => return Err(Fail::Stopped),
+            () = sleep_until(target) => {}
+            () = shortened => {}
+        }
     }
     Ok(t0.elapsed())
 }
@@ -366,7 +373,16 @@ async fn wait_cooldown(
 /// in the scope's RPM/TPM admission, then a concurrency slot, in a guard
 /// that gives them back on every path. `Stopped` if the run stops while
 /// waiting.
-async fn admit<'r, S: Strategy>(run: &'r Run<S>, prompt: &Prompt) -> Result<Admitted<'r>, Fail> {
+async fn admit<'r, S: Strategy>(
+    run: &'r Run<S>,
+    prompt: &Prompt,
+) -> Result<(Attempt<'r>, Admitted<'r>), Fail> {
+    let mut attempt = tokio::select! {
+        biased;
+        () = run.stop.stopping.cancelled() => return Err(Fail::Stopped),
+        a = run.scope.begin_attempt(run.concurrency) => a,
+    };
+    let from_flag = run.scope.settings().limits.tpm.is_some();
     let reservation = match run.scope.admission() {
         None => None,
         Some(adm) => {
@@ -375,14 +391,26 @@ async fn admit<'r, S: Strategy>(run: &'r Run<S>, prompt: &Prompt) -> Result<Admi
             };
             let estimate = match (adm.tpm(), &run.estimator) {
                 (None, _) => 0,
+                // A limit the provider reported or a wall taught: the
+                // settlement turns the real usage into debt.
+                (Some(_), None) if !from_flag => 0,
                 (Some(_), None) => {
                     return Err(refuse(
                         "tokens per minute are limited but no token estimator is set".into(),
                     ));
                 }
-                (Some(_), Some(e)) => e
-                    .estimate(prompt)
-                    .map_err(|m| refuse(format!("cannot estimate the tokens of this item: {m}")))?,
+                (Some(tpm), Some(e)) => {
+                    let estimate = e.estimate(prompt).map_err(|m| {
+                        refuse(format!("cannot estimate the tokens of this item: {m}"))
+                    })?;
+                    // Only the user's limit refuses an estimate larger than
+                    // itself; a reported or learned one is not that sure.
+                    if from_flag {
+                        estimate
+                    } else {
+                        estimate.min(tpm)
+                    }
+                }
             };
             Some(tokio::select! {
                 biased;
@@ -391,13 +419,16 @@ async fn admit<'r, S: Strategy>(run: &'r Run<S>, prompt: &Prompt) -> Result<Admi
             })
         }
     };
+    if let Some(r) = &reservation {
+        attempt.admitted_with(r.id());
+    }
     let admitted = Admitted::new(&run.scope, &run.events, reservation);
     let slot = tokio::select! {
         biased;
         () = run.stop.stopping.cancelled() => return Err(Fail::Stopped),
         s = run.scope.acquire_slot() => s,
     };
-    Ok(admitted.with_slot(slot))
+    Ok((attempt, admitted.with_slot(slot)))
 }
 
 /// One call under the attempt timeout (or the dry run's stand-in). The
@@ -431,10 +462,58 @@ async fn call<S: Strategy>(
     }
 }
 
+/// An item's rate limits so far: how many, the scope's success count at
+/// the last one, the end of its own hint, and whether they are its own.
+#[derive(Debug, Default)]
+struct ItemLimits {
+    count: u32,
+    successes_at_last: Option<u64>,
+    not_before: Option<Instant>,
+    /// 429s in a row with other calls of the scope succeeding in between.
+    despite_others: u32,
+    /// Found to be the item's own problem; it stays so.
+    own: bool,
+}
+
+impl ItemLimits {
+    /// Judges a 429 this item just got. One it keeps getting while other
+    /// calls in the scope succeed is its own problem (a request that alone
+    /// exceeds a limit, a broken proxy): it no longer pauses the scope, then
+    /// or later. Twice in a row suffices without a hint; with one it takes
+    /// three, since a random 429 with a hint now and then is the provider's
+    /// word for the whole key (at 5 % of calls, some items meet two).
+    fn judge(&mut self, scope: &Scope, hinted: bool) -> bool {
+        let others_succeeded = self
+            .successes_at_last
+            .is_some_and(|at| scope.successes() > at);
+        self.despite_others = if others_succeeded {
+            self.despite_others + 1
+        } else {
+            0
+        };
+        self.own |= self.despite_others >= if hinted { 2 } else { 1 };
+        self.own
+    }
+}
+
+/// How an attempt's result counts in its scope.
+fn outcome_of<T>(result: &Result<T, CallError>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Success,
+        Err(e) => match e.category() {
+            ErrorCategory::RateLimit => Outcome::RateLimited,
+            ErrorCategory::ServerOverload => Outcome::Overloaded,
+            ErrorCategory::ServerError if e.status() == Some(503) => Outcome::Overloaded,
+            _ => Outcome::Failure,
+        },
+    }
+}
+
 /// The pipeline of SPEC.md §4 for one item: wait for the scope's cooldown
-/// → admission (reservation and slot) → re-check the cooldown (one began:
-/// give back, queue again, no budget spent) → call under the attempt
-/// timeout → settle → classify → done, retry or fail.
+/// (and the item's own hint) → a place in the scope's window → admission
+/// (reservation and slot) → re-check the cooldown (one began: give back,
+/// queue again, no budget spent) → call under the attempt timeout → settle
+/// → tell the scope → classify → done, retry or fail.
 async fn attempts<S: Strategy>(
     run: &Run<S>,
     id: &str,
@@ -444,27 +523,39 @@ async fn attempts<S: Strategy>(
     state: &mut RetryState,
 ) -> Result<S::Output, Fail> {
     let mut attempt = 1u32;
-    let mut rate_limited = 0u32;
+    let mut limits = ItemLimits::default();
     acct.attempts = 1;
     loop {
         if run.stop.stopping.is_cancelled() {
             return Err(Fail::Stopped);
         }
-        let cooldown_wait = wait_cooldown(&run.scope, &run.stop, deadline, acct).await?;
+        let cooldown_wait =
+            wait_cooldown(&run.scope, &run.stop, limits.not_before, deadline, acct).await?;
         acct.timing.cooldown_wait += micros(cooldown_wait);
+        if run.scope.take_cooldown_end(Instant::now()) {
+            run.events.emit(|| Event::CooldownEnded {
+                scope: run.scope.name().to_owned(),
+            });
+        }
         let t1 = Instant::now();
-        let admitted = admit(run, prompt).await?;
+        let (place, admitted) = admit(run, prompt).await?;
         let admission_wait = micros(t1.elapsed());
         acct.timing.admission_wait += admission_wait;
-        report_admitted(run, id, attempt, cooldown_wait + admission_wait);
+        run.events.emit(|| Event::ItemAdmitted {
+            id: id.to_owned(),
+            attempt,
+            waited: cooldown_wait + admission_wait,
+        });
         if run.scope.cooldown().active_until(Instant::now()).is_some() {
-            // A cooldown began while we waited: the guard gives back the
-            // slot and the reservation; queue again, spending no budget.
+            // A cooldown began while we waited: the guards give back the
+            // place, the slot and the reservation; queue again, spending
+            // no budget.
             continue;
         }
         let result = if let Err(e) = run.prepare.ensure(&*run.strategy).await {
             // No call was made: the failure is the preparation's.
             drop(admitted);
+            drop(place);
             Err(e)
         } else {
             let exec_start = Instant::now();
@@ -477,10 +568,11 @@ async fn attempts<S: Strategy>(
                     acct.last_error.as_ref(),
                 ));
             };
-            admitted.settle(match &result {
+            let used = match &result {
                 Ok((_, usage)) => usage.map(|u| u.total),
                 Err(e) => e.usage().map(|u| u.total),
-            });
+            };
+            admitted.settle(used);
             let execution = micros(exec_start.elapsed());
             acct.timing.execution += execution;
             acct.timing.tries.push(TryTiming {
@@ -490,6 +582,29 @@ async fn attempts<S: Strategy>(
                 execution,
                 error: result.as_ref().err().map(CallError::category),
             });
+            // A rate limit that is the scope's (not this item's own) pauses
+            // it before the scope hears how the attempt ended, so that a
+            // verdict of noise can end a hintless cooldown.
+            let mut outcome = outcome_of(&result);
+            if let Err(e) = &result
+                && let RetryDecision::RateLimited { retry_after } = run.classifier.classify(e)
+            {
+                if limits.judge(&run.scope, retry_after.is_some()) {
+                    outcome = Outcome::Failure;
+                } else {
+                    report_rate_limit(run, retry_after);
+                }
+            }
+            let reported = match &result {
+                Ok(_) => state.take_reported_limits(),
+                Err(e) => e.reported_limits().copied(),
+            };
+            let change = place.end(AttemptEnd {
+                outcome,
+                reported: reported.as_ref(),
+                tokens: used.unwrap_or(0),
+            });
+            report_change(run, change);
             result
         };
         let error = match result {
@@ -497,7 +612,6 @@ async fn attempts<S: Strategy>(
                 let usage = usage.unwrap_or_default();
                 acct.usage += usage;
                 run.charge(usage, id);
-                run.scope.cooldown().record_success();
                 return Ok(output);
             }
             Err(e) => e,
@@ -508,16 +622,7 @@ async fn attempts<S: Strategy>(
         }
         acct.last_error = Some(to_item_error(&error));
         run.strategy.on_error(&error, attempt, state).await;
-        retry_or_fail(
-            run,
-            id,
-            &error,
-            &mut attempt,
-            &mut rate_limited,
-            deadline,
-            acct,
-        )
-        .await?;
+        retry_or_fail(run, id, &error, &mut attempt, &mut limits, deadline, acct).await?;
     }
 }
 
@@ -528,24 +633,40 @@ async fn retry_or_fail<S: Strategy>(
     id: &str,
     error: &CallError,
     attempt: &mut u32,
-    rate_limited: &mut u32,
+    limits: &mut ItemLimits,
     deadline: Option<Instant>,
     acct: &mut Acct,
 ) -> Result<(), Fail> {
     match run.classifier.classify(error) {
         RetryDecision::RateLimited { retry_after } => {
-            *rate_limited += 1;
-            report_rate_limit(run, id, retry_after);
-            if *rate_limited > run.retry.max_rate_limit_retries {
+            let own = limits.own;
+            limits.count += 1;
+            limits.successes_at_last = Some(run.scope.successes());
+            run.events.emit(|| Event::RateLimitHit {
+                id: id.to_owned(),
+                retry_after,
+            });
+            if limits.count > run.retry.max_rate_limit_retries {
                 return Err(with_last(
                     ErrorCategory::RateLimitRetriesExceeded,
                     format!(
-                        "rate limited {rate_limited} times; the budget is {} retries",
-                        run.retry.max_rate_limit_retries
+                        "rate limited {} times; the budget is {} retries",
+                        limits.count, run.retry.max_rate_limit_retries
                     ),
                     acct.last_error.as_ref(),
                 ));
             }
+            // Never before its own hint; when the 429 is the item's own,
+            // also after its own backoff, the scope going on meanwhile.
+            let hint = retry_after
+                .map(|h| h.min(run.scope.cooldown().policy().max_hint))
+                .unwrap_or_default();
+            let wait = if own {
+                hint.max(run.retry.backoff(limits.count))
+            } else {
+                hint
+            };
+            limits.not_before = micros_after(Instant::now(), micros(wait));
         }
         RetryDecision::Immediately | RetryDecision::Backoff
             if *attempt >= run.retry.max_attempts =>
@@ -571,39 +692,42 @@ async fn retry_or_fail<S: Strategy>(
     Ok(())
 }
 
-/// Events of an admission: the end of a cooldown, once, and the admission.
-fn report_admitted<S: Strategy>(run: &Run<S>, id: &str, attempt: u32, waited: Duration) {
-    if !run.events.is_active() {
-        return;
-    }
-    if run.scope.cooldown().active_until(Instant::now()).is_none()
-        && run.scope.cooldown().take_ended()
-    {
-        run.events.emit(|| Event::CooldownEnded {
-            scope: run.scope.name().to_owned(),
-        });
-    }
-    run.events.emit(|| Event::ItemAdmitted {
-        id: id.to_owned(),
-        attempt,
-        waited,
-    });
-}
-
-/// A 429: the scope's cooldown starts (or is joined) and the events say so.
-fn report_rate_limit<S: Strategy>(run: &Run<S>, id: &str, retry_after: Option<Duration>) {
-    let outcome = run
-        .scope
-        .cooldown()
-        .report_rate_limit(retry_after, Instant::now());
-    run.events.emit(|| Event::RateLimitHit {
-        id: id.to_owned(),
-        retry_after,
-    });
+/// A 429 that is the scope's: its cooldown starts (or is extended to this
+/// hint) and the events say so.
+fn report_rate_limit<S: Strategy>(run: &Run<S>, retry_after: Option<Duration>) {
+    let outcome = run.scope.report_rate_limit(retry_after, Instant::now());
     if let CooldownOutcome::Started(length) = outcome {
         run.events.emit(|| Event::CooldownStarted {
             scope: run.scope.name().to_owned(),
             length,
+        });
+    }
+}
+
+/// Events of what changed in the scope when an attempt ended.
+fn report_change<S: Strategy>(run: &Run<S>, change: ScopeChange) {
+    if !run.events.is_active() {
+        return;
+    }
+    let scope = || run.scope.name().to_owned();
+    if let Some((what, reported, set)) = change.lower_than_flag {
+        run.events.emit(|| Event::LimitBelowSetting {
+            scope: scope(),
+            what,
+            reported,
+            set,
+        });
+    }
+    if let Some(Verdict::Quota { .. }) = change.verdict {
+        run.events.emit(|| Event::QuotaWall {
+            scope: scope(),
+            window: run.scope.window().view().limit,
+        });
+    }
+    if change.limits {
+        run.events.emit(|| Event::LimitsChanged {
+            scope: scope(),
+            limits: run.scope.limits_in_force(),
         });
     }
 }

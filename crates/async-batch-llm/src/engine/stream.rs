@@ -144,6 +144,11 @@ impl<T> ResultStream<T> {
             .map(|until| until - now)
     }
 
+    /// The limits the run's scope runs under now, and where they came from.
+    pub fn limits_in_force(&self) -> crate::limit::LimitsInForce {
+        self.control.scope.limits_in_force()
+    }
+
     /// A handle to stop the run.
     pub fn stop_handle(&self) -> StopHandle {
         self.stop.clone()
@@ -296,6 +301,7 @@ where
     let mut batch = BatchResult::new(results, termination, started.elapsed());
     batch.stats.cooldowns = stream.cooldowns();
     batch.stats.admission = stream.admission_stats();
+    batch.stats.limits = stream.limits_in_force();
     batch.stats.dry_run = config.dry_run;
     Ok(if config.preserve_order {
         batch.in_input_order()

@@ -9,6 +9,14 @@
 //! later admissions), unknown usage keeps the estimate, known zero usage
 //! refunds the tokens but spends the request, and an attempt that never
 //! started gives both back.
+//!
+//! The limits may change while a run goes: a provider's headers or a
+//! learned quota set them ([`Admission::set_limits`]), and what a reply says
+//! remains of the provider's quota corrects the window
+//! ([`Admission::observe`]): use the run cannot see (another process on the
+//! same key) is counted as *foreign* entries that leave the window over the
+//! reported reset. When a provider reports what remains but not the limit,
+//! that remainder is a budget until the reset.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -20,6 +28,14 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const MINUTE: Duration = Duration::from_secs(60);
+
+/// Foreign tokens are counted in this many shares, each leaving the
+/// window at its own time.
+const SHARES: u64 = 16;
+
+/// Reservations remembered for a provider's token budget (far more than
+/// are ever in flight at once).
+const RECENT: usize = 4096;
 
 /// Per-minute limits of a scope.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -97,17 +113,103 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// Its number: reservations are numbered in the order they are made.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The reserved token estimate.
     pub fn tokens(&self) -> u64 {
         self.tokens
     }
 }
 
+/// The limits in force, as window sizes.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    per_window: u64,
+    window: Duration,
+    token_window: Duration,
+    /// Tokens per minute, as set.
+    tpm: Option<u64>,
+    /// Tokens per `token_window`.
+    tokens_per_window: Option<u64>,
+    /// The window's share of a minute: what a provider's per-minute limit
+    /// is worth in it.
+    scale: f64,
+}
+
+impl Limits {
+    /// Per-minute `limits` enforced over windows of `span` (a minute, or
+    /// less for a provider that enforces its per-minute limits over shorter
+    /// periods): R requests per minute as n per window of 60·n/R s, with
+    /// n = R·span/60, exact for integers and for fractions (0.5 per minute:
+    /// 1 per 120 s); T tokens per minute as T·span/60 per span.
+    fn new(limits: RateLimits, span: Duration) -> Self {
+        let span = span.clamp(Duration::from_secs(1), MINUTE);
+        let scale = span.as_secs_f64() / MINUTE.as_secs_f64();
+        let (per_window, window) = match limits.rpm {
+            Some(r) if r.is_finite() && r > 0.0 => {
+                // (3000 × 10/60 is 499.99… in floating point.)
+                let n = (r * scale + 1e-9).floor().max(1.0);
+                (
+                    n as u64,
+                    crate::time::secs_f64(60.0 * n / r).unwrap_or(crate::time::MAX_DURATION),
+                )
+            }
+            _ => (u64::MAX, span),
+        };
+        // The margin is for a minute; a shorter window gets its share.
+        let margin = limits.margin.mul_f64(scale);
+        Self {
+            per_window,
+            window: window.saturating_add(margin),
+            token_window: span.saturating_add(margin),
+            tpm: limits.tpm,
+            tokens_per_window: limits
+                .tpm
+                .map(|t| ((t as f64 * scale + 1e-9).floor() as u64).max(1)),
+            scale,
+        }
+    }
+
+    /// A provider's per-minute `limit` as a limit per window.
+    fn scaled(&self, limit: u64) -> u64 {
+        ((limit as f64 * self.scale).round() as u64).max(1)
+    }
+}
+
+/// A provider's remainder without its limit: a budget until `until`.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    left: i128,
+    until: Instant,
+}
+
 #[derive(Default)]
 struct State {
+    limits: Option<Limits>,
     requests: VecDeque<(u64, Instant)>,
     tokens: VecDeque<(u64, Instant, u64)>,
     token_sum: u64,
+    /// Foreign use: when each foreign request leaves the window.
+    foreign_requests: VecDeque<Instant>,
+    /// Foreign tokens: when each share leaves, and how many.
+    foreign_tokens: VecDeque<(Instant, u64)>,
+    foreign_token_sum: u64,
+    request_budget: Option<Budget>,
+    token_budget: Option<Budget>,
+    /// The newest reservation an observation came from (older replies are
+    /// stale and ignored).
+    observed_from: Option<u64>,
+    /// The last reservations (number, tokens), for the tokens admitted
+    /// after an observed one.
+    recent: VecDeque<(u64, u64)>,
+    /// How fast foreign use grows: the last measurement (when the observed
+    /// request was sent, foreign requests, foreign tokens) and the rates
+    /// per second (smoothed).
+    foreign_trend: Option<(Instant, u64, u64)>,
+    foreign_rate: (f64, f64),
     queue: VecDeque<u64>,
     next_ticket: u64,
     next_id: u64,
@@ -116,10 +218,7 @@ struct State {
 
 /// The limiter of one scope.
 pub struct Admission {
-    per_window: u64,
-    window: Duration,
-    token_window: Duration,
-    tpm: Option<u64>,
+    margin: Duration,
     state: Mutex<State>,
     notify: Notify,
     waiting: AtomicU64,
@@ -127,10 +226,9 @@ pub struct Admission {
 
 impl std::fmt::Debug for Admission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.lock();
         f.debug_struct("Admission")
-            .field("per_window", &self.per_window)
-            .field("window", &self.window)
-            .field("tpm", &self.tpm)
+            .field("limits", &st.limits)
             .finish_non_exhaustive()
     }
 }
@@ -154,38 +252,120 @@ impl Drop for Ticket<'_> {
     }
 }
 
-impl Admission {
-    /// A limiter for `limits`; `None` when there are none.
-    pub fn new(limits: RateLimits) -> Option<Self> {
-        if limits.is_empty() {
-            return None;
+/// What to count as others' in a window of `limit`, when the provider says
+/// `remaining` are left and this scope holds `ours`: what the provider
+/// counts beyond ours; what the others sent since the request the reply
+/// answers (`ahead`, predicted from their rate); and the others' share of
+/// what remains, in proportion to their use, so that two processes racing
+/// for the last of a quota each take their part instead of all of it.
+/// Alone on a quota (the provider counts nothing beyond ours) it is zero.
+fn foreign_share(limit: u64, remaining: u64, ours: u64, ahead: u64) -> u64 {
+    let used = limit.saturating_sub(remaining).saturating_sub(ours);
+    if used == 0 {
+        return 0;
+    }
+    let used = used.saturating_add(ahead);
+    let left = limit.saturating_sub(ours).saturating_sub(used);
+    let share = u128::from(left) * u128::from(used) / (u128::from(ours) + u128::from(used));
+    used.saturating_add(u64::try_from(share).unwrap_or(u64::MAX))
+        .min(limit)
+}
+
+/// When `n` foreign entries leave the window: as this scope's own entries
+/// do (`own`, ascending), on the guess that another process on the same
+/// quota sends like this one; with no entries of its own to go by, spread
+/// evenly over the provider's `reset`.
+fn expiries(
+    own: &[Instant],
+    n: u64,
+    now: Instant,
+    reset: Duration,
+) -> impl Iterator<Item = Instant> {
+    let reset = reset.max(Duration::from_millis(1));
+    (0..n).map(move |i| {
+        if own.is_empty() {
+            now + reset.mul_f64((i + 1) as f64 / n as f64)
+        } else {
+            let k = usize::try_from(i * own.len() as u64 / n.max(1)).unwrap_or(0);
+            own[k.min(own.len() - 1)]
         }
-        // R requests per minute as n per window of 60·n/R s: exact for
-        // integers (n = R per 60 s) and for fractions (0.5: 1 per 120 s).
-        let (per_window, window) = match limits.rpm {
-            Some(r) if r.is_finite() && r > 0.0 => {
-                let n = r.floor().max(1.0);
-                (
-                    n as u64,
-                    crate::time::secs_f64(60.0 * n / r).unwrap_or(crate::time::MAX_DURATION),
-                )
-            }
-            _ => (u64::MAX, MINUTE),
-        };
-        Some(Self {
-            per_window,
-            window: window.saturating_add(limits.margin),
-            token_window: MINUTE.saturating_add(limits.margin),
-            tpm: limits.tpm,
-            state: Mutex::new(State::default()),
+    })
+}
+
+/// Two sequences ascending by `at`, merged into one.
+fn merged<T>(
+    first: impl Iterator<Item = T>,
+    second: impl Iterator<Item = T>,
+    at: impl Fn(&T) -> Instant,
+) -> impl Iterator<Item = T> {
+    let (mut first, mut second) = (first.peekable(), second.peekable());
+    std::iter::from_fn(move || match (first.peek(), second.peek()) {
+        (Some(x), Some(y)) if at(x) <= at(y) => first.next(),
+        (Some(_) | None, Some(_)) => second.next(),
+        (Some(_), None) => first.next(),
+        (None, None) => None,
+    })
+}
+
+impl Admission {
+    /// A limiter for `limits` (none set: it admits everything until
+    /// [`Admission::set_limits`] or an observation gives it some).
+    pub fn new(limits: RateLimits) -> Self {
+        Self {
+            margin: limits.margin,
+            state: Mutex::new(State {
+                limits: (!limits.is_empty()).then(|| Limits::new(limits, MINUTE)),
+                ..State::default()
+            }),
             notify: Notify::new(),
             waiting: AtomicU64::new(0),
-        })
+        }
     }
 
-    /// The token limit per minute.
+    /// True when a limit or a provider's budget holds admissions back.
+    pub fn is_limited(&self) -> bool {
+        let st = self.lock();
+        st.limits.is_some() || st.request_budget.is_some() || st.token_budget.is_some()
+    }
+
+    /// The token limit per minute in force.
     pub fn tpm(&self) -> Option<u64> {
-        self.tpm
+        self.lock().limits.and_then(|l| l.tpm)
+    }
+
+    /// Puts new per-minute limits in force, enforced over windows of
+    /// `span` (at most a minute; the window keeps what it holds). `seed` are
+    /// earlier requests of this scope not in the window (sent while it had
+    /// no limits), as (when, requests, tokens).
+    pub fn set_limits(
+        &self,
+        rpm: Option<f64>,
+        tpm: Option<u64>,
+        span: Duration,
+        seed: &[(Instant, u64, u64)],
+    ) {
+        let limits = RateLimits {
+            rpm,
+            tpm,
+            margin: self.margin,
+        };
+        let mut st = self.lock();
+        let was_limited = st.limits.is_some();
+        st.limits = (!limits.is_empty()).then(|| Limits::new(limits, span));
+        if !was_limited {
+            for &(at, requests, tokens) in seed {
+                for i in 0..requests {
+                    let id = st.next_id;
+                    st.next_id += 1;
+                    st.requests.push_back((id, at));
+                    let share = if i == 0 { tokens } else { 0 };
+                    st.tokens.push_back((id, at, share));
+                    st.token_sum += share;
+                }
+            }
+        }
+        drop(st);
+        self.notify.notify_waiters();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -194,49 +374,194 @@ impl Admission {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn prune(&self, st: &mut State, now: Instant) {
-        while st
-            .requests
-            .front()
-            .is_some_and(|r| r.1 + self.window <= now)
-        {
+    fn prune(st: &mut State, now: Instant) {
+        let Some(l) = st.limits else {
+            st.requests.clear();
+            st.tokens.clear();
+            st.token_sum = 0;
+            return;
+        };
+        while st.requests.front().is_some_and(|r| r.1 + l.window <= now) {
             st.requests.pop_front();
         }
         while let Some(&(_, at, n)) = st.tokens.front() {
-            if at + self.token_window > now {
+            if at + l.token_window > now {
                 break;
             }
             st.tokens.pop_front();
             st.token_sum -= n;
         }
+        while st.foreign_requests.front().is_some_and(|e| *e <= now) {
+            st.foreign_requests.pop_front();
+        }
+        while let Some(&(e, n)) = st.foreign_tokens.front() {
+            if e > now {
+                break;
+            }
+            st.foreign_tokens.pop_front();
+            st.foreign_token_sum -= n;
+        }
+        for b in [&mut st.request_budget, &mut st.token_budget] {
+            if b.is_some_and(|b| b.until <= now) {
+                *b = None;
+            }
+        }
     }
 
     /// When a reservation of `tokens` fits, `None` if it fits now.
-    fn fits_at(&self, st: &State, tokens: u64, now: Instant) -> Option<Instant> {
+    fn fits_at(st: &State, tokens: u64, now: Instant) -> Option<Instant> {
         let mut at = now;
-        let count = st.requests.len() as u64;
-        if count + 1 > self.per_window {
-            let idx = (count + 1 - self.per_window - 1) as usize;
-            at = at.max(st.requests[idx].1 + self.window);
-        }
-        if let Some(max) = self.tpm
-            && st.token_sum + tokens > max
-        {
-            let mut need = st.token_sum + tokens - max;
-            for &(_, t, n) in &st.tokens {
-                at = at.max(t + self.token_window);
-                if n >= need {
-                    break;
+        if let Some(l) = st.limits {
+            let count = (st.requests.len() + st.foreign_requests.len()) as u64;
+            if count + 1 > l.per_window {
+                let k = usize::try_from(count - l.per_window).unwrap_or(usize::MAX);
+                let own = st.requests.iter().map(|r| r.1 + l.window);
+                let foreign = st.foreign_requests.iter().copied();
+                if let Some(t) = merged(own, foreign, |t| *t).nth(k) {
+                    at = at.max(t);
                 }
-                need -= n;
             }
+            let used = st.token_sum + st.foreign_token_sum;
+            if let Some(max) = l.tokens_per_window
+                && used + tokens > max
+            {
+                let mut need = used + tokens - max;
+                let own = st.tokens.iter().map(|&(_, t, n)| (t + l.token_window, n));
+                let foreign = st.foreign_tokens.iter().copied();
+                for (t, n) in merged(own, foreign, |e| e.0) {
+                    at = at.max(t);
+                    if n >= need {
+                        break;
+                    }
+                    need -= n;
+                }
+            }
+        }
+        if let Some(b) = st.request_budget
+            && b.left <= 0
+        {
+            at = at.max(b.until);
+        }
+        if let Some(b) = st.token_budget
+            && b.left < i128::from(tokens)
+        {
+            at = at.max(b.until);
         }
         (at > now).then_some(at)
     }
 
+    /// What a reply to the attempt of reservation `from` (the newest
+    /// reservation when it was admitted) says of the provider's quota, at
+    /// `now`: with the limit, whatever it counts beyond this scope's own
+    /// entries is foreign use, spread to leave over the reported reset;
+    /// without it, the remainder is a budget until the reset. Replies older
+    /// than one already observed are ignored.
+    pub fn observe(
+        &self,
+        from: u64,
+        sent: Instant,
+        reported: &crate::limit::ReportedLimits,
+        now: Instant,
+    ) {
+        let mut st = self.lock();
+        if st.observed_from.is_some_and(|o| from < o) {
+            return;
+        }
+        st.observed_from = Some(from);
+        Self::prune(&mut st, now);
+        // The reply tells the provider's count when the request arrived;
+        // the others kept sending since. Their rate, from the last two
+        // replies, predicts how much.
+        // A provider's limits are per minute; the window may be shorter.
+        let in_force = st.limits;
+        let scaled = move |limit: u64| in_force.map_or(limit, |l| l.scaled(limit));
+        let measured = |l: &crate::limit::ReportedLimit, ours: u64| match (l.limit, l.remaining) {
+            (Some(limit), Some(remaining)) => {
+                scaled(limit).saturating_sub(remaining).saturating_sub(ours)
+            }
+            _ => 0,
+        };
+        let fr = measured(&reported.requests, st.requests.len() as u64);
+        let ft = measured(&reported.tokens, st.token_sum);
+        if let Some((t, r0, t0)) = st.foreign_trend {
+            let dt = sent.saturating_duration_since(t).as_secs_f64();
+            if dt > 0.0 {
+                let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / dt;
+                let (rr, rt) = st.foreign_rate;
+                // A jump between two close replies is not a rate: nobody
+                // is predicted to send a minute's limit faster than in 10 s.
+                let most = |l: Option<u64>| l.map_or(f64::INFINITY, |l| l as f64 / 6.0);
+                st.foreign_rate = (
+                    (0.5 * rr + 0.5 * rate(fr, r0)).min(most(reported.requests.limit)),
+                    (0.5 * rt + 0.5 * rate(ft, t0)).min(most(reported.tokens.limit)),
+                );
+            }
+        }
+        if st.foreign_trend.is_none_or(|(t, _, _)| sent > t) {
+            st.foreign_trend = Some((sent, fr, ft));
+        }
+        let age = now.saturating_duration_since(sent).as_secs_f64();
+        let ahead = |rate: f64| (rate * age).ceil().min(u64::MAX as f64) as u64;
+        let (ahead_requests, ahead_tokens) = (ahead(st.foreign_rate.0), ahead(st.foreign_rate.1));
+        let admitted_after = |st: &State| st.next_id.saturating_sub(from + 1);
+        let r = reported.requests;
+        if let (Some(limit), Some(remaining)) = (r.limit, r.remaining) {
+            let limit = scaled(limit);
+            let ours = st.requests.len() as u64;
+            let foreign = foreign_share(limit, remaining, ours, ahead_requests);
+            let reset = r.reset.unwrap_or(MINUTE);
+            let window = st.limits.map_or(MINUTE, |l| l.window);
+            let own: Vec<Instant> = st.requests.iter().map(|e| e.1 + window).collect();
+            st.foreign_requests = expiries(&own, foreign, now, reset).collect();
+            st.request_budget = None;
+        } else if let Some(remaining) = r.remaining {
+            let left = i128::from(remaining) - i128::from(admitted_after(&st));
+            let until = now + r.reset.unwrap_or(Duration::from_secs(1));
+            st.request_budget = Some(Budget { left, until });
+        }
+        let t = reported.tokens;
+        if let (Some(limit), Some(remaining)) = (t.limit, t.remaining) {
+            let limit = scaled(limit);
+            let ours = st.token_sum;
+            let foreign = foreign_share(limit, remaining, ours, ahead_tokens);
+            let reset = t.reset.unwrap_or(MINUTE);
+            let window = st.limits.map_or(MINUTE, |l| l.token_window);
+            let own: Vec<Instant> = st.tokens.iter().map(|e| e.1 + window).collect();
+            st.foreign_tokens = expiries(&own, SHARES, now, reset)
+                .zip(1..=SHARES)
+                .filter_map(|(at, i)| {
+                    let n = foreign * i / SHARES - foreign * (i - 1) / SHARES;
+                    (n > 0).then_some((at, n))
+                })
+                .collect();
+            st.foreign_token_sum = st.foreign_tokens.iter().map(|f| f.1).sum();
+            st.token_budget = None;
+        } else if let Some(remaining) = t.remaining {
+            let after: u64 = st.recent.iter().filter(|e| e.0 > from).map(|e| e.1).sum();
+            let left = i128::from(remaining) - i128::from(after);
+            let until = now + t.reset.unwrap_or(Duration::from_secs(1));
+            st.token_budget = Some(Budget { left, until });
+        }
+        drop(st);
+        self.notify.notify_waiters();
+    }
+
+    /// The newest reservation number so far (an attempt notes it when it is
+    /// admitted, for [`Admission::observe`]).
+    pub fn newest(&self) -> u64 {
+        self.lock().next_id.saturating_sub(1)
+    }
+
+    /// Foreign requests and tokens in the window now.
+    pub fn foreign(&self) -> (u64, u64) {
+        let mut st = self.lock();
+        Self::prune(&mut st, Instant::now());
+        (st.foreign_requests.len() as u64, st.foreign_token_sum)
+    }
+
     /// Waits for room and reserves one request and `tokens` tokens.
     pub async fn reserve(&self, tokens: u64) -> Result<Reservation, AdmissionError> {
-        if let Some(limit) = self.tpm
+        if let Some(limit) = self.tpm()
             && tokens > limit
         {
             return Err(AdmissionError::EstimateTooLarge {
@@ -261,16 +586,28 @@ impl Admission {
             let wake = {
                 let now = Instant::now();
                 let mut st = self.lock();
-                self.prune(&mut st, now);
+                Self::prune(&mut st, now);
                 if st.queue.front() == Some(&ticket.id) {
-                    match self.fits_at(&st, tokens, now) {
+                    match Self::fits_at(&st, tokens, now) {
                         None => {
                             st.queue.pop_front();
                             let id = st.next_id;
                             st.next_id += 1;
-                            st.requests.push_back((id, now));
-                            st.tokens.push_back((id, now, tokens));
-                            st.token_sum += tokens;
+                            if st.limits.is_some() {
+                                st.requests.push_back((id, now));
+                                st.tokens.push_back((id, now, tokens));
+                                st.token_sum += tokens;
+                            }
+                            if st.recent.len() == RECENT {
+                                st.recent.pop_front();
+                            }
+                            st.recent.push_back((id, tokens));
+                            if let Some(b) = st.request_budget.as_mut() {
+                                b.left -= 1;
+                            }
+                            if let Some(b) = st.token_budget.as_mut() {
+                                b.left -= i128::from(tokens);
+                            }
                             st.stats.reserved += 1;
                             st.stats.reserved_tokens += tokens;
                             drop(st);
@@ -364,8 +701,7 @@ mod tests {
             rpm: None,
             tpm: Some(1_000),
             ..RateLimits::default()
-        })
-        .unwrap();
+        });
         for used in [Some(80), Some(130), None, Some(0)] {
             let r = a.reserve(100).await.unwrap();
             a.settle(r, used);
@@ -401,8 +737,7 @@ mod tests {
             rpm: Some(0.5),
             tpm: None,
             ..RateLimits::default()
-        })
-        .unwrap();
+        });
         let t0 = Instant::now();
         let _ = a.reserve(0).await.unwrap();
         let _ = a.reserve(0).await.unwrap();
@@ -415,8 +750,7 @@ mod tests {
             rpm: None,
             tpm: Some(100),
             ..RateLimits::default()
-        })
-        .unwrap();
+        });
         let t0 = Instant::now();
         let r = a.reserve(60).await.unwrap();
         a.settle(r, Some(90)); // 30 of debt

@@ -1,9 +1,15 @@
 //! The coordinated cooldown of one quota scope.
 //!
 //! The first rate limit in a scope starts one cooldown; no new attempt in the
-//! scope starts until it ends, calls in flight finish, and 429s from calls that
-//! started before the cooldown neither extend it nor start another. After it
-//! ends, waiting attempts are released spread over a ramp window.
+//! scope starts until it ends, and calls in flight finish. Every hint is
+//! honoured: a 429 that arrives while a cooldown runs (from a call that was
+//! in flight when it began) extends it to its own `t + hint` when that is
+//! later, so no item is retried before its hint. Only the escalation of
+//! cooldowns without a hint (10 s, then ×1.5) counts fresh 429s alone. A
+//! cooldown may end early when the calls in flight with the 429 show it was
+//! noise ([`Cooldown::end_hintless`]), but never before the latest hint its
+//! 429s brought. What comes after a cooldown, a slow start driven by completions, is
+//! the scope's [`Window`](super::Window).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -26,11 +32,6 @@ pub struct CooldownPolicy {
     /// Cap for a provider's hint (600 s).
     #[serde(with = "crate::time::duration_ms")]
     pub max_hint: Duration,
-    /// Window over which waiting attempts are released after a cooldown
-    /// (5 s). Never longer than the cooldown itself: a provider that asks
-    /// for 1 s gets its traffic back within 1 s more, not 5.
-    #[serde(with = "crate::time::duration_ms")]
-    pub ramp: Duration,
 }
 
 impl Default for CooldownPolicy {
@@ -40,7 +41,6 @@ impl Default for CooldownPolicy {
             multiplier: 1.5,
             max: Duration::from_secs(300),
             max_hint: Duration::from_secs(600),
-            ramp: Duration::from_secs(5),
         }
     }
 }
@@ -61,8 +61,9 @@ impl CooldownPolicy {
 struct State {
     /// End of the latest cooldown.
     until: Option<Instant>,
-    /// Release window after it.
-    ramp: Duration,
+    /// The latest `t + hint` of the 429s of this cooldown: it never ends
+    /// before that.
+    hinted_until: Option<Instant>,
 }
 
 /// What [`Cooldown::report_rate_limit`] did.
@@ -70,8 +71,11 @@ struct State {
 pub enum CooldownOutcome {
     /// A new cooldown of this length began.
     Started(Duration),
-    /// A cooldown is already running: this 429 is ignored.
-    Ignored,
+    /// The running cooldown now ends this long after the 429 (its hint).
+    Extended(Duration),
+    /// A cooldown is running and already ends after this 429's hint (or
+    /// the 429 had none).
+    Joined,
 }
 
 /// The cooldown of one scope. Cheap to query; all waiting is done by callers.
@@ -79,6 +83,8 @@ pub enum CooldownOutcome {
 pub struct Cooldown {
     policy: CooldownPolicy,
     state: Mutex<State>,
+    /// Wakes the waiters when a cooldown ends early.
+    shortened: tokio::sync::Notify,
     consecutive: AtomicU32,
     started_count: AtomicU64,
     ended_reported: AtomicU64,
@@ -90,6 +96,7 @@ impl Cooldown {
         Self {
             policy,
             state: Mutex::new(State::default()),
+            shortened: tokio::sync::Notify::new(),
             consecutive: AtomicU32::new(0),
             started_count: AtomicU64::new(0),
             ended_reported: AtomicU64::new(0),
@@ -112,36 +119,35 @@ impl Cooldown {
         self.lock().until.filter(|u| *u > now)
     }
 
+    /// The latest end a provider's hint gave, if it is after `now`.
+    pub fn hinted_until(&self, now: Instant) -> Option<Instant> {
+        self.lock().hinted_until.filter(|u| *u > now)
+    }
+
     /// How many cooldowns this scope has started.
     pub fn started_count(&self) -> u64 {
         self.started_count.load(Ordering::Relaxed)
     }
 
-    /// When an attempt may start: `None` now, or the instant to sleep until.
-    /// An attempt blocked by a cooldown is released at a random point of the
-    /// ramp window after it; one arriving inside the window is spread too.
-    pub fn ready_at(&self, now: Instant) -> Option<Instant> {
-        let (until, ramp) = {
-            let st = self.lock();
-            (st.until?, st.ramp)
-        };
-        let ramp_end = until + ramp;
-        if now >= ramp_end {
-            return None;
-        }
-        let target = until + ramp.mul_f64(crate::rand::unit());
-        (target > now).then_some(target)
-    }
-
     /// Reports a rate limit received at `now`. Starts a cooldown unless one
-    /// is running: 429s from calls that were in flight when it began arrive
-    /// during it and neither extend it nor start another. A 429 that arrives
-    /// after the cooldown ended is the provider's fresh word and starts a new
-    /// (consecutive) one.
+    /// is running; a running one is extended to `now + hint` when that is
+    /// later (late 429s included: every hint is honoured). A 429 without a
+    /// hint during a cooldown joins it and does not escalate; one that
+    /// arrives after the cooldown ended is the provider's fresh word and
+    /// starts a new (consecutive) one.
     pub fn report_rate_limit(&self, hint: Option<Duration>, now: Instant) -> CooldownOutcome {
         let mut st = self.lock();
+        let hint = hint.map(|h| h.min(self.policy.max_hint));
+        let hint_end = hint.and_then(|h| crate::time::after(now, h));
         if st.until.is_some_and(|u| u > now) {
-            return CooldownOutcome::Ignored;
+            st.hinted_until = st.hinted_until.max(hint_end);
+            if let (Some(h), Some(end)) = (hint, hint_end)
+                && st.until.is_some_and(|u| end > u)
+            {
+                st.until = Some(end);
+                return CooldownOutcome::Extended(h);
+            }
+            return CooldownOutcome::Joined;
         }
         let consecutive = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         let length = self
@@ -149,10 +155,10 @@ impl Cooldown {
             .length(consecutive, hint)
             .min(crate::time::MAX_DURATION);
         st.until = Some(now + length);
-        st.ramp = self.policy.ramp.min(length);
+        st.hinted_until = hint_end;
         self.started_count.fetch_add(1, Ordering::Relaxed);
         drop(st);
-        tracing::warn!(
+        tracing::info!(
             cooldown_s = length.as_secs_f64(),
             consecutive,
             "rate limited: cooldown started"
@@ -160,8 +166,35 @@ impl Cooldown {
         CooldownOutcome::Started(length)
     }
 
+    /// Ends a running cooldown early, at `now` but never before the latest
+    /// hint of its 429s: the calls in flight with its 429 came back mostly
+    /// successful, so the 429 was noise and waiting out the default length
+    /// would only cost time. False (and nothing changes) when none runs or
+    /// the hints already set its end.
+    pub fn end_hintless(&self, now: Instant) -> bool {
+        let mut st = self.lock();
+        let Some(until) = st.until.filter(|u| *u > now) else {
+            return false;
+        };
+        let end = st.hinted_until.map_or(now, |h| h.max(now));
+        if end >= until {
+            return false;
+        }
+        st.until = Some(end);
+        drop(st);
+        self.shortened.notify_waiters();
+        tracing::info!("the 429 was noise: cooldown ended early");
+        true
+    }
+
+    /// Completes when a running cooldown is shortened (a waiter then looks
+    /// at [`Cooldown::active_until`] again).
+    pub fn shortened(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shortened.notified()
+    }
+
     /// True exactly once per cooldown, for the first attempt that goes ahead
-    /// after it ended (to report its end).
+    /// after it ended (to report its end and release the window).
     pub fn take_ended(&self) -> bool {
         let started = self.started_count.load(Ordering::Relaxed);
         started > 0 && self.ended_reported.fetch_max(started, Ordering::AcqRel) < started
@@ -178,13 +211,6 @@ impl Cooldown {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy() -> CooldownPolicy {
-        CooldownPolicy {
-            ramp: Duration::ZERO,
-            ..CooldownPolicy::default()
-        }
-    }
 
     #[test]
     fn lengths() {
@@ -205,74 +231,62 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn late_429_is_ignored_and_success_resets() {
-        let c = Cooldown::new(policy());
+    async fn late_429s_extend_to_their_hints_and_success_resets() {
+        let c = Cooldown::new(CooldownPolicy::default());
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
         assert_eq!(
             c.report_rate_limit(None, t0 + s),
             CooldownOutcome::Started(Duration::from_secs(10))
         );
-        // A call in flight when it began reports during it: ignored, even
-        // with a longer hint.
+        // A call in flight when it began reports during it with a longer
+        // hint: the cooldown now ends at its t + hint.
         assert_eq!(
             c.report_rate_limit(Some(100 * s), t0 + 2 * s),
-            CooldownOutcome::Ignored
+            CooldownOutcome::Extended(100 * s)
         );
-        assert_eq!(c.active_until(t0 + 2 * s), Some(t0 + 11 * s));
-        assert_eq!(c.ready_at(t0 + 2 * s), Some(t0 + 11 * s));
-        assert_eq!(c.ready_at(t0 + 11 * s), None);
-        // A 429 after it ended: a second, consecutive one.
+        assert_eq!(c.active_until(t0 + 2 * s), Some(t0 + 102 * s));
+        // A shorter hint, or none, joins it.
         assert_eq!(
-            c.report_rate_limit(None, t0 + 13 * s),
+            c.report_rate_limit(Some(s), t0 + 3 * s),
+            CooldownOutcome::Joined
+        );
+        assert_eq!(
+            c.report_rate_limit(None, t0 + 3 * s),
+            CooldownOutcome::Joined
+        );
+        assert_eq!(c.active_until(t0 + 102 * s), None);
+        // A 429 after it ended: a second, consecutive one (the hintless
+        // escalation counts fresh 429s only: 15 s, not 22.5 s).
+        assert_eq!(
+            c.report_rate_limit(None, t0 + 103 * s),
             CooldownOutcome::Started(Duration::from_secs(15))
         );
         c.record_success();
         assert_eq!(
-            c.report_rate_limit(None, t0 + 31 * s),
+            c.report_rate_limit(None, t0 + 131 * s),
             CooldownOutcome::Started(Duration::from_secs(10))
         );
         assert_eq!(c.started_count(), 3);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn ramp_spreads_release() {
+    async fn only_a_cooldown_without_a_hint_ends_early() {
         let c = Cooldown::new(CooldownPolicy::default());
         let t0 = Instant::now();
-        c.report_rate_limit(Some(Duration::from_secs(20)), t0);
-        let until = t0 + Duration::from_secs(20);
-        let mut targets: Vec<Instant> = (0..200).filter_map(|_| c.ready_at(t0)).collect();
-        assert_eq!(targets.len(), 200);
-        targets.sort();
-        assert!(targets[0] >= until);
-        assert!(targets[199] < until + Duration::from_secs(5));
-        // Spread: the middle one is well inside the window.
-        let mid = targets[100] - until;
-        assert!(
-            mid > Duration::from_secs(1) && mid < Duration::from_secs(4),
-            "{mid:?}"
-        );
-        assert_eq!(c.ready_at(until + Duration::from_secs(5)), None);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_short_cooldown_ramps_no_longer_than_itself() {
-        let c = Cooldown::new(CooldownPolicy::default());
-        let t0 = Instant::now();
-        c.report_rate_limit(Some(Duration::from_secs(1)), t0);
-        let until = t0 + Duration::from_secs(1);
-        let targets: Vec<Instant> = (0..200).filter_map(|_| c.ready_at(t0)).collect();
-        assert_eq!(targets.len(), 200);
-        assert!(
-            targets
-                .iter()
-                .all(|t| *t >= until && *t < until + Duration::from_secs(1))
-        );
-        assert!(
-            targets
-                .iter()
-                .any(|t| *t - until > Duration::from_millis(500))
-        );
-        assert_eq!(c.ready_at(until + Duration::from_secs(1)), None);
+        let s = Duration::from_secs(1);
+        c.report_rate_limit(None, t0);
+        assert!(c.end_hintless(t0 + s));
+        assert_eq!(c.active_until(t0 + s), None);
+        assert!(!c.end_hintless(t0 + s), "none is running");
+        c.report_rate_limit(Some(5 * s), t0 + 2 * s);
+        assert!(!c.end_hintless(t0 + 3 * s), "a hint is honoured");
+        assert_eq!(c.active_until(t0 + 3 * s), Some(t0 + 7 * s));
+        // A hintless cooldown (the third in a row: 22.5 s) ends early, but
+        // never before a hint one of its 429s brought.
+        c.report_rate_limit(None, t0 + 10 * s);
+        c.report_rate_limit(Some(4 * s), t0 + 11 * s);
+        assert!(c.end_hintless(t0 + 12 * s));
+        assert_eq!(c.active_until(t0 + 12 * s), Some(t0 + 15 * s));
     }
 }

@@ -1,15 +1,23 @@
-//! Limits shared by every call in a quota scope: the coordinated cooldown and
-//! a concurrency gate. A scope is a name, not an object: two strategies whose
-//! models resolve to the same provider, base URL, key and model share one.
+//! Limits shared by every call in a quota scope: the coordinated cooldown
+//! ([`cooldown`]), RPM/TPM admission ([`admission`]), the concurrency window
+//! with its slow start and adaptive concurrency ([`window`]), the judgement
+//! of 429s as quota or noise ([`signal`]), the limits providers report
+//! ([`reported`]) and the last minute of traffic ([`recent`]), tied
+//! together by the [`Scope`] ([`scope`]). A scope is a name, not an object:
+//! two strategies whose models resolve to the same provider, base URL, key
+//! and model share one.
 
 mod admission;
 mod cooldown;
 mod estimate;
+mod recent;
+mod reported;
+mod scope;
+mod signal;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use crate::fingerprint::key_fingerprint;
 pub use admission::{Admission, AdmissionStats, RateLimits, Reservation};
@@ -17,6 +25,11 @@ pub use cooldown::{Cooldown, CooldownOutcome, CooldownPolicy};
 #[cfg(feature = "tiktoken")]
 pub use estimate::TiktokenEstimator;
 pub use estimate::{CharEstimator, EstimateError, TokenEstimator};
+
+pub use reported::{ReportedLimit, ReportedLimits};
+pub use scope::{Attempt, AttemptEnd, LimitSource, LimitsInForce, Scope, ScopeChange};
+pub use signal::{Outcome, Signals, Verdict};
+pub use window::{Window, WindowPermit, WindowView};
 
 /// The default quota scope name: provider, base URL (without a trailing
 /// slash), key fingerprint and model. Two clients on the same key and model
@@ -30,7 +43,7 @@ pub fn default_scope_name(provider: &str, base_url: &str, api_key: &str, model: 
 }
 
 /// Settings of a scope, fixed when the scope is first used.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ScopeSettings {
     /// Cooldown lengths.
     pub cooldown: CooldownPolicy,
@@ -39,57 +52,17 @@ pub struct ScopeSettings {
     pub max_concurrency: Option<usize>,
     /// Requests and tokens per minute.
     pub limits: RateLimits,
+    /// Adaptive concurrency while no limit is known (on by default).
+    pub adaptive: bool,
 }
 
-/// The shared state of one quota scope.
-#[derive(Debug)]
-pub struct Scope {
-    name: String,
-    settings: ScopeSettings,
-    cooldown: Cooldown,
-    gate: Option<Arc<Semaphore>>,
-    admission: Option<Admission>,
-}
-
-impl Scope {
-    /// A fresh scope.
-    pub fn new(name: impl Into<String>, settings: &ScopeSettings) -> Self {
+impl Default for ScopeSettings {
+    fn default() -> Self {
         Self {
-            name: name.into(),
-            settings: settings.clone(),
-            cooldown: Cooldown::new(settings.cooldown),
-            gate: settings
-                .max_concurrency
-                .map(|n| Arc::new(Semaphore::new(n.max(1)))),
-            admission: Admission::new(settings.limits),
-        }
-    }
-
-    /// The scope's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The settings it was created with.
-    pub fn settings(&self) -> &ScopeSettings {
-        &self.settings
-    }
-
-    /// The scope's cooldown.
-    pub fn cooldown(&self) -> &Cooldown {
-        &self.cooldown
-    }
-
-    /// The scope's RPM/TPM admission, when it has limits.
-    pub fn admission(&self) -> Option<&Admission> {
-        self.admission.as_ref()
-    }
-
-    /// Takes a concurrency slot (immediately when the scope has no gate).
-    pub(crate) async fn acquire_slot(&self) -> Option<OwnedSemaphorePermit> {
-        match &self.gate {
-            None => None,
-            Some(g) => Arc::clone(g).acquire_owned().await.ok(),
+            cooldown: CooldownPolicy::default(),
+            max_concurrency: None,
+            limits: RateLimits::default(),
+            adaptive: true,
         }
     }
 }

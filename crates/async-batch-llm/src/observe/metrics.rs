@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{Event, Observer};
+use crate::limit::LimitsInForce;
 
 const BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -54,6 +55,9 @@ struct State {
     quota_settled: u64,
     wait: Histogram,
     execution: Histogram,
+    quota_walls: u64,
+    /// The limits each scope runs under, as last reported.
+    scopes: BTreeMap<String, LimitsInForce>,
 }
 
 /// Counts what it sees; [`to_prometheus`](MetricsObserver::to_prometheus)
@@ -85,6 +89,12 @@ impl MetricsObserver {
         self.lock().rate_limits
     }
 
+    /// The concurrency window of `scope`, as last reported (adaptive
+    /// concurrency moves it).
+    pub fn scope_concurrency(&self, scope: &str) -> Option<usize> {
+        self.lock().scopes.get(scope).map(|l| l.window)
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn to_prometheus(&self) -> String {
         let s = self.lock().clone();
@@ -109,6 +119,11 @@ impl MetricsObserver {
             ),
             ("abl_cooldowns_total", "Cooldowns started.", s.cooldowns),
             (
+                "abl_quota_walls_total",
+                "Rate limits judged to be the provider's quota (not noise).",
+                s.quota_walls,
+            ),
+            (
                 "abl_quota_reserved_tokens_total",
                 "Tokens reserved by estimate.",
                 s.quota_reserved_tokens,
@@ -132,6 +147,7 @@ impl MetricsObserver {
         for (k, v) in &s.tokens {
             let _ = writeln!(out, "abl_tokens_total{{kind=\"{k}\"}} {v}");
         }
+        render_scopes(&mut out, &s.scopes);
         s.wait.render(
             &mut out,
             "abl_admission_wait_seconds",
@@ -144,6 +160,68 @@ impl MetricsObserver {
         );
         out
     }
+}
+
+/// Per-scope gauges: the window, and each limit with where it came from.
+fn render_scopes(out: &mut String, scopes: &BTreeMap<String, LimitsInForce>) {
+    if scopes.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP abl_scope_concurrency Calls a scope may have in flight now.\n\
+         # TYPE abl_scope_concurrency gauge"
+    );
+    for (name, l) in scopes {
+        let adaptive = if l.adaptive { "true" } else { "false" };
+        let _ = writeln!(
+            out,
+            "abl_scope_concurrency{{scope=\"{}\",adaptive=\"{adaptive}\"}} {}",
+            label(name),
+            l.window
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP abl_scope_window_decreases_total Adaptive decreases of a scope's window.\n\
+         # TYPE abl_scope_window_decreases_total counter"
+    );
+    for (name, l) in scopes {
+        let _ = writeln!(
+            out,
+            "abl_scope_window_decreases_total{{scope=\"{}\"}} {}",
+            label(name),
+            l.decreases
+        );
+    }
+    let limits = [
+        ("abl_scope_rpm_limit", "Requests per minute in force."),
+        ("abl_scope_tpm_limit", "Tokens per minute in force."),
+    ];
+    for (i, (metric, help)) in limits.into_iter().enumerate() {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+        for (name, l) in scopes {
+            let value = if i == 0 {
+                l.rpm
+            } else {
+                l.tpm.map(|(v, src)| (v as f64, src))
+            };
+            if let Some((v, source)) = value {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{scope=\"{}\",source=\"{source}\"}} {v}",
+                    label(name)
+                );
+            }
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Observer for MetricsObserver {
@@ -177,6 +255,10 @@ impl Observer for MetricsObserver {
             Event::CooldownStarted { .. } => s.cooldowns += 1,
             Event::QuotaReserved { tokens, .. } => s.quota_reserved_tokens += tokens,
             Event::QuotaSettled { .. } => s.quota_settled += 1,
+            Event::QuotaWall { .. } => s.quota_walls += 1,
+            Event::LimitsChanged { scope, limits } => {
+                s.scopes.insert(scope.clone(), *limits);
+            }
             _ => {}
         }
     }

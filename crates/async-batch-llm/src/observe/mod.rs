@@ -101,6 +101,34 @@ pub enum Event {
         /// The usage (`None`: unknown, the estimate stands).
         used: Option<u64>,
     },
+    /// The limits a scope runs under changed: a provider's headers
+    /// reported them, a quota wall taught them, or a learned limit grew.
+    LimitsChanged {
+        /// Scope name.
+        scope: String,
+        /// What is in force now.
+        limits: crate::limit::LimitsInForce,
+    },
+    /// A provider reported a lower limit than the one the user set.
+    LimitBelowSetting {
+        /// Scope name.
+        scope: String,
+        /// `rpm` or `tpm`.
+        what: &'static str,
+        /// The provider's.
+        reported: f64,
+        /// The user's.
+        set: f64,
+    },
+    /// The calls in flight with a rate limit or overload showed it was the
+    /// provider's quota: an adaptive window shrank (and limits may have
+    /// been learned).
+    QuotaWall {
+        /// Scope name.
+        scope: String,
+        /// The window now.
+        window: usize,
+    },
     /// A run ended normally.
     BatchCompleted {
         /// How it ended.

@@ -20,7 +20,7 @@ pub struct CategoryStats {
 
 /// Totals over a set of results. Fed one result at a time, so a streaming
 /// consumer can keep it without holding the results.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BatchStats {
     /// Results seen.
@@ -51,6 +51,9 @@ pub struct BatchStats {
     pub dry_run: bool,
     /// RPM/TPM admission in the run's scope while it ran.
     pub admission: crate::limit::AdmissionStats,
+    /// The limits the run's scope ran under at the end, and where they came
+    /// from (flag, header, learned).
+    pub limits: crate::limit::LimitsInForce,
 }
 
 impl BatchStats {

@@ -138,6 +138,26 @@ impl RunSummary {
         };
     }
 
+    /// The limits line: which are in force and where they came from.
+    fn render_limits(&self, out: &mut String) {
+        let limits = &self.stats.limits;
+        if limits.rpm.is_none() && limits.tpm.is_none() && limits.decreases == 0 {
+            return;
+        }
+        let _ = write!(out, "Limits {limits}");
+        if limits.decreases > 0 {
+            let _ = write!(out, "; {} adaptive decreases", limits.decreases);
+        }
+        if limits.foreign_requests > 0 {
+            let _ = write!(
+                out,
+                "; {} requests of another process in the window",
+                limits.foreign_requests
+            );
+        }
+        let _ = writeln!(out);
+    }
+
     /// The human summary text.
     pub fn render(&self, prices: Option<&Prices>) -> String {
         let s = &self.stats;
@@ -189,6 +209,7 @@ impl RunSummary {
         if let Some(p) = prices {
             let _ = writeln!(out, "Cost {:.4}", p.cost(&s.usage));
         }
+        self.render_limits(&mut out);
         let adm = &s.admission;
         if adm.reserved > 0 {
             let _ = writeln!(

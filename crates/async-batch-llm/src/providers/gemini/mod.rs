@@ -137,11 +137,11 @@ impl GeminiModel {
         req: &LlmRequest,
     ) -> Result<LlmResponse, CallError> {
         let path = format!("v1beta/models/{}:generateContent", self.cfg.model);
-        let (v, id) = self
+        let reply = self
             .endpoint
             .post_json(&path, body, &[], req.timeout)
             .await?;
-        self.endpoint.with_raw(Self::parse_response(&v, id), v)
+        self.endpoint.finish(reply, Self::parse_response)
     }
 
     /// Reads a `generateContent` body.

@@ -8,7 +8,9 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 use super::classify::parse_body;
+use super::rate_limits::reported_limits;
 use crate::error::{CallError, Error, ErrorCategory};
+use crate::limit::ReportedLimits;
 
 /// HTTP settings of a provider client.
 #[derive(Debug, Clone)]
@@ -164,6 +166,16 @@ impl std::fmt::Debug for Endpoint {
     }
 }
 
+/// A parsed 2xx reply.
+pub(crate) struct Reply {
+    /// The JSON body.
+    pub(crate) body: Value,
+    /// The provider's request id.
+    pub(crate) request_id: Option<String>,
+    /// What its rate-limit headers said.
+    pub(crate) limits: Option<ReportedLimits>,
+}
+
 impl Endpoint {
     /// An endpoint at `base_url` (a trailing slash is dropped) sending
     /// `headers` with every request, in quota scope `scope`.
@@ -182,19 +194,29 @@ impl Endpoint {
         })
     }
 
-    /// Puts `body` into `response.raw` when [`HttpOptions::keep_raw`] asks
-    /// for it.
-    pub(crate) fn with_raw(
+    /// Turns a reply into the model's answer: `parse` reads the body, the
+    /// reply's rate-limit headers go with the answer or the error, and the
+    /// body goes into `response.raw` when [`HttpOptions::keep_raw`] asks.
+    pub(crate) fn finish(
         &self,
-        response: Result<crate::model::LlmResponse, CallError>,
-        body: Value,
+        reply: Reply,
+        parse: impl FnOnce(&Value, Option<String>) -> Result<crate::model::LlmResponse, CallError>,
     ) -> Result<crate::model::LlmResponse, CallError> {
-        response.map(|mut r| {
-            if self.keep_raw {
-                r.raw = Some(body);
+        let Reply {
+            body,
+            request_id,
+            limits,
+        } = reply;
+        match parse(&body, request_id) {
+            Ok(mut r) => {
+                r.metadata.rate_limits = limits;
+                if self.keep_raw {
+                    r.raw = Some(body);
+                }
+                Ok(r)
             }
-            r
-        })
+            Err(e) => Err(e.with_reported_limits(limits)),
+        }
     }
 
     /// The quota scope name.
@@ -215,21 +237,26 @@ impl Endpoint {
     }
 
     /// POSTs a JSON body to `path` and parses the reply (a non-2xx status
-    /// or an error inside a 200 body is a classified [`CallError`]).
-    /// Returns the body and the request id.
+    /// or an error inside a 200 body is a classified [`CallError`], with
+    /// the reply's rate-limit headers).
     pub(crate) async fn post_json(
         &self,
         path: &str,
         body: &Value,
         extra: &[(&str, &str)],
         timeout: Option<Duration>,
-    ) -> Result<(Value, Option<String>), CallError> {
+    ) -> Result<Reply, CallError> {
         let (status, h, bytes) = self
             .http
             .post(&self.url(path), &self.headers_with(extra), body, timeout)
             .await?;
-        let v = parse_body(status, &h, &bytes)?;
-        Ok((v, request_id(&h)))
+        let limits = reported_limits(&h);
+        let body = parse_body(status, &h, &bytes).map_err(|e| e.with_reported_limits(limits))?;
+        Ok(Reply {
+            body,
+            request_id: request_id(&h),
+            limits,
+        })
     }
 
     /// Sends a request with any method to `path`; returns the raw reply.

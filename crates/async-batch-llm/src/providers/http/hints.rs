@@ -94,19 +94,23 @@ pub fn retry_hint(headers: &HeaderMap, body: Option<&Value>) -> Option<Duration>
 /// output-tokens}-reset` (RFC 3339 instants), for the 429s that come
 /// without `retry-after`. The resets of the limits whose `-remaining` is
 /// `0` are the ones that matter; when none says so, the latest of all.
-/// Measured from the response's `Date` when it has one (the server's
-/// clock, so a skewed local clock does not stretch the wait), else now.
 fn anthropic_reset(headers: &HeaderMap) -> Option<Duration> {
     const LIMITS: [&str; 4] = ["requests", "tokens", "input-tokens", "output-tokens"];
-    let reset = |limit: &str| {
-        header(headers, &format!("anthropic-ratelimit-{limit}-reset")).and_then(parse_rfc3339)
-    };
+    let reset = |limit: &str| anthropic_reset_of(headers, limit);
     let exhausted = LIMITS
         .iter()
         .filter(|l| header(headers, &format!("anthropic-ratelimit-{l}-remaining")) == Some("0"))
         .filter_map(|l| reset(l))
         .max();
-    let at = exhausted.or_else(|| LIMITS.iter().filter_map(|l| reset(l)).max())?;
+    exhausted.or_else(|| LIMITS.iter().filter_map(|l| reset(l)).max())
+}
+
+/// Until `anthropic-ratelimit-{limit}-reset` (an RFC 3339 instant), counted
+/// from the reply's `Date` (the server's clock, so a skewed local clock
+/// does not stretch it), else from now.
+pub(crate) fn anthropic_reset_of(headers: &HeaderMap, limit: &str) -> Option<Duration> {
+    let at =
+        header(headers, &format!("anthropic-ratelimit-{limit}-reset")).and_then(parse_rfc3339)?;
     let now = header(headers, "date")
         .and_then(parse_http_date)
         .unwrap_or_else(SystemTime::now);
@@ -147,16 +151,9 @@ fn gemini_retry_delay(body: &Value) -> Option<Duration> {
 mod tests {
     use super::*;
     use crate::time::MAX_DURATION;
-    use reqwest::header::HeaderValue;
     use serde_json::json;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use super::super::test_headers as headers;
 
     #[test]
     fn durations() {
@@ -288,7 +285,7 @@ mod tests {
                 "x-ratelimit-reset-tokens", "anthropic-ratelimit-requests-reset",
                 "anthropic-ratelimit-tokens-reset",
             ];
-            let Ok(v) = HeaderValue::from_str(&value) else { return Ok(()) };
+            let Ok(v) = reqwest::header::HeaderValue::from_str(&value) else { return Ok(()) };
             let mut h = HeaderMap::new();
             h.insert(names[which], v);
             let got = retry_hint(&h, None);

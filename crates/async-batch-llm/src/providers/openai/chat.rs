@@ -174,6 +174,7 @@ impl ChatModel {
                     .and_then(Value::as_array)
                     .cloned()
                     .unwrap_or_default(),
+                rate_limits: None,
             },
             raw: None,
         };
@@ -193,11 +194,11 @@ impl Model for ChatModel {
                 extra.push(("x-title", t));
             }
         }
-        let (v, id) = self
+        let reply = self
             .endpoint
             .post_json("chat/completions", &body, &extra, request.timeout)
             .await?;
-        self.endpoint.with_raw(Self::parse_response(&v, id), v)
+        self.endpoint.finish(reply, Self::parse_response)
     }
 
     fn name(&self) -> &str {

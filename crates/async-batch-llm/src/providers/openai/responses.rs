@@ -130,11 +130,11 @@ impl OpenAiModel {
 impl Model for OpenAiModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
         let body = self.request_body(request)?;
-        let (v, id) = self
+        let reply = self
             .endpoint
             .post_json("responses", &body, &[], request.timeout)
             .await?;
-        self.endpoint.with_raw(Self::parse_response(&v, id), v)
+        self.endpoint.finish(reply, Self::parse_response)
     }
 
     fn name(&self) -> &str {

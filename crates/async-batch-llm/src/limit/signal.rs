@@ -1,0 +1,279 @@
+//! Is a 429 the provider's quota, or noise? The calls that were in flight
+//! when it came answer the question.
+//!
+//! A rate limit (or an overload: HTTP 529, a 503) opens an *episode* that
+//! closes when every attempt that was in flight at that moment has ended.
+//! Then:
+//!
+//! - **Quota** when, of those attempts (the first included), at least four
+//!   reached the provider, at least two were rate limits, and the signals
+//!   are at least a quarter: the provider is refusing much of what is sent.
+//!   Overloads (529, 503) are judged by a lower share, since being a little
+//!   over a provider's capacity refuses few calls but refuses them every
+//!   round trip: one in sixteen of eight or more calls, twice, or in two
+//!   episodes in a row, is the provider's capacity. An adaptive window shrinks and, with no
+//!   limits known, the scope learns them from what was accepted.
+//! - **Noise** otherwise, when at least three of them succeeded: a random
+//!   429 or 503 among successes. Nothing shrinks, and a cooldown without a
+//!   hint ends at once.
+//! - **Undecided** otherwise (too few calls in flight to tell): the
+//!   cooldown runs its course, nothing else changes.
+//!
+//! So a few per cent of random faults never collapse a run, and a wall is
+//! recognized within one round trip.
+
+use std::sync::Mutex;
+
+/// How an attempt ended, as the scope counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The call succeeded.
+    Success,
+    /// A rate limit (429).
+    RateLimited,
+    /// An overload (529, 503).
+    Overloaded,
+    /// Any other failure.
+    Failure,
+    /// No call was made (preempted by a cooldown, the run stopped).
+    NotCalled,
+}
+
+impl Outcome {
+    fn is_signal(self) -> bool {
+        matches!(self, Self::RateLimited | Self::Overloaded)
+    }
+}
+
+/// The judgement of an episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The provider's quota or overload; `in_flight` attempts were out.
+    Quota {
+        /// Attempts in flight when the episode began.
+        in_flight: usize,
+        /// Most of the signals were rate limits (not overloads): a rate
+        /// quota, which limits can be learned from.
+        rate: bool,
+    },
+    /// Noise among successes.
+    Noise,
+    /// Too little evidence.
+    Undecided,
+}
+
+#[derive(Debug)]
+struct Episode {
+    /// Attempts with a lower sequence number were in flight at the start.
+    boundary: u64,
+    /// Of those, how many have not ended yet.
+    pending: usize,
+    in_flight: usize,
+    signals: u32,
+    rate_limited: u32,
+    successes: u32,
+    called: u32,
+    /// The episode before was heavy in overloads too.
+    repeated: bool,
+}
+
+/// The episodes of one scope.
+#[derive(Debug, Default)]
+pub struct Signals {
+    episode: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    open: Option<Episode>,
+    /// The last episode was heavy in overloads (one in sixteen or more)
+    /// and closed when the attempt numbers reached this.
+    heavy_until: Option<u64>,
+}
+
+impl Signals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.episode
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An attempt with sequence number `seq` ended with `outcome`; `next_seq`
+    /// is the number the next attempt will get and `in_flight` how many
+    /// others are in flight now. The verdict when this closes an episode.
+    pub fn ended(
+        &self,
+        seq: u64,
+        outcome: Outcome,
+        next_seq: u64,
+        in_flight: usize,
+    ) -> Option<Verdict> {
+        let mut st = self.lock();
+        let State { open, heavy_until } = &mut *st;
+        match open.as_mut() {
+            None if outcome.is_signal() => {
+                // Heavy overloads in the episode just before this one (no
+                // more than a window of attempts between them): a provider
+                // a little over its capacity, every round trip.
+                let repeated =
+                    heavy_until.is_some_and(|h| next_seq <= h + 2 * in_flight as u64 + 2);
+                let e = Episode {
+                    boundary: next_seq,
+                    pending: in_flight,
+                    in_flight: in_flight + 1,
+                    signals: 1,
+                    rate_limited: u32::from(outcome == Outcome::RateLimited),
+                    successes: 0,
+                    called: 1,
+                    repeated,
+                };
+                if e.pending == 0 {
+                    *heavy_until = e.heavy().then_some(next_seq);
+                    return Some(judge(&e));
+                }
+                *open = Some(e);
+                None
+            }
+            Some(e) if seq < e.boundary => {
+                e.pending = e.pending.saturating_sub(1);
+                match outcome {
+                    Outcome::Success => e.successes += 1,
+                    Outcome::RateLimited => {
+                        e.signals += 1;
+                        e.rate_limited += 1;
+                    }
+                    Outcome::Overloaded => e.signals += 1,
+                    Outcome::Failure | Outcome::NotCalled => {}
+                }
+                if outcome != Outcome::NotCalled {
+                    e.called += 1;
+                }
+                if e.pending == 0 {
+                    let verdict = judge(e);
+                    *heavy_until = e.heavy().then_some(next_seq);
+                    *open = None;
+                    return Some(verdict);
+                }
+                None
+            }
+            None | Some(_) => None,
+        }
+    }
+}
+
+impl Episode {
+    /// One in sixteen of eight or more calls refused as overloaded.
+    fn heavy(&self) -> bool {
+        self.called >= 8 && self.signals * 16 >= self.called && self.rate_limited * 2 < self.signals
+    }
+}
+
+fn judge(e: &Episode) -> Verdict {
+    let rate = e.rate_limited * 2 >= e.signals;
+    let quota = if rate {
+        e.signals >= 2 && e.called >= 4 && e.signals * 4 >= e.called
+    } else {
+        e.heavy() && (e.signals >= 2 || e.repeated)
+    };
+    if quota {
+        Verdict::Quota {
+            in_flight: e.in_flight,
+            rate,
+        }
+    } else if e.successes >= 3 {
+        Verdict::Noise
+    } else {
+        Verdict::Undecided
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Outcome::{Failure, NotCalled, Overloaded, RateLimited as Signal, Success};
+
+    /// An episode opened by attempt 0 with attempts 1..=n in flight, which
+    /// then end with `outcomes`.
+    fn episode(outcomes: &[Outcome]) -> Option<Verdict> {
+        let s = Signals::default();
+        let n = outcomes.len();
+        let next = n as u64 + 1;
+        let mut verdict = s.ended(0, Signal, next, n);
+        if n == 0 {
+            return verdict;
+        }
+        assert_eq!(verdict, None);
+        for (i, o) in outcomes.iter().enumerate() {
+            // Attempts started after the episode do not count.
+            assert_eq!(s.ended(next + 5, Success, next + 6, n), None);
+            verdict = s.ended(i as u64 + 1, *o, next, n - i - 1);
+        }
+        verdict
+    }
+
+    #[test]
+    fn noise_quota_and_too_little_to_tell() {
+        // 5 % random 429s at 64 in flight: ~3 more signals among 63.
+        let mut five = vec![Success; 60];
+        five.extend([Signal, Signal, Signal]);
+        assert_eq!(episode(&five), Some(Verdict::Noise));
+        // A wall: nearly everything in flight is refused.
+        let mut wall = vec![Signal; 50];
+        wall.extend([Success; 13]);
+        assert_eq!(
+            episode(&wall),
+            Some(Verdict::Quota {
+                in_flight: 64,
+                rate: true
+            })
+        );
+        // An overload wall is a quota of another kind: no rate to learn.
+        let mut overload = vec![Overloaded; 50];
+        overload.extend([Success; 13]);
+        assert!(matches!(
+            episode(&overload),
+            Some(Verdict::Quota { rate: false, .. })
+        ));
+        // One call over a provider's capacity, every round trip: an overload
+        // (one in eleven) — but one 503 among 64 calls is noise.
+        let s = Signals::default();
+        let mut verdicts = Vec::new();
+        for round in 0..2u64 {
+            let base = round * 11;
+            assert_eq!(s.ended(base, Overloaded, base + 11, 10), None);
+            for i in 0..10u64 {
+                if let Some(v) = s.ended(base + i + 1, Success, base + 11, 9 - i as usize) {
+                    verdicts.push(v);
+                }
+            }
+        }
+        assert_eq!(verdicts[0], Verdict::Noise, "once could be chance");
+        assert!(
+            matches!(verdicts[1], Verdict::Quota { rate: false, .. }),
+            "{verdicts:?}"
+        );
+        let s = Signals::default();
+        assert_eq!(s.ended(0, Overloaded, 64, 63), None);
+        let mut verdict = None;
+        for i in 0..63 {
+            verdict = s.ended(i + 1, Success, 64, 62 - i as usize);
+        }
+        assert_eq!(verdict, Some(Verdict::Noise));
+        // Alone, or with two others: no verdict.
+        assert_eq!(episode(&[]), Some(Verdict::Undecided));
+        assert_eq!(episode(&[Success, Success]), Some(Verdict::Undecided));
+        // Calls never made count toward the end of the episode, not the share.
+        assert_eq!(
+            episode(&[Signal, NotCalled, NotCalled, Failure, Success]),
+            Some(Verdict::Quota {
+                in_flight: 6,
+                rate: true
+            })
+        );
+        assert_eq!(
+            episode(&[Signal, NotCalled, NotCalled, Failure]),
+            Some(Verdict::Undecided),
+            "three calls made: too few to tell"
+        );
+    }
+}
