@@ -198,7 +198,7 @@ run_args! {
     /// How TPM estimates count input tokens: chars (characters / 4) or tiktoken (OpenAI's tokenizer for the model).
     #[arg(long, value_enum, env = "ABL_TOKEN_ESTIMATOR")]
     token_estimator: Option<EstimatorArg>,
-    /// Output tokens expected per call, for the TPM estimate (default 256; chars / 4 for the input).
+    /// Output tokens expected per call, for TPM estimates and dry-run projections (default: --max-output-tokens, else 256).
     #[arg(long, env = "ABL_EXPECTED_OUTPUT_TOKENS")]
     expected_output_tokens: Option<u64>,
     /// Stop once this many tokens are used (exit code 3).

@@ -23,9 +23,12 @@ fn usage(msg: impl Into<String>) -> UsageError {
 }
 
 /// Builds the model of `choice` with a connection pool for `concurrency`.
+/// A dry run calls nothing, so it needs no key: without one it gets a
+/// placeholder that is never sent.
 pub fn build(
     choice: &ModelChoice,
     concurrency: usize,
+    dry_run: bool,
 ) -> Result<(Arc<dyn DynModel>, Option<Mock>), UsageError> {
     let http = HttpOptions {
         max_connections: concurrency,
@@ -54,6 +57,9 @@ pub fn build(
         } => {
             let api_key = match api_key_file {
                 Some(p) => Some(ApiKey::from_file(p).map_err(|e| usage(e.to_string()))?),
+                None if dry_run && ApiKey::from_env(spec.provider.key_vars()).is_none() => {
+                    Some(ApiKey::new("dry-run: never sent"))
+                }
                 None => None,
             };
             let model = llm_with(

@@ -20,6 +20,10 @@ pub struct Counters {
     usage: Mutex<TokenUsage>,
     /// Seconds left of the running cooldown, in ms (0: none).
     pub cooldown_ms: AtomicU64,
+    /// Cooldowns so far.
+    pub cooldowns: AtomicU64,
+    /// Results finished but held back to keep the output in input order.
+    pub held_back: AtomicU64,
     /// The limits in force, when any is known or adaptive concurrency moved.
     limits: Mutex<Option<String>>,
 }
@@ -42,6 +46,19 @@ impl Counters {
         if let Ok(mut slot) = self.limits.lock() {
             *slot = text;
         }
+    }
+
+    /// Takes in what the run's stream says now: the cooldown, the limits,
+    /// the cooldowns so far, the results held back for order.
+    pub fn follow<T>(&self, stream: &async_batch_llm::ResultStream<T>) {
+        let left = stream
+            .cooldown_remaining()
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.cooldown_ms.store(left, Ordering::Relaxed);
+        self.set_limits(&stream.limits_in_force());
+        self.cooldowns.store(stream.cooldowns(), Ordering::Relaxed);
+        self.held_back
+            .store(stream.held_back() as u64, Ordering::Relaxed);
     }
 
     fn limits(&self) -> Option<String> {
@@ -126,10 +143,12 @@ impl Progress {
     ) -> Self {
         let bar = (!plain && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr_with_hz(5));
+            // The message fills what the terminal has left and is cut
+            // there, so the line never wraps (the cooldown comes first in it).
             let template = if total.is_some() {
-                "{spinner:.green} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} {msg}"
+                "{spinner:.green} [{elapsed_precise}] {bar:20.cyan/blue} {pos}/{len} {wide_msg}"
             } else {
-                "{spinner:.green} [{elapsed_precise}] {pos} done {msg}"
+                "{spinner:.green} [{elapsed_precise}] {pos} done {wide_msg}"
             };
             b.set_style(
                 ProgressStyle::with_template(template)
@@ -152,8 +171,13 @@ impl Progress {
         }
     }
 
+    /// Items finished: written, and held back for order.
+    fn finished(&self) -> u64 {
+        self.counters.done.load(Ordering::Relaxed) + self.counters.held_back.load(Ordering::Relaxed)
+    }
+
     fn status(&self) -> String {
-        let done = self.counters.done.load(Ordering::Relaxed);
+        let done = self.finished();
         let failed = self.counters.failed.load(Ordering::Relaxed);
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         let rate = done as f64 / secs;
@@ -163,6 +187,14 @@ impl Progress {
         let cooldown = self.counters.cooldown_ms.load(Ordering::Relaxed);
         if cooldown > 0 {
             let _ = write!(s, " | COOLDOWN {:.1}s (429)", cooldown as f64 / 1000.0);
+        }
+        let held = self.counters.held_back.load(Ordering::Relaxed);
+        if held > 0 {
+            let _ = write!(s, " | {held} held for order");
+        }
+        let cooldowns = self.counters.cooldowns.load(Ordering::Relaxed);
+        if cooldowns > 0 {
+            let _ = write!(s, " | cooldowns {cooldowns}");
         }
         let _ = write!(s, " | {rate:.1}/s | {} tokens", usage.total);
         if let Some(p) = &self.prices {
@@ -186,7 +218,7 @@ impl Progress {
 
     /// Redraws (bar) or prints a line (plain), as due.
     pub fn tick(&self, last_line: &mut Instant) {
-        let done = self.counters.done.load(Ordering::Relaxed);
+        let done = self.finished();
         if let Some(b) = &self.bar {
             b.set_position(done);
             b.set_message(self.status());

@@ -109,7 +109,8 @@ struct Ready {
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let plan = RunPlan::new(&resolve(args)?)?;
     let paths = PathPlan::check(&plan)?;
-    let (model, _mock) = crate::model::build(&plan.model, plan.engine.concurrency)?;
+    let (model, _mock) =
+        crate::model::build(&plan.model, plan.engine.concurrency, plan.engine.dry_run)?;
     let schema = match &plan.request.schema {
         Some(p) => Some(crate::model::read_schema(p, &model)?),
         None => None,
@@ -328,9 +329,7 @@ where
                 r
             }
             _ = tick.tick() => {
-                let left = stream.cooldown_remaining().map_or(0, |d| d.as_millis() as u64);
-                counters.cooldown_ms.store(left, Ordering::Relaxed);
-                counters.set_limits(&stream.limits_in_force());
+                counters.follow(&stream);
                 progress.tick(&mut last_line);
                 continue;
             }
@@ -354,13 +353,15 @@ where
         },
         None => stream.termination().unwrap_or_else(Termination::completed),
     };
-    collector.stats.cooldowns = stream.cooldowns();
-    collector.stats.admission = stream.admission_stats();
-    collector.stats.limits = stream.limits_in_force();
+    stream.add_run_figures(&mut collector.stats);
     collector.stats.dry_run = config.dry_run;
-    let summary = collector.finish(termination, started.elapsed());
+    let mut summary = collector.finish(termination, started.elapsed());
+    summary.not_started = crate::summary::not_started(&summary, total, input_error.is_some());
     drop(stream);
-    crate::summary::print_end(&summary, plan.prices.as_ref(), total, input_error.is_some());
+    crate::summary::print_end(&summary, plan.prices.as_ref());
+    if let Some(note) = plan.price_source.note() {
+        crate::progress::eprintln_safe(&note);
+    }
     if let Some(s) = summary_out {
         crate::summary::commit_json(s, &summary)?;
     }

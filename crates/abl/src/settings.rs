@@ -182,6 +182,8 @@ pub struct RunPlan {
     pub engine: EnginePlan,
     /// Prices for the cost shown.
     pub prices: Option<Prices>,
+    /// Where they came from.
+    pub price_source: PriceSource,
     /// The checkpoint.
     pub checkpoint: Option<CheckpointPlan>,
     /// `--summary-json`.
@@ -325,6 +327,57 @@ fn model(a: &RunArgs) -> Result<(ModelChoice, String)> {
     ))
 }
 
+/// Where a run's prices come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PriceSource {
+    /// `--price-*`.
+    Flags,
+    /// The built-in list, as of a day.
+    List {
+        /// The listed model name.
+        model: String,
+        /// The day of the list.
+        as_of: String,
+    },
+    /// A real model the list does not know: no cost is shown.
+    Unknown(String),
+    /// The mock: nothing is paid.
+    Mock,
+}
+
+impl PriceSource {
+    /// The line the summary prints about prices, if any.
+    pub fn note(&self) -> Option<String> {
+        match self {
+            Self::Flags | Self::Mock => None,
+            Self::List { model, as_of } => Some(format!(
+                "Prices: list prices of {model} as of {as_of}; pass --price-input/--price-output to override"
+            )),
+            Self::Unknown(model) => Some(format!(
+                "Cost: not shown, no list price for {model}; pass --price-input/--price-output"
+            )),
+        }
+    }
+}
+
+/// The built-in list price of a provider's model.
+fn list_price(model: &ModelChoice) -> (Option<Prices>, PriceSource) {
+    let ModelChoice::Provider { spec, .. } = model else {
+        return (None, PriceSource::Mock);
+    };
+    let list = async_batch_llm::PriceList::builtin();
+    match list.lookup(spec.provider.prefix(), &spec.model) {
+        Some(p) => (
+            Some(p.prices),
+            PriceSource::List {
+                model: p.model.clone(),
+                as_of: list.as_of.clone(),
+            },
+        ),
+        None => (None, PriceSource::Unknown(spec.model.clone())),
+    }
+}
+
 fn prices(a: &RunArgs) -> Result<Option<Prices>> {
     let price = |flag, v| number(flag, v, 0.0, 1e6);
     let input = price("price-input", a.price_input)?;
@@ -394,7 +447,9 @@ fn engine(a: &RunArgs, prices: Option<Prices>) -> Result<EnginePlan> {
     };
     let max_cost = number("max-cost", a.max_cost, 0.0, 1e12)?;
     if max_cost.is_some() && prices.is_none() {
-        return Err(err("--max-cost needs --price-input and --price-output"));
+        return Err(err(
+            "--max-cost needs prices: this model has no list price, pass --price-input and --price-output",
+        ));
     }
     Ok(EnginePlan {
         concurrency,
@@ -410,12 +465,15 @@ fn engine(a: &RunArgs, prices: Option<Prices>) -> Result<EnginePlan> {
         limits,
         adaptive: !a.no_adaptive.unwrap_or(false),
         estimator: a.token_estimator.unwrap_or(EstimatorArg::Chars),
+        // Without --expected-output-tokens, a call is expected to use the
+        // output it is allowed (--max-output-tokens), else 256.
         expected_output_tokens: within(
             "expected-output-tokens",
             a.expected_output_tokens,
             0,
             10_000_000,
         )?
+        .or(a.max_output_tokens.map(u64::from))
         .unwrap_or(256),
         budget: Budget {
             max_tokens: within("max-tokens", a.max_tokens, 1, u64::MAX)?,
@@ -445,7 +503,10 @@ impl RunPlan {
         };
         let format = a.format.unwrap_or_else(|| Format::detect(&input_text));
         let (model, model_text) = model(a)?;
-        let prices = prices(a)?;
+        let (prices, price_source) = match prices(a)? {
+            Some(p) => (Some(p), PriceSource::Flags),
+            None => list_price(&model),
+        };
         let engine = engine(a, prices)?;
         let temperature = match a.temperature {
             Some(t) if !(t.is_finite() && (0.0..=2.0).contains(&t)) => {
@@ -494,6 +555,7 @@ impl RunPlan {
             request,
             engine,
             prices,
+            price_source,
             checkpoint,
             summary_json: a.summary_json.clone(),
             config_file: a.config.clone(),

@@ -161,23 +161,19 @@ pub fn commit_json(mut out: Replacement, summary: &RunSummary) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("{}: cannot write the summary: {e}", target.display()))
 }
 
-/// The end of `abl run` on stderr: the summary, and how many input items
-/// were never started when the run stopped early (they have no record).
-pub fn print_end(
-    summary: &RunSummary,
-    prices: Option<&Prices>,
-    total: Option<u64>,
-    input_failed: bool,
-) {
-    eprintln_safe(summary.render(prices).trim_end());
-    if let Some(total) = total
-        && summary.stats.items < total
-        && !input_failed
-    {
-        eprintln_safe(&format!(
-            "Not started: {} of {total} input items (the run stopped before reading them; they have no record)",
-            total - summary.stats.items
-        ));
+/// The end of `abl run` on stderr: the summary table (bold labels on a
+/// terminal).
+pub fn print_end(summary: &RunSummary, prices: Option<&Prices>) {
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    eprintln_safe(summary.render_styled(prices, colour).trim_end());
+}
+
+/// Input items never started: the run stopped before reading them (an
+/// input error has its own message instead).
+pub fn not_started(summary: &RunSummary, total: Option<u64>, input_failed: bool) -> u64 {
+    match total {
+        Some(total) if !input_failed => total.saturating_sub(summary.stats.items),
+        _ => 0,
     }
 }
 

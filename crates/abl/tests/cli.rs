@@ -216,7 +216,11 @@ fn scripted_permanent_failures_exit_1_and_are_recorded() {
             assert_eq!(r["ok"], true, "{r}");
         }
     }
-    assert!(stderr(&o).contains("client_error: 9"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(" 9  client error (e.g."),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -340,7 +344,7 @@ fn a_batch_deadline_exits_3_with_every_item_recorded() {
             .any(|r| r["error"]["category"] == "batch_deadline")
     );
     assert!(
-        stderr(&o).contains("Batch batch_deadline"),
+        stderr(&o).contains("Batch stopped (batch deadline)"),
         "{}",
         stderr(&o)
     );
@@ -473,6 +477,85 @@ fn the_progress_bar_renders_in_a_pseudo_terminal_and_shows_a_cooldown() {
     assert!(screen.contains("Batch completed: 60 items"), "{screen}");
 }
 
+/// What a terminal of `cols` columns shows of `abl ARGS` run under a pty
+/// (util-linux `script`): the raw stream.
+fn in_a_terminal(cols: u16, args: &str) -> String {
+    let cmd = format!("stty cols {cols}; {} {args}", env!("CARGO_BIN_EXE_abl"));
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{screen}");
+    screen
+}
+
+/// The lines a terminal stream draws: colours removed, and each carriage
+/// return, newline, cursor move or erase starting a new one.
+fn drawn_lines(screen: &str) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    let mut chars = screen.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // CSI: ESC [ params final-byte; `m` (colour) draws nothing.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    let end = chars.by_ref().find(|f| ('@'..='~').contains(f));
+                    if end != Some('m') {
+                        lines.push(String::new());
+                    }
+                }
+            }
+            '\r' | '\n' => lines.push(String::new()),
+            c => lines.last_mut().unwrap().push(c),
+        }
+    }
+    lines.retain(|l| !l.trim().is_empty());
+    lines
+}
+
+#[test]
+fn the_progress_line_fits_80_and_120_columns_and_counts_work_held_for_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut f = std::fs::File::create(&input).unwrap();
+    // The first item fails twice (backoff 1 s, then 2 s): with
+    // --preserve-order everything after it is held back meanwhile.
+    for i in 0..60 {
+        let marker = if i == 0 { " [[mock:500*2]]" } else { "" };
+        writeln!(f, "{{\"id\": \"{i}\", \"prompt\": \"p{i}{marker}\"}}").unwrap();
+    }
+    drop(f);
+    for cols in [80usize, 120] {
+        let out = dir.path().join(format!("out{cols}.jsonl"));
+        let screen = in_a_terminal(
+            cols as u16,
+            &format!(
+                "run {} --model mock:echo --mock-latency-ms 50 --concurrency 4 --preserve-order -o {}",
+                input.display(),
+                out.display()
+            ),
+        );
+        let lines = drawn_lines(&screen);
+        let bar: Vec<&String> = lines.iter().filter(|l| l.contains("/60")).collect();
+        assert!(!bar.is_empty(), "{screen}");
+        for l in &bar {
+            assert!(
+                l.chars().count() <= cols,
+                "{} columns: {l:?}",
+                l.chars().count()
+            );
+        }
+        // Finished work counts while the first item holds the output back.
+        assert!(
+            bar.iter().any(|l| l.contains("held for order")),
+            "{lines:#?}"
+        );
+        assert!(screen.contains("Batch completed: 60 items"), "{screen}");
+    }
+}
+
 #[test]
 fn summary_of_an_output_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -509,7 +592,7 @@ fn budgets_and_fail_fast_exit_3_and_unknown_categories_exit_2() {
     );
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("Batch budget_exceeded"),
+        stderr(&o).contains("Batch stopped (budget exceeded)"),
         "{}",
         stderr(&o)
     );
@@ -524,7 +607,7 @@ fn budgets_and_fail_fast_exit_3_and_unknown_categories_exit_2() {
     assert!(outs.len() < 200);
     assert!(
         stderr(&o).contains(&format!(
-            "Not started: {} of 200 input items",
+            "; {} not started (no record: the run stopped first)",
             200 - outs.len()
         )),
         "{}",
@@ -612,4 +695,62 @@ fn a_schema_retry_shows_the_model_its_reply_and_the_error() {
         "the failed reply is shown: {retry}"
     );
     assert!(!requests[0]["body"].to_string().contains("rejected"));
+}
+
+#[test]
+fn a_dry_run_estimates_without_a_key_and_close_to_what_the_run_then_uses() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = examples().join("prompts.jsonl");
+    let (real, real_json) = (dir.path().join("real.jsonl"), dir.path().join("real.json"));
+    let o = run_mock(
+        &input,
+        &real,
+        &["--summary-json", real_json.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let real: Value = serde_json::from_str(&std::fs::read_to_string(&real_json).unwrap()).unwrap();
+    let real_tokens = real["stats"]["usage"]["total_tokens"].as_u64().unwrap();
+    // No key in the environment (the helper removes them), a limit that
+    // would take minutes to honour, and the output the mock's echoes use.
+    let (dry, dry_json) = (dir.path().join("dry.jsonl"), dir.path().join("dry.json"));
+    let started = Instant::now();
+    let o = run(&[
+        "run",
+        input.to_str().unwrap(),
+        "--model",
+        "openai:gpt-4o-mini",
+        "--dry-run",
+        "--rpm",
+        "60",
+        "--expected-output-tokens",
+        "21",
+        "-o",
+        dry.to_str().unwrap(),
+        "--summary-json",
+        dry_json.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "a dry run is not paced by the limits"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("Estimate (no call made): 200 calls")
+            && err.contains("at least 3m20s at the rpm limit"),
+        "{err}"
+    );
+    // Priced from the built-in list: 4,129 × $0.15 + 4,200 × $0.60 per million.
+    assert!(err.contains("Cost       0.0031"), "{err}");
+    assert!(
+        err.contains("Prices: list prices of gpt-4o-mini as of"),
+        "{err}"
+    );
+    let dry: Value = serde_json::from_str(&std::fs::read_to_string(&dry_json).unwrap()).unwrap();
+    assert_eq!(dry["stats"]["dry_run"], true);
+    assert_eq!(dry["estimate"]["least_time_ms"], 200_000.0);
+    let e = &dry["estimate"];
+    let estimated = e["input_tokens"].as_u64().unwrap() + e["output_tokens"].as_u64().unwrap();
+    let off = (estimated as f64 - real_tokens as f64).abs() / real_tokens as f64;
+    assert!(off <= 0.10, "estimated {estimated}, used {real_tokens}");
 }

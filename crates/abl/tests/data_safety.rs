@@ -688,7 +688,7 @@ fn the_output_is_replaced_only_when_the_run_ends() {
     let done = records(&out).len();
     assert!(done > 0 && done < 200, "{done}");
     assert!(
-        stderr(&o).contains(&format!("Not started: {} of 200", 200 - done)),
+        stderr(&o).contains(&format!("; {} not started", 200 - done)),
         "{}",
         stderr(&o)
     );

@@ -120,6 +120,7 @@ mod item;
 mod limit;
 mod model;
 mod observe;
+mod price_list;
 pub mod providers;
 mod rand;
 mod result;
@@ -154,10 +155,11 @@ pub use model::{
     ResponseParser, TextParser,
 };
 pub use observe::{Event, MetricsObserver, Middleware, Observer};
+pub use price_list::{ListedPrice, PriceList};
 pub use result::{
-    BATCH_SCHEMA, BATCH_SCHEMA_VERSION, BatchResult, BatchStats, CategoryStats, ItemError,
-    ItemResult, ItemTiming, Percentiles, RunSummary, SummaryCollector, Termination,
-    TerminationReason, TryTiming,
+    BATCH_SCHEMA, BATCH_SCHEMA_VERSION, BatchResult, BatchStats, CategoryStats, DryRunEstimate,
+    EstimateBound, ItemError, ItemResult, ItemTiming, Percentiles, RunSummary, SummaryCollector,
+    Termination, TerminationReason, TryTiming,
 };
 pub use schema::{ResponseSchema, SchemaDialect, example_value};
 pub use strategy::{Completion, RetryState, Strategy, dry_run_placeholder};

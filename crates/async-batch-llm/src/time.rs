@@ -228,6 +228,17 @@ pub fn format_rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// A duration as a person reads it: `45s`, `2m05s`, `3h20m`, `2d04h`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

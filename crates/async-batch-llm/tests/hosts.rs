@@ -341,7 +341,9 @@ async fn dry_run_uses_the_placeholder_and_makes_no_call() {
         .unwrap();
     assert_eq!(fake.calls(), 0);
     assert_eq!(batch.stats.succeeded, 10);
-    assert_eq!(batch.stats.usage, TokenUsage::new(1_000, 500));
+    // The usage the estimator projects: "i0".."i9" are one token each
+    // (characters / 4, rounded up), and 256 output tokens are expected.
+    assert_eq!(batch.stats.usage, TokenUsage::new(10, 2_560));
     assert!(batch.results[0].output().unwrap().starts_with("[DRY-RUN]"));
     assert!(
         batch.summary().starts_with("DRY RUN"),

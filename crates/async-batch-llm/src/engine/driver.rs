@@ -30,6 +30,9 @@ pub(super) struct Control {
     pub(super) notify: Notify,
     pub(super) termination: OnceLock<Termination>,
     pub(super) cooldowns: AtomicU64,
+    /// The scope's cooldown count and time when the run began.
+    pub(super) cooldowns_before: u64,
+    pub(super) cooldown_time_before: crate::limit::CooldownTime,
     pub(super) admission: std::sync::Mutex<crate::limit::AdmissionStats>,
     /// The run's quota scope.
     pub(super) scope: Arc<crate::limit::Scope>,
@@ -65,6 +68,8 @@ impl<S: Strategy> Driver<S> {
             notify: Notify::new(),
             termination: OnceLock::new(),
             cooldowns: AtomicU64::new(0),
+            cooldowns_before: run.scope.cooldown().started_count(),
+            cooldown_time_before: run.scope.cooldown().time_spent(tokio::time::Instant::now()),
             admission: std::sync::Mutex::default(),
             scope: Arc::clone(&run.scope),
         });
@@ -215,7 +220,7 @@ impl<S: Strategy> Driver<S> {
     pub(super) async fn drive<I: Stream<Item = Item> + Send + 'static>(mut self, items: I) {
         let run = &self.run;
         run.events.emit(|| crate::observe::Event::BatchStarted);
-        let cooldowns_before = run.scope.cooldown().started_count();
+        let cooldowns_before = self.control.cooldowns_before;
         let admission_before = run
             .scope
             .admission()

@@ -383,7 +383,10 @@ async fn admit<'r, S: Strategy>(
         a = run.scope.begin_attempt(run.concurrency) => a,
     };
     let from_flag = run.scope.settings().limits.tpm.is_some();
-    let reservation = match run.scope.admission() {
+    // A dry run calls nothing: the limits do not pace it (its summary says
+    // how long they would take).
+    let admission = run.scope.admission().filter(|_| !run.dry_run_mode);
+    let reservation = match admission {
         None => None,
         Some(adm) => {
             let refuse = |message: String| {
@@ -443,7 +446,13 @@ async fn call<S: Strategy>(
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let timeout = remaining.map_or(run.attempt_timeout, |r| r.min(run.attempt_timeout));
     if run.dry_run_mode {
-        return Ok(run.strategy.dry_run(prompt).await);
+        // The strategy's placeholder output, with the usage the run's token
+        // estimator projects for this prompt (not a flat placeholder).
+        let r = run.strategy.dry_run(prompt).await;
+        return Ok(match (r, &run.estimator) {
+            (Ok((out, usage)), Some(e)) => Ok((out, e.estimate_usage(prompt).ok().or(usage))),
+            (r, _) => r,
+        });
     }
     let call = tracing::Instrument::instrument(
         run.strategy.execute(prompt, attempt, timeout, state),

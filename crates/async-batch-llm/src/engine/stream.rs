@@ -120,7 +120,24 @@ impl<T> ResultStream<T> {
     /// Cooldowns started in the run's scope during the run (final once the
     /// stream has ended).
     pub fn cooldowns(&self) -> u64 {
-        self.control.cooldowns.load(Ordering::Relaxed)
+        if self.control.termination.get().is_some() {
+            return self.control.cooldowns.load(Ordering::Relaxed);
+        }
+        let now = self.control.scope.cooldown().started_count();
+        now.saturating_sub(self.control.cooldowns_before)
+    }
+
+    /// Time the run's scope spent in cooldowns during the run, and the
+    /// longest (a running cooldown counts up to now).
+    pub fn cooldown_time(&self) -> crate::limit::CooldownTime {
+        let now = self.control.scope.cooldown().time_spent(Instant::now());
+        let total = now
+            .total
+            .saturating_sub(self.control.cooldown_time_before.total);
+        crate::limit::CooldownTime {
+            total,
+            longest: now.longest.min(total),
+        }
     }
 
     /// RPM/TPM admission in the run's scope during the run (final once the
@@ -147,6 +164,24 @@ impl<T> ResultStream<T> {
     /// The limits the run's scope runs under now, and where they came from.
     pub fn limits_in_force(&self) -> crate::limit::LimitsInForce {
         self.control.scope.limits_in_force()
+    }
+
+    /// Results finished but held back to hand them out in input order
+    /// (`preserve_order`), for a progress display that counts work done.
+    pub fn held_back(&self) -> usize {
+        self.reorder.as_ref().map_or(0, BTreeMap::len)
+    }
+
+    /// Puts the figures of the whole run that no single result carries
+    /// (cooldowns and their time, admission, the limits in force) into
+    /// `stats`, which a consumer built from the results.
+    pub fn add_run_figures(&self, stats: &mut crate::result::BatchStats) {
+        stats.cooldowns = self.cooldowns();
+        let time = self.cooldown_time();
+        stats.cooldown_time = time.total;
+        stats.longest_cooldown = time.longest;
+        stats.admission = self.admission_stats();
+        stats.limits = self.limits_in_force();
     }
 
     /// A handle to stop the run.
@@ -299,9 +334,7 @@ where
     }
     let termination = stream.termination().unwrap_or_else(Termination::completed);
     let mut batch = BatchResult::new(results, termination, started.elapsed());
-    batch.stats.cooldowns = stream.cooldowns();
-    batch.stats.admission = stream.admission_stats();
-    batch.stats.limits = stream.limits_in_force();
+    stream.add_run_figures(&mut batch.stats);
     batch.stats.dry_run = config.dry_run;
     Ok(if config.preserve_order {
         batch.in_input_order()

@@ -64,6 +64,20 @@ struct State {
     /// The latest `t + hint` of the 429s of this cooldown: it never ends
     /// before that.
     hinted_until: Option<Instant>,
+    /// When the latest cooldown began.
+    began: Option<Instant>,
+    /// The earlier cooldowns: their total length and the longest.
+    past_total: Duration,
+    past_longest: Duration,
+}
+
+/// The time a scope spent in cooldowns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CooldownTime {
+    /// All cooldowns together.
+    pub total: Duration,
+    /// The longest one.
+    pub longest: Duration,
 }
 
 /// What [`Cooldown::report_rate_limit`] did.
@@ -124,6 +138,19 @@ impl Cooldown {
         self.lock().hinted_until.filter(|u| *u > now)
     }
 
+    /// The time spent in cooldowns up to `now` (a running one up to now).
+    pub fn time_spent(&self, now: Instant) -> CooldownTime {
+        let st = self.lock();
+        let current = match (st.began, st.until) {
+            (Some(began), Some(until)) => until.min(now).saturating_duration_since(began),
+            _ => Duration::ZERO,
+        };
+        CooldownTime {
+            total: st.past_total + current,
+            longest: st.past_longest.max(current),
+        }
+    }
+
     /// How many cooldowns this scope has started.
     pub fn started_count(&self) -> u64 {
         self.started_count.load(Ordering::Relaxed)
@@ -154,6 +181,13 @@ impl Cooldown {
             .policy
             .length(consecutive, hint)
             .min(crate::time::MAX_DURATION);
+        // The cooldown before this one is over: it counts as it ended.
+        if let (Some(began), Some(until)) = (st.began, st.until) {
+            let length = until.saturating_duration_since(began);
+            st.past_total += length;
+            st.past_longest = st.past_longest.max(length);
+        }
+        st.began = Some(now);
         st.until = Some(now + length);
         st.hinted_until = hint_end;
         self.started_count.fetch_add(1, Ordering::Relaxed);

@@ -3,6 +3,7 @@
 //! usage afterwards).
 
 use crate::item::Prompt;
+use crate::usage::TokenUsage;
 
 /// Why a prompt's tokens could not be estimated; the item fails with
 /// `admission_error` before any call.
@@ -14,6 +15,12 @@ pub struct EstimateError(pub String);
 pub trait TokenEstimator: Send + Sync {
     /// Input plus expected output tokens for `prompt`.
     fn estimate(&self, prompt: &Prompt) -> Result<u64, EstimateError>;
+
+    /// The same estimate split into input and output, for a dry run's
+    /// projected usage and cost. The default counts it all as input.
+    fn estimate_usage(&self, prompt: &Prompt) -> Result<TokenUsage, EstimateError> {
+        Ok(TokenUsage::new(self.estimate(prompt)?, 0))
+    }
 }
 
 /// The default estimator: characters / 4 (rounded up) plus the expected
@@ -35,6 +42,13 @@ impl Default for CharEstimator {
 impl TokenEstimator for CharEstimator {
     fn estimate(&self, prompt: &Prompt) -> Result<u64, EstimateError> {
         Ok((prompt.char_len() as u64).div_ceil(4) + self.expected_output)
+    }
+
+    fn estimate_usage(&self, prompt: &Prompt) -> Result<TokenUsage, EstimateError> {
+        Ok(TokenUsage::new(
+            (prompt.char_len() as u64).div_ceil(4),
+            self.expected_output,
+        ))
     }
 }
 
@@ -75,17 +89,27 @@ impl TiktokenEstimator {
 }
 
 #[cfg(feature = "tiktoken")]
-impl TokenEstimator for TiktokenEstimator {
-    fn estimate(&self, prompt: &Prompt) -> Result<u64, EstimateError> {
+impl TiktokenEstimator {
+    fn input(&self, prompt: &Prompt) -> u64 {
         const PER_MESSAGE: u64 = 4;
-        let input: u64 = match prompt {
+        match prompt {
             Prompt::Text(t) => self.bpe.encode_ordinary(t).len() as u64 + PER_MESSAGE,
             Prompt::Messages(ms) => ms
                 .iter()
                 .map(|m| self.bpe.encode_ordinary(&m.content).len() as u64 + PER_MESSAGE)
                 .sum(),
-        };
-        Ok(input + self.expected_output)
+        }
+    }
+}
+
+#[cfg(feature = "tiktoken")]
+impl TokenEstimator for TiktokenEstimator {
+    fn estimate(&self, prompt: &Prompt) -> Result<u64, EstimateError> {
+        Ok(self.input(prompt) + self.expected_output)
+    }
+
+    fn estimate_usage(&self, prompt: &Prompt) -> Result<TokenUsage, EstimateError> {
+        Ok(TokenUsage::new(self.input(prompt), self.expected_output))
     }
 }
 

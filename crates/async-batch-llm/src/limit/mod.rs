@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use crate::fingerprint::key_fingerprint;
 pub use admission::{Admission, AdmissionStats, RateLimits, Reservation};
-pub use cooldown::{Cooldown, CooldownOutcome, CooldownPolicy};
+pub use cooldown::{Cooldown, CooldownOutcome, CooldownPolicy, CooldownTime};
 #[cfg(feature = "tiktoken")]
 pub use estimate::TiktokenEstimator;
 pub use estimate::{CharEstimator, EstimateError, TokenEstimator};

@@ -3,12 +3,14 @@
 //! summary ([`summary`]).
 
 mod batch;
+mod estimate;
 mod item;
 mod stats;
 mod summary;
 mod termination;
 
 pub use batch::{BATCH_SCHEMA, BATCH_SCHEMA_VERSION, BatchResult};
+pub use estimate::{DryRunEstimate, EstimateBound};
 pub use item::{ItemError, ItemResult, ItemTiming, TryTiming};
 pub use stats::{BatchStats, CategoryStats};
 pub use summary::{Percentiles, RunSummary, SummaryCollector};

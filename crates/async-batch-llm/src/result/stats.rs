@@ -47,6 +47,12 @@ pub struct BatchStats {
     pub failures: BTreeMap<ErrorCategory, CategoryStats>,
     /// Cooldowns started in the run's scope while it ran.
     pub cooldowns: u64,
+    /// The time those cooldowns lasted, together.
+    #[serde(with = "crate::time::duration_ms", rename = "cooldown_time_ms")]
+    pub cooldown_time: std::time::Duration,
+    /// The longest of them.
+    #[serde(with = "crate::time::duration_ms", rename = "longest_cooldown_ms")]
+    pub longest_cooldown: std::time::Duration,
     /// True for a dry run: usage and cost are projections, no call was made.
     pub dry_run: bool,
     /// RPM/TPM admission in the run's scope while it ran.

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::estimate::DryRunEstimate;
 use super::item::ItemResult;
 use super::stats::BatchStats;
-use super::termination::Termination;
+use super::termination::{Termination, TerminationReason};
 use crate::time::{duration_ms, micros};
 use crate::usage::Prices;
 
@@ -90,6 +91,8 @@ impl SummaryCollector {
         RunSummary {
             admission_wait: percentiles_us(&mut self.waits_us),
             execution: percentiles_us(&mut self.exec_us),
+            estimate: DryRunEstimate::of(&self.stats),
+            not_started: 0,
             stats: self.stats,
             termination,
             wall_time: micros(wall_time),
@@ -112,54 +115,25 @@ pub struct RunSummary {
     pub admission_wait: Percentiles,
     /// Execution time per item.
     pub execution: Percentiles,
+    /// A dry run's projection (none for a real run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<DryRunEstimate>,
+    /// Input items never started because the run stopped first (known
+    /// only to a host that counted its input; they have no record).
+    #[serde(default)]
+    pub not_started: u64,
 }
 
 impl RunSummary {
-    /// The wall time and the rates (replays apart from processed items).
-    fn render_wall_time(&self, out: &mut String) {
-        let (s, secs) = (&self.stats, self.wall_time.as_secs_f64());
-        if secs <= 0.0 {
-            return;
-        }
-        let live = s.items - s.replayed;
-        let _ = if s.replayed == 0 {
-            writeln!(
-                out,
-                "Wall time {secs:.2} s ({:.1} items/s)",
-                live as f64 / secs
-            )
-        } else {
-            writeln!(
-                out,
-                "Wall time {secs:.2} s ({:.1} items/s processed, {:.1} items/s replayed)",
-                live as f64 / secs,
-                s.replayed as f64 / secs
-            )
-        };
-    }
-
-    /// The limits line: which are in force and where they came from.
-    fn render_limits(&self, out: &mut String) {
-        let limits = &self.stats.limits;
-        if limits.rpm.is_none() && limits.tpm.is_none() && limits.decreases == 0 {
-            return;
-        }
-        let _ = write!(out, "Limits {limits}");
-        if limits.decreases > 0 {
-            let _ = write!(out, "; {} adaptive decreases", limits.decreases);
-        }
-        if limits.foreign_requests > 0 {
-            let _ = write!(
-                out,
-                "; {} requests of another process in the window",
-                limits.foreign_requests
-            );
-        }
-        let _ = writeln!(out);
-    }
-
-    /// The human summary text.
+    /// The human summary: a headline, then an aligned table of the run's
+    /// figures in words (no enum names), then failures by category.
     pub fn render(&self, prices: Option<&Prices>) -> String {
+        self.render_styled(prices, false)
+    }
+
+    /// [`render`](Self::render), with bold labels when `colour` (for a
+    /// terminal).
+    pub fn render_styled(&self, prices: Option<&Prices>, colour: bool) -> String {
         let s = &self.stats;
         let mut out = String::new();
         if s.dry_run {
@@ -168,85 +142,231 @@ impl RunSummary {
                 "DRY RUN: no provider was called; tokens and cost below are projections"
             );
         }
-        let _ = writeln!(
-            out,
-            "Batch {}: {} items, {} succeeded, {} failed{}",
-            self.termination.reason,
-            s.items,
-            s.succeeded,
-            s.failed,
-            if s.replayed > 0 {
-                format!(", {} replayed", s.replayed)
-            } else {
-                String::new()
-            }
-        );
+        if let Some(e) = &self.estimate {
+            let _ = writeln!(out, "{}", e.render());
+        }
+        let _ = writeln!(out, "{}", self.headline());
         if let (Some(id), Some(cat)) = (&self.termination.item_id, self.termination.category) {
-            let _ = writeln!(out, "Stopped by item {id} ({cat})");
+            let _ = writeln!(out, "Stopped by item {id} ({})", words(cat.as_str()));
         }
         if let Some(m) = &self.termination.message {
             let _ = writeln!(out, "Stop: {m}");
         }
-        self.render_wall_time(&mut out);
-        let _ = writeln!(
-            out,
-            "Calls {} (rate-limit retries {}, other retries {}, cooldowns {})",
-            s.tries, s.rate_limit_retries, s.other_retries, s.cooldowns
-        );
-        let u = &s.usage;
-        let _ = writeln!(
-            out,
-            "Tokens {} in ({} cached), {} out, {} total",
-            u.input, u.cached_input, u.output, u.total
+        let mut table = Table::default();
+        self.rows(&mut table, prices);
+        table.render(&mut out, colour);
+        out
+    }
+
+    /// `Batch completed: 3 items, 2 succeeded, 1 failed` (or `Batch
+    /// stopped (budget exceeded): …`).
+    fn headline(&self) -> String {
+        let s = &self.stats;
+        let how = match self.termination.reason {
+            TerminationReason::Completed => "completed".to_owned(),
+            r => format!("stopped ({})", words(r.as_str())),
+        };
+        let replayed = if s.replayed > 0 {
+            format!(", {} replayed", s.replayed)
+        } else {
+            String::new()
+        };
+        format!(
+            "Batch {how}: {} items, {} succeeded, {} failed{replayed}",
+            s.items, s.succeeded, s.failed
+        )
+    }
+
+    fn rows(&self, t: &mut Table, prices: Option<&Prices>) {
+        let s = &self.stats;
+        let pct = |n: u64| {
+            if s.items == 0 {
+                String::new()
+            } else {
+                format!(" ({:.1} %)", 100.0 * n as f64 / s.items as f64)
+            }
+        };
+        let mut items = format!(
+            "{} succeeded{}, {} failed{}",
+            s.succeeded,
+            pct(s.succeeded),
+            s.failed,
+            pct(s.failed)
         );
         if s.replayed > 0 {
-            let _ = writeln!(
-                out,
-                "Replayed tokens {} total (not spent in this run)",
+            let _ = write!(items, ", {} replayed", s.replayed);
+        }
+        if self.not_started > 0 {
+            let _ = write!(
+                items,
+                "; {} not started (no record: the run stopped first)",
+                self.not_started
+            );
+        }
+        t.row("Items", s.items.to_string(), items);
+        let secs = self.wall_time.as_secs_f64();
+        if secs > 0.0 {
+            let live = (s.items - s.replayed) as f64 / secs;
+            let rate = if s.replayed == 0 {
+                format!("{live:.1} items/s")
+            } else {
+                format!(
+                    "{live:.1} items/s processed, {:.1} items/s replayed",
+                    s.replayed as f64 / secs
+                )
+            };
+            t.row("Wall time", format!("{secs:.2} s"), rate);
+        }
+        t.row(
+            "Calls",
+            s.tries.to_string(),
+            format!(
+                "{} retries after errors, {} after rate limits",
+                s.other_retries, s.rate_limit_retries
+            ),
+        );
+        if s.cooldowns > 0 {
+            t.row(
+                "Cooldowns",
+                s.cooldowns.to_string(),
+                format!(
+                    "{} in all, the longest {}",
+                    seconds(s.cooldown_time),
+                    seconds(s.longest_cooldown)
+                ),
+            );
+        }
+        self.usage_rows(t, prices);
+        self.control_rows(t);
+    }
+
+    /// Tokens, cost and latency.
+    fn usage_rows(&self, t: &mut Table, prices: Option<&Prices>) {
+        let s = &self.stats;
+        let usage = &s.usage;
+        let mut tokens = format!(
+            "{} input ({} cached), {} output ({} reasoning)",
+            usage.input, usage.cached_input, usage.output, usage.reasoning
+        );
+        if usage.cache_write_input > 0 {
+            let _ = write!(tokens, ", {} written to a cache", usage.cache_write_input);
+        }
+        if s.replayed > 0 {
+            let _ = write!(
+                tokens,
+                "; {} replayed (not spent in this run)",
                 s.replayed_usage.total
             );
         }
+        t.row("Tokens", usage.total.to_string(), tokens);
         if let Some(p) = prices {
-            let _ = writeln!(out, "Cost {:.4}", p.cost(&s.usage));
+            t.row("Cost", format!("{:.4}", p.cost(&s.usage)), String::new());
         }
-        self.render_limits(&mut out);
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+        let (exec, wait) = (&self.execution, &self.admission_wait);
+        t.row(
+            "Latency",
+            String::new(),
+            format!(
+                "p50 {}, p95 {}, p99 {} per item; waiting p50 {}, p95 {}",
+                ms(exec.p50),
+                ms(exec.p95),
+                ms(exec.p99),
+                ms(wait.p50),
+                ms(wait.p95)
+            ),
+        );
+    }
+
+    /// Limits, admission and failures.
+    fn control_rows(&self, t: &mut Table) {
+        let s = &self.stats;
+        if let Some(limits) = self.limits_text() {
+            t.row("Limits", String::new(), limits);
+        }
         let adm = &s.admission;
         if adm.reserved > 0 {
-            let _ = writeln!(
-                out,
-                "Admission {} reservations, {} tokens estimated: {} refunded, {} debt, {} kept (usage unknown), {} given back",
-                adm.reserved,
-                adm.reserved_tokens,
-                adm.refunded_tokens,
-                adm.debt_tokens,
-                adm.retained,
-                adm.cancelled
+            t.row(
+                "Admission",
+                adm.reserved.to_string(),
+                format!(
+                    "reservations; {} tokens estimated: {} refunded, {} debt, {} kept (usage unknown), {} given back",
+                    adm.reserved_tokens,
+                    adm.refunded_tokens,
+                    adm.debt_tokens,
+                    adm.retained,
+                    adm.cancelled
+                ),
             );
         }
-        let (a, e) = (&self.admission_wait, &self.execution);
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let _ = writeln!(
-            out,
-            "Wait p50/p95/p99 {:.1}/{:.1}/{:.1} ms; execution p50/p95/p99 {:.1}/{:.1}/{:.1} ms",
-            ms(a.p50),
-            ms(a.p95),
-            ms(a.p99),
-            ms(e.p50),
-            ms(e.p95),
-            ms(e.p99)
-        );
-        if !s.failures.is_empty() {
-            let _ = writeln!(out, "Failures by category:");
-            for (cat, c) in &s.failures {
-                let _ = writeln!(
-                    out,
-                    "  {cat}: {} (e.g. {})",
-                    c.count,
+        for (i, (cat, c)) in s.failures.iter().enumerate() {
+            t.row(
+                if i == 0 { "Failures" } else { "" },
+                c.count.to_string(),
+                format!(
+                    "{} (e.g. {})",
+                    words(cat.as_str()),
                     c.example_ids.join(", ")
-                );
-            }
+                ),
+            );
         }
-        out
+    }
+
+    /// Which limits were in force and where they came from.
+    fn limits_text(&self) -> Option<String> {
+        let limits = &self.stats.limits;
+        if limits.rpm.is_none() && limits.tpm.is_none() && limits.decreases == 0 {
+            return None;
+        }
+        let mut text = limits.to_string();
+        if limits.decreases > 0 {
+            let _ = write!(text, "; {} adaptive decreases", limits.decreases);
+        }
+        if limits.foreign_requests > 0 {
+            let _ = write!(
+                text,
+                "; {} requests of another process in the window",
+                limits.foreign_requests
+            );
+        }
+        Some(text)
+    }
+}
+
+/// `budget_exceeded` as words: `budget exceeded`.
+fn words(name: &str) -> String {
+    name.replace('_', " ")
+}
+
+/// A duration in seconds, one decimal.
+fn seconds(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// Rows of label, figure and detail, printed aligned.
+#[derive(Default)]
+struct Table {
+    rows: Vec<(&'static str, String, String)>,
+}
+
+impl Table {
+    fn row(&mut self, label: &'static str, figure: String, detail: String) {
+        self.rows.push((label, figure, detail));
+    }
+
+    fn render(&self, out: &mut String, colour: bool) {
+        let label_w = self.rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let figure_w = self.rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+        for (label, figure, detail) in &self.rows {
+            let label = format!("{label:<label_w$}");
+            let label = if colour {
+                format!("\x1b[1m{label}\x1b[0m")
+            } else {
+                label
+            };
+            let line = format!("  {label}  {figure:>figure_w$}  {detail}");
+            let _ = writeln!(out, "{}", line.trim_end());
+        }
     }
 }
 
@@ -272,13 +392,16 @@ mod tests {
             s.contains("Batch completed: 3 items, 2 succeeded, 1 failed, 1 replayed"),
             "{s}"
         );
-        assert!(s.contains("item_deadline: 1 (e.g. a)"), "{s}");
-        assert!(s.contains("Cost 20.0000"), "{s}");
-        // 2 processed and 1 replayed in 1.5 s.
-        assert!(
-            s.contains("Wall time 1.50 s (1.3 items/s processed, 0.7 items/s replayed)"),
-            "{s}"
-        );
+        // Aligned: labels to the widest (Wall time), figures to the widest
+        // (20.0000), then the words.
+        for line in [
+            "  Items            3  2 succeeded (66.7 %), 1 failed (33.3 %), 1 replayed",
+            "  Wall time   1.50 s  1.3 items/s processed, 0.7 items/s replayed",
+            "  Cost       20.0000",
+            "  Failures         1  item deadline (e.g. a)",
+        ] {
+            assert!(s.lines().any(|l| l == line), "{line:?} in\n{s}");
+        }
         let ordered: Vec<u64> = b.in_input_order().results.iter().map(|r| r.index).collect();
         assert_eq!(ordered, vec![0, 1, 2]);
     }
