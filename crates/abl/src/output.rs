@@ -83,7 +83,7 @@ impl Results {
     /// The partial file being written, if any (the progress line names it).
     pub fn partial(&self) -> Option<PathBuf> {
         match &self.sink {
-            Sink::File(f) => Some(f.partial().to_path_buf()),
+            Sink::File(f) => f.partial().map(Path::to_path_buf),
             Sink::Stdout(_) => None,
         }
     }
@@ -128,11 +128,15 @@ impl Results {
                     format!("{}: cannot put the output in place", target.display())
                 })?;
             }
-            (Some(_), Sink::File(f)) => eprintln_safe(&format!(
-                "abl: {} was left as it was; the results written before the failure are in {}",
-                f.target().display(),
-                f.partial().display()
-            )),
+            (Some(_), Sink::File(f)) => {
+                if let Some(partial) = f.partial() {
+                    eprintln_safe(&format!(
+                        "abl: {} was left as it was; the results written before the failure are in {}",
+                        f.target().display(),
+                        partial.display()
+                    ));
+                }
+            }
             (_, Sink::Stdout(_)) => {}
         }
         Ok(self.failure)

@@ -199,11 +199,16 @@ impl PathPlan {
 }
 
 /// Adds a file the run writes and its partial file; returns the real path.
+/// A device or pipe (`/dev/null`, `/dev/stdout`) is returned as given: it
+/// is written directly, never replaced, so it cannot clash with a file.
 fn written_file(
     add: &mut impl FnMut(&str, &Path, bool) -> Result<Resolved, UsageError>,
     flag: &str,
     path: &Path,
 ) -> Result<PathBuf, UsageError> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return Ok(path.to_path_buf());
+    }
     let at = add(flag, path, true)?;
     if at.inode.is_some() && at.path.is_dir() {
         return Err(usage(format!("{flag} {}: is a directory", path.display())));
@@ -219,18 +224,35 @@ fn written_file(
 /// A file being replaced: written as `TARGET.abl-partial`, renamed over
 /// `TARGET` by [`commit`](Replacement::commit). Dropped uncommitted, it
 /// leaves `TARGET` as it was and the partial file for inspection.
+///
+/// A target that is not a regular file (`/dev/null`, `/dev/stdout`, a FIFO)
+/// is written directly: renaming a file over it would replace the device
+/// itself (as root, `-o /dev/null` would turn `/dev/null` into a regular
+/// file for every program on the machine).
 pub struct Replacement {
     target: PathBuf,
-    partial: PathBuf,
+    /// `None`: the target is written directly.
+    partial: Option<PathBuf>,
     file: BufWriter<File>,
 }
 
 impl Replacement {
-    /// Creates (or truncates) the partial file of `target`.
+    /// Creates (or truncates) the partial file of `target`, or opens a
+    /// target that is not a regular file for writing.
     pub fn create(target: &Path) -> Result<Self, UsageError> {
-        let partial = with_suffix(target, PARTIAL);
-        let file = File::create(&partial)
-            .map_err(|e| usage(format!("{}: cannot create: {e}", partial.display())))?;
+        let special = std::fs::metadata(target).is_ok_and(|m| !m.is_file() && !m.is_dir());
+        let (partial, file) = if special {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(target)
+                .map_err(|e| usage(format!("{}: cannot open: {e}", target.display())))?;
+            (None, file)
+        } else {
+            let partial = with_suffix(target, PARTIAL);
+            let file = File::create(&partial)
+                .map_err(|e| usage(format!("{}: cannot create: {e}", partial.display())))?;
+            (Some(partial), file)
+        };
         Ok(Self {
             target: target.to_path_buf(),
             partial,
@@ -238,9 +260,10 @@ impl Replacement {
         })
     }
 
-    /// The partial file being written.
-    pub fn partial(&self) -> &Path {
-        &self.partial
+    /// The partial file being written (none when the target is written
+    /// directly).
+    pub fn partial(&self) -> Option<&Path> {
+        self.partial.as_deref()
     }
 
     /// The file it replaces.
@@ -248,11 +271,17 @@ impl Replacement {
         &self.target
     }
 
-    /// Flushes, syncs and renames the partial file over the target.
+    /// Flushes, syncs and renames the partial file over the target (or
+    /// only flushes a target written directly).
     pub fn commit(mut self) -> std::io::Result<()> {
         self.file.flush()?;
-        self.file.get_ref().sync_all()?;
-        std::fs::rename(&self.partial, &self.target)
+        match &self.partial {
+            Some(partial) => {
+                self.file.get_ref().sync_all()?;
+                std::fs::rename(partial, &self.target)
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -290,6 +319,17 @@ mod tests {
     }
 
     #[test]
+    fn a_target_that_is_not_a_regular_file_is_written_directly() {
+        // /dev/null stays the device it is: nothing is renamed over it.
+        let mut r = Replacement::create(Path::new("/dev/null")).unwrap();
+        assert_eq!(r.partial(), None);
+        writeln!(r, "gone").unwrap();
+        r.commit().unwrap();
+        let m = std::fs::metadata("/dev/null").unwrap();
+        assert!(!m.is_file(), "/dev/null is still a device");
+    }
+
+    #[test]
     fn a_replacement_leaves_the_target_alone_until_committed() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("out.jsonl");
@@ -298,7 +338,7 @@ mod tests {
         writeln!(r, "new").unwrap();
         r.flush().unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "old\n");
-        let partial = r.partial().to_path_buf();
+        let partial = r.partial().unwrap().to_path_buf();
         drop(r);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "old\n");
         assert_eq!(std::fs::read_to_string(&partial).unwrap(), "new\n");

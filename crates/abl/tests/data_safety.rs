@@ -694,3 +694,38 @@ fn the_output_is_replaced_only_when_the_run_ends() {
     );
     assert!(!partial.exists());
 }
+
+#[test]
+fn devices_and_pipes_are_written_directly_never_replaced() {
+    use std::os::unix::fs::FileTypeExt as _;
+    // As root, renaming a finished file over /dev/null would turn the
+    // device into a regular file for every program on the machine.
+    let dir = tempfile::tempdir().unwrap();
+    let inp = input(dir.path(), 20);
+    let o = run_mock(
+        &inp,
+        Path::new("/dev/null"),
+        &["--summary-json", "/dev/null"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let m = std::fs::metadata("/dev/null").unwrap();
+    assert!(
+        m.file_type().is_char_device(),
+        "/dev/null is still a device"
+    );
+    // A pipe: the records arrive on it.
+    let o = abl()
+        .args([
+            "run",
+            inp.to_str().unwrap(),
+            "--model",
+            "mock:echo",
+            "-o",
+            "/dev/stdout",
+        ])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 20);
+}
