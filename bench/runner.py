@@ -353,7 +353,10 @@ def limits(cfg):
         for name, f in (("baseline", plain), ("poisoned", poisoned)):
             m.reset()
             cmd = [str(ABL), "run", str(f), "--model", "openai:gpt-4o-mini", "--base-url", m.url + "/v1",
-                   "-o", "/dev/null", "--no-progress", "-c", "64"]
+                   "-o", "/dev/null", "--no-progress", "-c", "64",
+                   # The poisoned item's own backoff (1, 2, 4 … 60 s) would
+                   # take 15 minutes over the default 20 retries.
+                   "--max-rate-limit-retries", "6"]
             start = time.perf_counter()
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             # The others are done when the mock has answered n - 1 of them;

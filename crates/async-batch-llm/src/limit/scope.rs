@@ -436,10 +436,12 @@ impl Scope {
             }
         }
         if changed {
-            // When limits first come into force, the window starts with what
-            // the provider already counts (this run's first calls, sent
-            // before any limit was known, are in it) and the calls still in
-            // flight.
+            // When limits first come into force, the window starts with this
+            // run's own calls, sent before any limit was known (those the
+            // provider accepted, and those still in flight), and never with
+            // less than the provider already counts: the reply is often the
+            // first one's, counted before the calls in flight arrived, and
+            // another process's calls may be in it.
             let scale = s.span().as_secs_f64() / MINUTE.as_secs_f64();
             let used = |l: &super::ReportedLimit| match (l.limit, l.remaining) {
                 (Some(limit), Some(remaining)) => {
@@ -447,17 +449,16 @@ impl Scope {
                 }
                 _ => 0,
             };
-            // The reply is often the first one's, counted when the calls
-            // still in flight had not arrived: those are counted too.
-            let in_flight = self.window.view().in_flight as u64;
-            let (requests, tokens) = (used(&r.requests), used(&r.tokens));
-            let seeded = requests.max(in_flight);
-            // Tokens of the calls counted so, at the provider's average.
-            let tokens = match requests {
-                0 => tokens,
-                n => tokens.saturating_mul(seeded) / n,
+            let (used_requests, used_tokens) = (used(&r.requests), used(&r.tokens));
+            let accepted = self.recent.minute(now);
+            let own = accepted.accepted + self.window.view().in_flight.saturating_sub(1) as u64;
+            let requests = used_requests.max(own);
+            // Tokens at the provider's average per request.
+            let tokens = match used_requests {
+                0 => accepted.tokens,
+                n => (used_tokens.saturating_mul(requests) / n).max(accepted.tokens),
             };
-            let seed = [(now, seeded, tokens)];
+            let seed = [(now, requests, tokens)];
             self.put_in_force(&s, &seed);
         }
         drop(s);
