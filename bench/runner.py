@@ -39,6 +39,7 @@ FULL = {
     "resume_items": 20_000,
     "sliding_items": 3000,
     "poison_items": 2000,
+    "poison_retries": 6,
 }
 QUICK = {
     "reps": 1,
@@ -51,6 +52,7 @@ QUICK = {
     "resume_items": 1_000,
     "sliding_items": 1000,
     "poison_items": 200,
+    "poison_retries": 2,
 }
 
 
@@ -356,7 +358,7 @@ def limits(cfg):
                    "-o", "/dev/null", "--no-progress", "-c", "64",
                    # The poisoned item's own backoff (1, 2, 4 … 60 s) would
                    # take 15 minutes over the default 20 retries.
-                   "--max-rate-limit-retries", "6"]
+                   "--max-rate-limit-retries", str(cfg["poison_retries"])]
             start = time.perf_counter()
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             # The others are done when the mock has answered n - 1 of them;
