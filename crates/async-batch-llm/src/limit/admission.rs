@@ -199,6 +199,9 @@ struct State {
     foreign_token_sum: u64,
     request_budget: Option<Budget>,
     token_budget: Option<Budget>,
+    /// Reservations numbered below this seeded the window: calls sent
+    /// before any limit was known, which every reply counts as arrived.
+    seeded_through: u64,
     /// The newest reservation an observation came from (older replies are
     /// stale and ignored).
     observed_from: Option<u64>,
@@ -253,7 +256,7 @@ impl Drop for Ticket<'_> {
 }
 
 /// What to count as others' in a window of `limit`, when the provider says
-/// `remaining` are left and this scope holds `ours`: what the provider
+/// `remaining` are left and it counted `ours` of this scope's: what the provider
 /// counts beyond ours; what the others sent since the request the reply
 /// answers (`ahead`, predicted from their rate); and the others' share of
 /// what remains, in proportion to their use, so that two processes racing
@@ -353,6 +356,7 @@ impl Admission {
         let was_limited = st.limits.is_some();
         st.limits = (!limits.is_empty()).then(|| Limits::new(limits, span));
         if !was_limited {
+            st.seeded_through = st.next_id + seed.iter().map(|s| s.1).sum::<u64>();
             for &(at, requests, tokens) in seed {
                 for i in 0..requests {
                     let id = st.next_id;
@@ -481,8 +485,19 @@ impl Admission {
             }
             _ => 0,
         };
-        let fr = measured(&reported.requests, st.requests.len() as u64);
-        let ft = measured(&reported.tokens, st.token_sum);
+        // What the provider counted of ours: the reservations up to this
+        // reply's (and the seeded ones); those admitted after it had not
+        // arrived, so what it counts beyond the rest is another's.
+        let through = (from + 1).max(st.seeded_through);
+        let counted = st.requests.partition_point(|e| e.0 < through) as u64;
+        let counted_tokens: u64 = st
+            .tokens
+            .iter()
+            .take_while(|e| e.0 < through)
+            .map(|e| e.2)
+            .sum();
+        let fr = measured(&reported.requests, counted);
+        let ft = measured(&reported.tokens, counted_tokens);
         if let Some((t, r0, t0)) = st.foreign_trend {
             let dt = sent.saturating_duration_since(t).as_secs_f64();
             if dt > 0.0 {
@@ -507,8 +522,7 @@ impl Admission {
         let r = reported.requests;
         if let (Some(limit), Some(remaining)) = (r.limit, r.remaining) {
             let limit = scaled(limit);
-            let ours = st.requests.len() as u64;
-            let foreign = foreign_share(limit, remaining, ours, ahead_requests);
+            let foreign = foreign_share(limit, remaining, counted, ahead_requests);
             let reset = r.reset.unwrap_or(MINUTE);
             let window = st.limits.map_or(MINUTE, |l| l.window);
             let own: Vec<Instant> = st.requests.iter().map(|e| e.1 + window).collect();
@@ -522,8 +536,7 @@ impl Admission {
         let t = reported.tokens;
         if let (Some(limit), Some(remaining)) = (t.limit, t.remaining) {
             let limit = scaled(limit);
-            let ours = st.token_sum;
-            let foreign = foreign_share(limit, remaining, ours, ahead_tokens);
+            let foreign = foreign_share(limit, remaining, counted_tokens, ahead_tokens);
             let reset = t.reset.unwrap_or(MINUTE);
             let window = st.limits.map_or(MINUTE, |l| l.token_window);
             let own: Vec<Instant> = st.tokens.iter().map(|e| e.1 + window).collect();

@@ -13,6 +13,7 @@ mod estimate;
 mod recent;
 mod reported;
 mod scope;
+mod settle;
 mod signal;
 mod window;
 

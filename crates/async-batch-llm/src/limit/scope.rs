@@ -26,6 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::recent::Recent;
+use super::settle::Settle;
 
 const MINUTE: Duration = Duration::from_secs(60);
 use super::{
@@ -164,6 +165,7 @@ pub struct Scope {
     successes: AtomicU64,
     successes_at_cooldown: AtomicU64,
     warned: AtomicBool,
+    settle: Settle,
 }
 
 /// An attempt's place in its scope: its window permit and its numbers.
@@ -234,6 +236,7 @@ impl Scope {
             successes: AtomicU64::new(0),
             successes_at_cooldown: AtomicU64::new(0),
             warned: AtomicBool::new(false),
+            settle: Settle::default(),
         }
     }
 
@@ -328,6 +331,7 @@ impl Scope {
     pub async fn begin_attempt(&self, cap: usize) -> Attempt<'_> {
         self.window.raise_cap(cap);
         let permit = self.window.acquire().await;
+        self.settle.wait().await;
         Attempt {
             scope: self,
             permit: Some(permit),
@@ -386,6 +390,7 @@ impl Scope {
             Some(Verdict::Undecided) => self.window.unhold(),
             None => {}
         }
+        self.settle.ended(seq);
         change
     }
 
@@ -459,6 +464,12 @@ impl Scope {
                 n => (used_tokens.saturating_mul(requests) / n).max(accepted.tokens),
             };
             let seed = [(now, requests, tokens)];
+            if !self.admission.is_limited() {
+                self.settle.begin(
+                    self.next_seq.load(Ordering::Relaxed),
+                    self.window.view().in_flight,
+                );
+            }
             self.put_in_force(&s, &seed);
         }
         drop(s);
