@@ -42,7 +42,7 @@ impl Counters {
 
     /// Notes the limits the run's scope runs under now.
     pub fn set_limits(&self, l: &async_batch_llm::LimitsInForce) {
-        let text = (l.rpm.is_some() || l.tpm.is_some() || l.decreases > 0).then(|| l.to_string());
+        let text = l.is_worth_showing().then(|| l.to_string());
         if let Ok(mut slot) = self.limits.lock() {
             *slot = text;
         }
@@ -106,17 +106,6 @@ pub fn print_safe(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
-}
-
-fn fmt_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else if s >= 60 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{s}s")
-    }
 }
 
 /// The progress display.
@@ -205,7 +194,7 @@ impl Progress {
             && done < total
         {
             let eta = Duration::from_secs_f64((total - done) as f64 / rate);
-            let _ = write!(s, " | ETA {}", fmt_duration(eta));
+            let _ = write!(s, " | ETA {}", async_batch_llm::human_duration(eta));
         }
         if let Some(l) = self.counters.limits() {
             let _ = write!(s, " | {l}");

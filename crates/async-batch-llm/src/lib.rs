@@ -164,5 +164,5 @@ pub use result::{
 pub use schema::{ResponseSchema, SchemaDialect, example_value};
 pub use strategy::{Completion, RetryState, Strategy, dry_run_placeholder};
 pub use structured::{FEEDBACK_KEY, Feedback, StructuredStrategy, Validator};
-pub use time::{MAX_DURATION, secs_f64};
+pub use time::{MAX_DURATION, human as human_duration, secs_f64};
 pub use usage::{Prices, TokenUsage};

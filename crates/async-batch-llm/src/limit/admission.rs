@@ -490,12 +490,16 @@ impl Admission {
         // arrived, so what it counts beyond the rest is another's.
         let through = (from + 1).max(st.seeded_through);
         let counted = st.requests.partition_point(|e| e.0 < through) as u64;
-        let counted_tokens: u64 = st
+        // Entries are in reservation order: the uncounted ones are the few
+        // at the back (the calls in flight), not the whole window.
+        let uncounted_tokens: u64 = st
             .tokens
             .iter()
-            .take_while(|e| e.0 < through)
+            .rev()
+            .take_while(|e| e.0 >= through)
             .map(|e| e.2)
             .sum();
+        let counted_tokens = st.token_sum.saturating_sub(uncounted_tokens);
         let fr = measured(&reported.requests, counted);
         let ft = measured(&reported.tokens, counted_tokens);
         if let Some((t, r0, t0)) = st.foreign_trend {

@@ -78,6 +78,14 @@ pub struct LimitsInForce {
     pub foreign_requests: u64,
 }
 
+impl LimitsInForce {
+    /// True when a limit is known or adaptive concurrency moved: there is
+    /// something to tell (the progress line and the summary show it then).
+    pub fn is_worth_showing(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || self.decreases > 0
+    }
+}
+
 impl std::fmt::Display for LimitsInForce {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts = Vec::new();

@@ -315,7 +315,7 @@ impl RunSummary {
     /// Which limits were in force and where they came from.
     fn limits_text(&self) -> Option<String> {
         let limits = &self.stats.limits;
-        if limits.rpm.is_none() && limits.tpm.is_none() && limits.decreases == 0 {
+        if !limits.is_worth_showing() {
             return None;
         }
         let mut text = limits.to_string();
