@@ -80,6 +80,60 @@ pub fn secs_f64(secs: f64) -> Option<Duration> {
     Some(Duration::from_micros(micros as u64))
 }
 
+/// Wall-clock times as results store them: RFC 3339 UTC with milliseconds
+/// (`2026-12-01T09:30:00.125Z`), absent when unknown.
+pub mod option_rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes `Some(t)` as RFC 3339 with milliseconds.
+    #[allow(clippy::ref_option)] // serde's `with` passes `&Option<T>`
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&super::format_rfc3339_millis(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads an RFC 3339 time or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => super::parse_rfc3339(&text)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {text:?}"))),
+        }
+    }
+}
+
+/// The wall clock of one run, read through tokio's clock: the wall time
+/// when the run began plus tokio's time since. Results stamped with it keep
+/// the spacing the engine saw (also under a paused test clock), and a
+/// wall-clock step during the run does not reorder them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WallClock {
+    at: SystemTime,
+    since: tokio::time::Instant,
+}
+
+impl WallClock {
+    /// A clock anchored now.
+    pub(crate) fn start() -> Self {
+        Self {
+            at: SystemTime::now(),
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The wall time of `instant` (an instant before the anchor is the
+    /// anchor).
+    pub(crate) fn at(&self, instant: tokio::time::Instant) -> SystemTime {
+        let d = micros(instant.saturating_duration_since(self.since));
+        self.at.checked_add(d).unwrap_or(self.at)
+    }
+}
+
 /// `start + d`, or `None` when that instant is not representable (a
 /// deadline that far away is no deadline).
 pub(crate) fn after(start: tokio::time::Instant, d: Duration) -> Option<tokio::time::Instant> {
@@ -228,6 +282,15 @@ pub fn format_rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// `t` as RFC 3339 UTC with milliseconds (`2026-12-01T09:30:00.125Z`).
+pub fn format_rfc3339_millis(t: SystemTime) -> String {
+    let whole = format_rfc3339(t);
+    let millis = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis());
+    format!("{}.{millis:03}Z", whole.trim_end_matches('Z'))
+}
+
 /// A duration as a person reads it: `45s`, `2m05s`, `3h20m`, `2d04h`.
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
@@ -256,6 +319,27 @@ mod tests {
         assert_eq!(secs_f64(f64::INFINITY), Some(MAX_DURATION));
         assert_eq!(secs_f64(1e300), Some(MAX_DURATION));
         assert_eq!(secs_f64(1e-300), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn wall_times_keep_milliseconds_and_read_back() {
+        let t = at(1_764_581_400) + Duration::from_millis(125);
+        let text = format_rfc3339_millis(t);
+        assert_eq!(text, "2025-12-01T09:30:00.125Z");
+        assert_eq!(parse_rfc3339(&text), Some(t));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_run_clock_follows_tokio_time_from_its_anchor() {
+        let clock = WallClock::start();
+        let before = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(90)).await;
+        let later = clock.at(tokio::time::Instant::now());
+        let first = clock.at(before);
+        assert_eq!(
+            later.duration_since(first).ok(),
+            Some(Duration::from_secs(90))
+        );
     }
 
     #[test]

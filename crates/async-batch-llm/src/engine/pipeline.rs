@@ -23,7 +23,7 @@ use crate::limit::{
 use crate::observe::{Event, EventSink};
 use crate::result::{ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming};
 use crate::strategy::{RetryState, Strategy};
-use crate::time::{after as micros_after, micros};
+use crate::time::{WallClock, after as micros_after, micros};
 use crate::usage::TokenUsage;
 
 /// Stop signals of a run: `stopping` ends admission and every wait;
@@ -88,6 +88,8 @@ pub(crate) struct Run<S: Strategy> {
     fail_fast: Vec<ErrorCategory>,
     stop_mode: StopMode,
     pub(crate) events: EventSink,
+    /// Stamps results with wall times.
+    clock: WallClock,
 }
 
 impl<S: Strategy> Run<S> {
@@ -111,6 +113,7 @@ impl<S: Strategy> Run<S> {
             fail_fast: config.fail_fast.clone(),
             stop_mode: config.stop_mode,
             events: EventSink::new(config.observers.clone(), config.event_queue),
+            clock: WallClock::start(),
         })
     }
 
@@ -274,6 +277,7 @@ pub(crate) async fn process_item<S: Strategy>(
         (a, b) => a.or(b),
     };
     let mut acct = Acct::default();
+    acct.timing.started_at = Some(run.clock.at(start));
     let mut state = RetryState::new();
     run.events.emit(|| Event::ItemStarted {
         id: item.id.clone(),
@@ -538,6 +542,7 @@ async fn attempts<S: Strategy>(
         if run.stop.stopping.is_cancelled() {
             return Err(Fail::Stopped);
         }
+        let try_start = Instant::now();
         let cooldown_wait =
             wait_cooldown(&run.scope, &run.stop, limits.not_before, deadline, acct).await?;
         acct.timing.cooldown_wait += micros(cooldown_wait);
@@ -586,6 +591,7 @@ async fn attempts<S: Strategy>(
             acct.timing.execution += execution;
             acct.timing.tries.push(TryTiming {
                 attempt,
+                started_at: Some(run.clock.at(try_start)),
                 cooldown_wait: micros(cooldown_wait),
                 admission_wait,
                 execution,

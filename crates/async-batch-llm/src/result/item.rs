@@ -1,7 +1,7 @@
 //! One item's result: its output or error, usage, attempts and timing,
 //! and the JSON record it is written as.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,14 @@ impl std::error::Error for ItemError {}
 pub struct TryTiming {
     /// The logical attempt number the try belonged to.
     pub attempt: u32,
+    /// Wall time when the try began waiting (cooldown, then admission, then
+    /// the call); absent in older records.
+    #[serde(
+        default,
+        with = "crate::time::option_rfc3339",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub started_at: Option<SystemTime>,
     /// Time spent waiting for the scope's cooldown before it.
     #[serde(with = "duration_ms", rename = "cooldown_wait_ms")]
     pub cooldown_wait: Duration,
@@ -67,6 +75,14 @@ pub struct TryTiming {
 /// Timing of one item.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemTiming {
+    /// Wall time when processing began; absent for items that never began
+    /// (and in older records).
+    #[serde(
+        default,
+        with = "crate::time::option_rfc3339",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub started_at: Option<SystemTime>,
     /// From start of processing to the result.
     #[serde(with = "duration_ms", rename = "total_ms")]
     pub total: Duration,

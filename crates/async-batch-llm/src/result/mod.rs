@@ -37,6 +37,7 @@ mod test_support {
             attempts: 2,
             tries: 3,
             timing: ItemTiming {
+                started_at: None,
                 total: Duration::from_micros(12_345),
                 cooldown_wait: Duration::from_micros(1),
                 admission_wait: Duration::from_micros(999_999),
@@ -44,6 +45,7 @@ mod test_support {
                 backoff: Duration::ZERO,
                 tries: vec![TryTiming {
                     attempt: 1,
+                    started_at: None,
                     cooldown_wait: Duration::from_micros(3),
                     admission_wait: Duration::ZERO,
                     execution: Duration::from_micros(123_456_789),

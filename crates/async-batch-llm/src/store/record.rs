@@ -29,7 +29,7 @@
 //! still read.
 
 use std::borrow::Cow;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -86,6 +86,7 @@ impl Serialize for Record {
         let t = &r.timing;
         let one_plain_try = matches!(t.tries.as_slice(), [only] if *only == TryTiming {
             attempt: 1,
+            started_at: t.started_at,
             cooldown_wait: t.cooldown_wait,
             admission_wait: t.admission_wait,
             execution: t.execution,
@@ -112,6 +113,7 @@ impl Serialize for Record {
                 attempts: r.attempts,
                 tries: r.tries,
                 timing: TimingOut {
+                    started_at: t.started_at,
                     total: t.total,
                     cooldown_wait: t.cooldown_wait,
                     admission_wait: t.admission_wait,
@@ -194,6 +196,11 @@ struct UsageOut {
 
 #[derive(Serialize)]
 struct TimingOut<'a> {
+    #[serde(
+        with = "crate::time::option_rfc3339",
+        skip_serializing_if = "Option::is_none"
+    )]
+    started_at: Option<SystemTime>,
     #[serde(with = "duration_ms", rename = "total_ms")]
     total: Duration,
     #[serde(
@@ -279,6 +286,8 @@ fn none<T>() -> Option<T> {
 
 #[derive(Deserialize)]
 struct WireTiming {
+    #[serde(default, with = "crate::time::option_rfc3339")]
+    started_at: Option<SystemTime>,
     #[serde(default, with = "duration_ms", rename = "total_ms")]
     total: Duration,
     #[serde(default, with = "duration_ms", rename = "cooldown_wait_ms")]
@@ -330,6 +339,7 @@ impl<T> WireResult<T> {
         let tries = t.tries.unwrap_or_else(|| {
             vec![TryTiming {
                 attempt: 1,
+                started_at: t.started_at,
                 cooldown_wait: t.cooldown_wait,
                 admission_wait: t.admission_wait,
                 execution: t.execution,
@@ -344,6 +354,7 @@ impl<T> WireResult<T> {
             attempts: self.attempts,
             tries: self.tries,
             timing: ItemTiming {
+                started_at: t.started_at,
                 total: t.total,
                 cooldown_wait: t.cooldown_wait,
                 admission_wait: t.admission_wait,
@@ -388,7 +399,9 @@ mod tests {
     }
 
     fn one_try() -> ItemTiming {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_581_400_125);
         ItemTiming {
+            started_at: Some(at),
             total: ms(7),
             cooldown_wait: Duration::ZERO,
             admission_wait: ms(1),
@@ -396,6 +409,7 @@ mod tests {
             backoff: Duration::ZERO,
             tries: vec![TryTiming {
                 attempt: 1,
+                started_at: Some(at),
                 cooldown_wait: Duration::ZERO,
                 admission_wait: ms(1),
                 execution: ms(5),
@@ -427,6 +441,7 @@ mod tests {
         let mut retried = one_try();
         retried.tries.push(TryTiming {
             attempt: 2,
+            started_at: None,
             cooldown_wait: ms(3),
             admission_wait: Duration::ZERO,
             execution: ms(2),
@@ -453,6 +468,12 @@ mod tests {
         prop_oneof![Just(0u64), 1u64..5_000_000].prop_map(Duration::from_micros)
     }
 
+    /// Wall times as records keep them: whole milliseconds.
+    fn wall_time() -> impl proptest::strategy::Strategy<Value = SystemTime> {
+        use proptest::prelude::*;
+        (0u64..4_000_000_000_000).prop_map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
     fn try_timing() -> impl proptest::strategy::Strategy<Value = TryTiming> {
         use proptest::prelude::*;
         (
@@ -461,9 +482,11 @@ mod tests {
             micros(),
             micros(),
             proptest::option::of(proptest::sample::select(ErrorCategory::ALL)),
+            proptest::option::of(wall_time()),
         )
-            .prop_map(|(attempt, c, a, e, error)| TryTiming {
+            .prop_map(|(attempt, c, a, e, error, started_at)| TryTiming {
                 attempt,
+                started_at,
                 cooldown_wait: c,
                 admission_wait: a,
                 execution: e,
@@ -480,10 +503,12 @@ mod tests {
             tries in proptest::collection::vec(try_timing(), 0..4),
             totals in (micros(), micros(), micros(), micros(), micros()),
             plain in proptest::bool::ANY,
+            started_at in proptest::option::of(wall_time()),
             usage in proptest::collection::vec(0u64..3, 6),
             ok in proptest::bool::ANY,
         ) {
             let mut timing = ItemTiming {
+                started_at,
                 total: totals.0,
                 cooldown_wait: totals.1,
                 admission_wait: totals.2,
@@ -495,6 +520,7 @@ mod tests {
                 // The case the writer leaves out: one try equal to the totals.
                 timing.tries = vec![TryTiming {
                     attempt: 1,
+                    started_at: timing.started_at,
                     cooldown_wait: timing.cooldown_wait,
                     admission_wait: timing.admission_wait,
                     execution: timing.execution,
