@@ -42,6 +42,17 @@ pub enum Command {
         #[arg(long)]
         summary_json: Option<PathBuf>,
     },
+    /// Write a report of a run as one self-contained HTML page: the summary,
+    /// throughput, calls in flight, cooldowns and 429s over time, latency and
+    /// waiting, tokens and cost, failures. Works on a run still going.
+    Report {
+        /// A checkpoint (.sqlite or .jsonl; the fullest report) or an output
+        /// JSONL file of `abl run` (or its .abl-partial while it runs).
+        file: PathBuf,
+        /// The HTML file to write (replaced atomically).
+        #[arg(short, long, value_name = "REPORT.html")]
+        output: PathBuf,
+    },
 }
 
 /// Checkpoint tools.

@@ -8,6 +8,7 @@ mod model;
 mod output;
 mod paths;
 mod progress;
+mod report;
 mod run;
 mod settings;
 mod summary;
@@ -45,6 +46,7 @@ fn main() {
             cli::Command::Summary { file, summary_json } => {
                 summary::run(&file, summary_json.as_deref())
             }
+            cli::Command::Report { file, output } => report::run(&file, &output),
             cli::Command::MockServer(config) => mock_server(*config).await,
             cli::Command::Checkpoint(cli::CheckpointCommand::Import { from, to }) => {
                 checkpoint::import(&from, &to)

@@ -136,7 +136,7 @@ fn output_summary(file: &Path) -> Result<SummaryCollector, UsageError> {
 }
 
 /// Whether `file` is a JSONL checkpoint (its first line is our manifest).
-fn is_jsonl_checkpoint(file: &Path) -> Result<bool, UsageError> {
+pub fn is_jsonl_checkpoint(file: &Path) -> Result<bool, UsageError> {
     let f = std::fs::File::open(file)
         .map_err(|e| usage(format!("{}: cannot open: {e}", file.display())))?;
     let mut first = String::new();

@@ -159,10 +159,10 @@ pub use price_list::{ListedPrice, PriceList};
 pub use result::{
     BATCH_SCHEMA, BATCH_SCHEMA_VERSION, BatchResult, BatchStats, CategoryStats, DryRunEstimate,
     EstimateBound, ItemError, ItemResult, ItemTiming, Percentiles, RunSummary, SummaryCollector,
-    Termination, TerminationReason, TryTiming,
+    SummaryRow, Termination, TerminationReason, TryTiming,
 };
 pub use schema::{ResponseSchema, SchemaDialect, example_value};
 pub use strategy::{Completion, RetryState, Strategy, dry_run_placeholder};
 pub use structured::{FEEDBACK_KEY, Feedback, StructuredStrategy, Validator};
-pub use time::{MAX_DURATION, human as human_duration, secs_f64};
+pub use time::{MAX_DURATION, format_rfc3339, human as human_duration, secs_f64};
 pub use usage::{Prices, TokenUsage};

@@ -13,7 +13,7 @@ pub use batch::{BATCH_SCHEMA, BATCH_SCHEMA_VERSION, BatchResult};
 pub use estimate::{DryRunEstimate, EstimateBound};
 pub use item::{ItemError, ItemResult, ItemTiming, TryTiming};
 pub use stats::{BatchStats, CategoryStats};
-pub use summary::{Percentiles, RunSummary, SummaryCollector};
+pub use summary::{Percentiles, RunSummary, SummaryCollector, SummaryRow};
 pub use termination::{Termination, TerminationReason};
 
 #[cfg(test)]

@@ -158,9 +158,17 @@ impl RunSummary {
         out
     }
 
+    /// The rows of the summary table, for a host that lays them out itself
+    /// (the HTML report): the same facts as [`render`](Self::render).
+    pub fn table(&self, prices: Option<&Prices>) -> Vec<SummaryRow> {
+        let mut table = Table::default();
+        self.rows(&mut table, prices);
+        table.rows
+    }
+
     /// `Batch completed: 3 items, 2 succeeded, 1 failed` (or `Batch
     /// stopped (budget exceeded): …`).
-    fn headline(&self) -> String {
+    pub fn headline(&self) -> String {
         let s = &self.stats;
         let how = match self.termination.reason {
             TerminationReason::Completed => "completed".to_owned(),
@@ -343,21 +351,42 @@ fn seconds(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
+/// One row of the summary table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryRow {
+    /// What the row is about (`Items`, `Calls`); empty on a row that
+    /// continues the one above (a second failure category).
+    pub label: &'static str,
+    /// The row's number, as printed (`200`, `0.03 s`); may be empty.
+    pub figure: String,
+    /// The words after it.
+    pub detail: String,
+}
+
 /// Rows of label, figure and detail, printed aligned.
 #[derive(Default)]
 struct Table {
-    rows: Vec<(&'static str, String, String)>,
+    rows: Vec<SummaryRow>,
 }
 
 impl Table {
     fn row(&mut self, label: &'static str, figure: String, detail: String) {
-        self.rows.push((label, figure, detail));
+        self.rows.push(SummaryRow {
+            label,
+            figure,
+            detail,
+        });
     }
 
     fn render(&self, out: &mut String, colour: bool) {
-        let label_w = self.rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-        let figure_w = self.rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
-        for (label, figure, detail) in &self.rows {
+        let label_w = self.rows.iter().map(|r| r.label.len()).max().unwrap_or(0);
+        let figure_w = self.rows.iter().map(|r| r.figure.len()).max().unwrap_or(0);
+        for SummaryRow {
+            label,
+            figure,
+            detail,
+        } in &self.rows
+        {
             let label = format!("{label:<label_w$}");
             let label = if colour {
                 format!("\x1b[1m{label}\x1b[0m")

@@ -57,6 +57,18 @@ fn host() -> String {
         .unwrap_or_else(|| "unknown host".to_owned())
 }
 
+/// What the holder of a locked file wrote into it.
+fn holder_of(mut file: File) -> String {
+    let mut holder = String::new();
+    let _ = file.read_to_string(&mut holder);
+    let holder = holder.trim();
+    if holder.is_empty() {
+        "another process".to_owned()
+    } else {
+        holder.to_owned()
+    }
+}
+
 impl StoreLock {
     /// Takes the lock of the store at `store`, or fails at once with
     /// an error naming the holder ([`Error::is_in_use`]).
@@ -73,17 +85,7 @@ impl StoreLock {
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
-                    let mut holder = String::new();
-                    let _ = file.read_to_string(&mut holder);
-                    let holder = holder.trim();
-                    return Err(Error::in_use(
-                        store.display().to_string(),
-                        if holder.is_empty() {
-                            "another process".to_owned()
-                        } else {
-                            holder.to_owned()
-                        },
-                    ));
+                    return Err(Error::in_use(store.display().to_string(), holder_of(file)));
                 }
                 Err(TryLockError::Error(e)) => return Err(io(&path, e)),
             }
@@ -111,6 +113,22 @@ impl StoreLock {
         ))
     }
 
+    /// Who holds the lock of the store at `store` now (the holder's PID,
+    /// host and start), or `None` when no process writes it. Takes no lock
+    /// and creates no file: a reader asks this to say a run is live.
+    pub fn holder(store: &Path) -> Option<String> {
+        let path = lock_path(store);
+        let file = File::open(&path).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => {
+                let _ = file.unlock();
+                None
+            }
+            Err(TryLockError::WouldBlock) => Some(holder_of(file)),
+            Err(TryLockError::Error(_)) => None,
+        }
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -133,8 +151,14 @@ mod tests {
     fn a_second_lock_fails_naming_the_holder_and_the_first_release_frees_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("run.sqlite");
+        assert_eq!(StoreLock::holder(&store), None);
         let first = StoreLock::acquire(&store).unwrap();
         assert!(first.path().ends_with("run.sqlite.lock"));
+        let holder = StoreLock::holder(&store).unwrap_or_default();
+        assert!(
+            holder.contains(&format!("PID {}", std::process::id())),
+            "{holder}"
+        );
         let e = StoreLock::acquire(&store).unwrap_err().to_string();
         assert!(
             e.contains("in use") && e.contains(&format!("PID {}", std::process::id())),
@@ -142,6 +166,7 @@ mod tests {
         );
         drop(first);
         assert!(!lock_path(&store).exists());
+        assert_eq!(StoreLock::holder(&store), None);
         let again = StoreLock::acquire(&store).unwrap();
         drop(again);
     }

@@ -9,8 +9,8 @@
 //!            "usage":{"input_tokens":N,"output_tokens":N,"total_tokens":N,
 //!                     cached_input_tokens, reasoning_tokens, cache_write_input_tokens},
 //!            "attempts":N,"tries":N,
-//!            "timing":{"total_ms":MS, cooldown_wait_ms, admission_wait_ms, execution_ms,
-//!                      backoff_ms, tries},
+//!            "timing":{started_at, "total_ms":MS, cooldown_wait_ms, admission_wait_ms,
+//!                      execution_ms, backoff_ms, tries},
 //!            context},
 //!  prompt}
 //! ```
@@ -21,6 +21,12 @@
 //! and execution are the item's totals, the common case; a reader rebuilds
 //! it. A resume parses every stored record, so a short record is a faster
 //! resume.
+//!
+//! `started_at` (of the item, and of each try in `tries`) is the wall time
+//! the item or try began, RFC 3339 with milliseconds; records written
+//! before it existed lack it and read as before (the run report cannot
+//! place them in time). A field added this way keeps the version: older
+//! readers skip fields they do not know.
 //!
 //! Version 2 named the usage fields `input`, `output`, `total`,
 //! `cached_input`, `reasoning` and `cache_write_input`; version 3 uses the

@@ -1,0 +1,413 @@
+//! The report as one self-contained HTML page: inline CSS, inline SVG, no
+//! script and nothing fetched, so it opens anywhere (a mail attachment, an
+//! air-gapped machine) and prints as it looks.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use async_batch_llm::format_rfc3339;
+
+use super::facts::{Facts, Source};
+use super::svg::{self, Line, Mark};
+
+/// Text made safe inside HTML and SVG, attributes included.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A count with thousands separators: `1,234,567`.
+fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+const STYLE: &str = r#"
+:root { --ink:#1d2430; --muted:#5b6577; --line:#d9dee7; --band:#f6b26b; --accent:#2f6fdf; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink);
+       margin: 0; background: #f4f6f9; }
+main { max-width: 980px; margin: 0 auto; padding: 24px 16px 48px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h2 { font-size: 16px; margin: 0 0 10px; }
+.sub { color: var(--muted); margin: 0 0 18px; }
+section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 18px;
+          margin: 0 0 16px; }
+.live { background: #fff7e6; border-color: #f0c36d; }
+.headline { font-size: 17px; font-weight: 600; margin: 0 0 10px; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { color: var(--muted); font-weight: 600; font-size: 12px; text-transform: uppercase; letter-spacing: .03em; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.summary td:first-child { font-weight: 600; white-space: nowrap; }
+code, .msg { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12px; }
+.msg { color: var(--muted); word-break: break-word; }
+svg { width: 100%; height: auto; display: block; }
+svg .grid { stroke: var(--line); stroke-width: 1; }
+svg .tick { fill: var(--muted); font-size: 11px; }
+svg .cooldown { fill: var(--band); opacity: .35; }
+.legend { display: flex; gap: 16px; flex-wrap: wrap; color: var(--muted); font-size: 12px; margin: 2px 0 10px; }
+.key { display: inline-block; width: 12px; height: 12px; border-radius: 2px; vertical-align: -2px; margin-right: 5px; }
+.empty { color: var(--muted); font-style: italic; }
+"#;
+
+fn legend(out: &mut String, keys: &[(&str, &str)]) {
+    out.push_str(r#"<div class="legend">"#);
+    for (colour, words) in keys {
+        let _ = write!(
+            out,
+            r#"<span><span class="key" style="background:{colour}"></span>{}</span>"#,
+            esc(words)
+        );
+    }
+    out.push_str("</div>");
+}
+
+fn time(t: SystemTime) -> String {
+    format_rfc3339(t).replace('T', " ").replace('Z', " UTC")
+}
+
+/// The whole page.
+pub fn render(f: &Facts, generated: SystemTime) -> String {
+    let mut out = String::with_capacity(64 * 1024);
+    let name = f.path.file_name().map_or_else(
+        || f.path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let _ = write!(
+        out,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>abl report: {}</title><style>{STYLE}</style></head><body><main>"#,
+        esc(&name)
+    );
+    let what = match f.source {
+        Source::Checkpoint => "checkpoint",
+        Source::Output => "output file",
+    };
+    let _ = write!(
+        out,
+        r#"<h1>Run report</h1><p class="sub">{what} <code>{}</code> · generated {}</p>"#,
+        esc(&f.path.display().to_string()),
+        time(generated)
+    );
+    if let Some(holder) = &f.live {
+        let _ = write!(
+            out,
+            r#"<section class="live" id="live"><b>Still running.</b> This is a snapshot: the checkpoint is being written by {}. Run <code>abl report</code> again for a newer one.</section>"#,
+            esc(holder)
+        );
+    } else if f.torn_tail {
+        out.push_str(r#"<section class="live" id="live"><b>Still being written.</b> The last line of the file was incomplete and is left out.</section>"#);
+    }
+    summary(&mut out, f);
+    timeline(&mut out, f);
+    distributions(&mut out, f);
+    tokens(&mut out, f);
+    failures(&mut out, f);
+    run(&mut out, f);
+    out.push_str("</main></body></html>\n");
+    out
+}
+
+fn summary(out: &mut String, f: &Facts) {
+    let _ = write!(
+        out,
+        r#"<section id="summary"><h2>Summary</h2><p class="headline">{}</p><table class="summary" data-table="summary"><tbody>"#,
+        esc(&f.summary.headline())
+    );
+    for row in f.summary.table(f.single_prices()) {
+        let _ = write!(
+            out,
+            r#"<tr><td>{}</td><td class="n">{}</td><td>{}</td></tr>"#,
+            esc(row.label),
+            esc(&row.figure),
+            esc(&row.detail)
+        );
+    }
+    out.push_str("</tbody></table></section>");
+}
+
+const THROUGHPUT: &str = "#2f6fdf";
+const IN_FLIGHT: &str = "#7a4fd0";
+const RATE_LIMITED: &str = "#d9472b";
+const FAILED: &str = "#8a8f99";
+const BAND: &str = "#f6b26b";
+
+fn timeline(out: &mut String, f: &Facts) {
+    out.push_str(r#"<section id="timeline"><h2>Over time</h2>"#);
+    let Some(s) = f.timeline.series(150) else {
+        out.push_str(r#"<p class="empty">These records carry no times (written by an older abl, or replayed), so there is no timeline.</p></section>"#);
+        return;
+    };
+    let _ = write!(
+        out,
+        r#"<p class="sub">From {}, in steps of {}; shaded: cooldowns (items waiting for the provider's rate limit to pass).</p>"#,
+        time(s.start),
+        svg::duration_words(s.step)
+    );
+    let (throughput, flying, limited, failed) =
+        (s.throughput(), s.in_flight(), s.rate_limited(), s.failed());
+    let n = s.points.len();
+    out.push_str("<h3>Throughput</h3>");
+    legend(
+        out,
+        &[
+            (THROUGHPUT, "items finished per second"),
+            (BAND, "cooldown"),
+        ],
+    );
+    out.push_str(&svg::time_chart(
+        "throughput",
+        "items finished per second",
+        s.step,
+        n,
+        &[Line {
+            label: "items/s",
+            colour: THROUGHPUT,
+            values: &throughput,
+            mark: Mark::Line,
+        }],
+        &s.cooldowns,
+    ));
+    out.push_str("<h3>Calls in flight</h3>");
+    legend(
+        out,
+        &[(IN_FLIGHT, "mean calls in flight"), (BAND, "cooldown")],
+    );
+    out.push_str(&svg::time_chart(
+        "in-flight",
+        "calls in flight",
+        s.step,
+        n,
+        &[Line {
+            label: "in flight",
+            colour: IN_FLIGHT,
+            values: &flying,
+            mark: Mark::Line,
+        }],
+        &s.cooldowns,
+    ));
+    out.push_str("<h3>Rate limits and failures</h3>");
+    legend(
+        out,
+        &[
+            (RATE_LIMITED, "calls answered 429"),
+            (FAILED, "items failed"),
+            (BAND, "cooldown"),
+        ],
+    );
+    out.push_str(&svg::time_chart(
+        "rate-limits",
+        "calls answered 429 and items failed",
+        s.step,
+        n,
+        &[
+            Line {
+                label: "429s",
+                colour: RATE_LIMITED,
+                values: &limited,
+                mark: Mark::Bars,
+            },
+            Line {
+                label: "failed",
+                colour: FAILED,
+                values: &failed,
+                mark: Mark::Bars,
+            },
+        ],
+        &s.cooldowns,
+    ));
+    if f.timeline.unplaced > 0 {
+        let _ = write!(
+            out,
+            r#"<p class="sub">{} records are not on the time axis (replayed from an earlier run, or without times).</p>"#,
+            count(f.timeline.unplaced)
+        );
+    }
+    out.push_str("</section>");
+}
+
+fn distributions(out: &mut String, f: &Facts) {
+    out.push_str(r#"<section id="distributions"><h2>Latency and waiting</h2>"#);
+    let p = &f.summary.execution;
+    let w = &f.summary.admission_wait;
+    let ms = |d: std::time::Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+    for (name, title, colour, h, note) in [
+        (
+            "latency",
+            "Item latency (first wait to result)",
+            THROUGHPUT,
+            &f.latency,
+            String::new(),
+        ),
+        (
+            "call-time",
+            "Time of each call",
+            IN_FLIGHT,
+            &f.calls,
+            format!(
+                "per item: p50 {}, p95 {}, p99 {}",
+                ms(p.p50),
+                ms(p.p95),
+                ms(p.p99)
+            ),
+        ),
+        (
+            "waiting",
+            "Time items waited (cooldowns and admission)",
+            BAND,
+            &f.waits,
+            format!("p50 {}, p95 {}, p99 {}", ms(w.p50), ms(w.p95), ms(w.p99)),
+        ),
+    ] {
+        let _ = write!(
+            out,
+            "<h3>{}</h3><p class=\"sub\">{} measured{}</p>",
+            esc(title),
+            count(h.total()),
+            if note.is_empty() {
+                String::new()
+            } else {
+                format!("; {note}")
+            }
+        );
+        let buckets = h.buckets();
+        if buckets.is_empty() {
+            out.push_str(r#"<p class="empty">Nothing measured.</p>"#);
+        } else {
+            out.push_str(&svg::histogram(name, title, colour, &buckets));
+        }
+    }
+    out.push_str("</section>");
+}
+
+fn tokens(out: &mut String, f: &Facts) {
+    out.push_str(r#"<section id="tokens"><h2>Tokens and cost by model and outcome</h2><table data-table="tokens"><thead><tr><th>Model</th><th>Outcome</th><th>Items</th><th>Input</th><th>Cached</th><th>Output</th><th>Reasoning</th><th>Cost</th></tr></thead><tbody>"#);
+    for ((fp, outcome), g) in &f.groups {
+        let model = f.models.get(fp);
+        let label = model.map_or("model not named", |m| m.label.as_str());
+        let cost = match model {
+            Some(m) if m.identity.as_ref().is_some_and(|i| i.provider == "mock") => {
+                "nothing paid (mock)".to_owned()
+            }
+            Some(super::facts::Model {
+                prices: Some((p, as_of)),
+                ..
+            }) => format!(
+                "${:.4} <span class=\"msg\">list price {}</span>",
+                p.cost(&g.usage),
+                esc(as_of)
+            ),
+            _ => "no list price".to_owned(),
+        };
+        let u = &g.usage;
+        let _ = write!(
+            out,
+            r#"<tr><td>{}</td><td>{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n">{cost}</td></tr>"#,
+            esc(label),
+            esc(outcome),
+            count(g.items),
+            count(u.input),
+            count(u.cached_input),
+            count(u.output),
+            count(u.reasoning)
+        );
+    }
+    out.push_str("</tbody></table></section>");
+}
+
+fn failures(out: &mut String, f: &Facts) {
+    out.push_str(r#"<section id="failures"><h2>Failures by category</h2>"#);
+    if f.failures.is_empty() {
+        out.push_str(r#"<p class="empty">No item failed.</p></section>"#);
+        return;
+    }
+    out.push_str(r#"<table data-table="failures"><thead><tr><th>Category</th><th>Items</th><th>Examples</th></tr></thead><tbody>"#);
+    for (cat, (n, examples)) in &f.failures {
+        let mut list = String::new();
+        for (id, message) in examples {
+            let _ = write!(
+                list,
+                r#"<div><code>{}</code> <span class="msg">{}</span></div>"#,
+                esc(id),
+                esc(message)
+            );
+        }
+        let _ = write!(
+            out,
+            r#"<tr><td>{}</td><td class="n">{}</td><td>{list}</td></tr>"#,
+            esc(&cat.as_str().replace('_', " ")),
+            count(*n)
+        );
+    }
+    out.push_str("</tbody></table></section>");
+}
+
+fn run(out: &mut String, f: &Facts) {
+    out.push_str(r#"<section id="run"><h2>The run</h2><table data-table="run"><tbody>"#);
+    let mut row = |k: &str, v: String| {
+        let _ = write!(out, "<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(&v));
+    };
+    if let Some((a, b)) = f.span {
+        row("First call", time(a));
+        row("Last result", time(b));
+    }
+    if let Some(m) = &f.made_by {
+        row("Checkpoint made by", m.clone());
+    }
+    for m in f.models.values() {
+        let Some(id) = &m.identity else {
+            row("Model", m.label.clone());
+            continue;
+        };
+        row("Model", format!("{}:{}", id.provider, id.model));
+        for (k, v) in [
+            ("Prompt version", &id.prompt_version),
+            ("App version", &id.app_version),
+        ] {
+            if !v.is_empty() {
+                row(k, v.clone());
+            }
+        }
+        if !id.parser_version.is_empty() {
+            row("Schema", format!("fingerprint {}", id.parser_version));
+        }
+        for (k, v) in &id.extra {
+            row(&k.replace('_', " "), v.clone());
+        }
+    }
+    out.push_str("</tbody></table></section>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_escaped_and_counts_grouped() {
+        assert_eq!(
+            esc(r#"<a href="x">&'"#),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1000), "1,000");
+        assert_eq!(count(1_234_567), "1,234,567");
+    }
+}
