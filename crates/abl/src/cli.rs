@@ -42,6 +42,23 @@ pub enum Command {
         #[arg(long)]
         summary_json: Option<PathBuf>,
     },
+    /// Join the outputs of a job's shards (`abl run --shard K/N`) into one,
+    /// checking that no id is in two of them and, with --input, that every
+    /// input id is in exactly one. OUTPUT is left as it was when a check fails.
+    Merge {
+        /// The merged output file (replaced atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The job's input: every id in it must be in exactly one shard's output.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The input's id field, as given to `abl run` (default: id).
+        #[arg(long)]
+        id_field: Option<String>,
+        /// The shards' output files.
+        #[arg(required = true, value_name = "SHARD_OUTPUT")]
+        files: Vec<PathBuf>,
+    },
     /// Write a report of a run as one self-contained HTML page: the summary,
     /// throughput, calls in flight, cooldowns and 429s over time, latency and
     /// waiting, tokens and cost, failures. Works on a run still going.
@@ -264,6 +281,11 @@ run_args! {
     /// time; records of every model and prompt version are kept.
     #[arg(long, env = "ABL_CHECKPOINT")]
     checkpoint: Option<PathBuf>,
+    /// Run only shard K of N (0 <= K < N): the items whose id hashes to K,
+    /// the same on every machine. Give each shard its own output and
+    /// checkpoint; `abl merge` joins their outputs.
+    #[arg(long, value_name = "K/N", env = "ABL_SHARD")]
+    shard: Option<String>,
     /// What a rerun reuses from the checkpoint: none, successes (default) or all.
     #[arg(long, value_enum, env = "ABL_RESUME")]
     resume: Option<ResumeArg>,

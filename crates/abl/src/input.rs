@@ -288,6 +288,16 @@ impl IdSet {
     pub fn insert(&mut self, id: &str) -> bool {
         self.seen.insert(Self::key(id))
     }
+
+    /// Whether `id` was added.
+    pub fn contains(&self, id: &str) -> bool {
+        self.seen.contains(&Self::key(id))
+    }
+
+    /// How many ids were added.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
 }
 
 /// The line of the first item of `path` whose id is `id` (for the message

@@ -4,6 +4,7 @@ mod checkpoint;
 mod cli;
 mod exit;
 mod input;
+mod merge;
 mod model;
 mod output;
 mod paths;
@@ -47,6 +48,12 @@ fn main() {
                 summary::run(&file, summary_json.as_deref())
             }
             cli::Command::Report { file, output } => report::run(&file, &output),
+            cli::Command::Merge {
+                output,
+                input,
+                id_field,
+                files,
+            } => merge::run(&output, input.as_deref(), id_field.as_deref(), &files),
             cli::Command::MockServer(config) => mock_server(*config).await,
             cli::Command::Checkpoint(cli::CheckpointCommand::Import { from, to }) => {
                 checkpoint::import(&from, &to)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_batch_llm::{
     BatchConfig, CharEstimator, ErrorCategory, Item, ItemError, ItemResult, LlmResponse,
-    ModelStrategy, RunExtras, StopHandle, Strategy, StructuredStrategy, SummaryCollector,
+    ModelStrategy, RunExtras, Shard, StopHandle, Strategy, StructuredStrategy, SummaryCollector,
     Termination, TerminationReason, TokenEstimator,
 };
 use futures::StreamExt as _;
@@ -54,11 +54,17 @@ pub fn resolve(args: RunArgs) -> Result<RunArgs, UsageError> {
 }
 
 /// Checks every line of a file before any call is spent (bad lines, empty
-/// prompts, duplicate ids); returns the count.
-fn prescan(path: &str, format: Format, mapping: &Mapping) -> Result<u64, InputError> {
+/// prompts, duplicate ids: in the whole file, whatever the shard); returns
+/// the count of items this run takes (announced when it is a shard's).
+fn prescan(
+    path: &str,
+    format: Format,
+    mapping: &Mapping,
+    shard: Option<Shard>,
+) -> Result<u64, InputError> {
     let mut r = Reader::open(path, format, mapping.clone())?;
     let mut ids = IdSet::default();
-    let mut n = 0;
+    let (mut n, mut all) = (0, 0u64);
     while let Some(item) = r.next_item() {
         let item = item?;
         if !ids.insert(&item.id) {
@@ -74,7 +80,13 @@ fn prescan(path: &str, format: Format, mapping: &Mapping) -> Result<u64, InputEr
                 ),
             });
         }
-        n += 1;
+        if shard.is_none_or(|s| s.contains(&item.id)) {
+            n += 1;
+        }
+        all += 1;
+    }
+    if let Some(s) = shard {
+        eprintln_safe(&format!("abl: shard {s}: {n} of the {all} items of {path}"));
     }
     Ok(n)
 }
@@ -123,9 +135,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         InputSource::Stdin => None,
         InputSource::File(p) => {
             let path = p.display().to_string();
-            let (format, mapping) = (plan.format, plan.mapping.clone());
+            let (format, mapping, shard) = (plan.format, plan.mapping.clone(), plan.shard);
             Some(
-                tokio::task::spawn_blocking(move || prescan(&path, format, &mapping))
+                tokio::task::spawn_blocking(move || prescan(&path, format, &mapping, shard))
                     .await?
                     .map_err(|e| usage(e.to_string()))?,
             )
@@ -195,7 +207,7 @@ fn spawn_reader(
         InputSource::File(p) => p.display().to_string(),
     };
     let check_ids = plan.input == InputSource::Stdin;
-    let (format, mapping) = (plan.format, plan.mapping.clone());
+    let (format, mapping, shard) = (plan.format, plan.mapping.clone(), plan.shard);
     std::thread::Builder::new()
         .name("abl-input".into())
         .spawn(move || {
@@ -215,6 +227,9 @@ fn spawn_reader(
                     Ok(item) => item,
                     Err(e) => return fail(e),
                 };
+                if shard.is_some_and(|s| !s.contains(&item.id)) {
+                    continue;
+                }
                 read += 1;
                 if check_ids && !ids.insert(&item.id) {
                     let error = ItemError::new(

@@ -186,6 +186,8 @@ pub struct RunPlan {
     pub price_source: PriceSource,
     /// The checkpoint.
     pub checkpoint: Option<CheckpointPlan>,
+    /// `--shard`: the part of the input this run takes.
+    pub shard: Option<async_batch_llm::Shard>,
     /// `--summary-json`.
     pub summary_json: Option<PathBuf>,
     /// `--config`.
@@ -557,6 +559,11 @@ impl RunPlan {
             prices,
             price_source,
             checkpoint,
+            shard: a
+                .shard
+                .as_deref()
+                .map(|s| async_batch_llm::Shard::parse(s).map_err(|e| err(format!("--shard: {e}"))))
+                .transpose()?,
             summary_json: a.summary_json.clone(),
             config_file: a.config.clone(),
             no_progress: a.no_progress.unwrap_or(false),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{abl, examples, records, run, run_mock, stderr};
+use common::{abl, contents, examples, records, run, run_mock, stderr};
 
 #[test]
 fn jsonl_end_to_end_item_by_item() {
@@ -753,4 +753,88 @@ fn a_dry_run_estimates_without_a_key_and_close_to_what_the_run_then_uses() {
     let estimated = e["input_tokens"].as_u64().unwrap() + e["output_tokens"].as_u64().unwrap();
     let off = (estimated as f64 - real_tokens as f64).abs() / real_tokens as f64;
     assert!(off <= 0.10, "estimated {estimated}, used {real_tokens}");
+}
+
+#[test]
+fn shards_split_a_job_and_merge_checks_every_input_id_is_in_exactly_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = examples().join("prompts.jsonl");
+    let outs: Vec<_> = (0..3)
+        .map(|k| dir.path().join(format!("shard-{k}.jsonl")))
+        .collect();
+    let mut sizes = Vec::new();
+    for (k, out) in outs.iter().enumerate() {
+        let shard = format!("{k}/3");
+        let o = run_mock(&input, out, &["--shard", &shard]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("shard {shard}: ")),
+            "{}",
+            stderr(&o)
+        );
+        sizes.push(records(out).len());
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), 200, "{sizes:?}");
+    assert!(sizes.iter().all(|n| *n > 40), "uneven shards {sizes:?}");
+    // The same shard again takes the same items.
+    let again = dir.path().join("again.jsonl");
+    let o = run_mock(&input, &again, &["--shard", "1/3"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let ids = |p: &std::path::Path| {
+        let mut v: Vec<String> = records(p)
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(&again), ids(&outs[1]));
+
+    let merged = dir.path().join("merged.jsonl");
+    let mut args = vec![
+        "merge",
+        "-o",
+        merged.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ];
+    args.extend(outs.iter().map(|p| p.to_str().unwrap()));
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("every input id exactly once"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(records(&merged).len(), 200);
+
+    // A shard missing, or one given twice: refused, and the merged output
+    // of before is left as it was.
+    let before = contents(&merged);
+    for files in [
+        vec![&outs[0], &outs[1]],
+        vec![&outs[0], &outs[1], &outs[1], &outs[2]],
+    ] {
+        let mut args = vec![
+            "merge",
+            "-o",
+            merged.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ];
+        args.extend(files.iter().map(|p| p.to_str().unwrap()));
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("are in no shard's output")
+                || err.contains("already in an earlier record"),
+            "{err}"
+        );
+        assert_eq!(contents(&merged), before);
+        assert!(!dir.path().join("merged.jsonl.abl-partial").exists());
+    }
+    let o = run_mock(&input, &dir.path().join("x.jsonl"), &["--shard", "3/3"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("numbered 0 to 2"), "{}", stderr(&o));
 }

@@ -126,6 +126,7 @@ mod rand;
 mod result;
 mod schema;
 pub mod secret;
+mod shard;
 pub mod store;
 mod strategy;
 mod structured;
@@ -162,6 +163,7 @@ pub use result::{
     SummaryRow, Termination, TerminationReason, TryTiming,
 };
 pub use schema::{ResponseSchema, SchemaDialect, example_value};
+pub use shard::{MAX_SHARDS, Shard};
 pub use strategy::{Completion, RetryState, Strategy, dry_run_placeholder};
 pub use structured::{FEEDBACK_KEY, Feedback, StructuredStrategy, Validator};
 pub use time::{MAX_DURATION, format_rfc3339, human as human_duration, secs_f64};

@@ -1,0 +1,196 @@
+//! `abl merge -o OUT SHARD_OUTPUT…`: the outputs of a job's shards joined
+//! into one, with the check that makes splitting safe: no id is in two
+//! shards' outputs, and with `--input`, every input id is in exactly one.
+//! When a check fails `OUT` is left as it was and the message names the
+//! file and line.
+
+use std::io::{BufRead as _, Write as _};
+use std::path::{Path, PathBuf};
+
+use async_batch_llm::{ItemResult, SummaryCollector, Termination};
+use serde_json::Value;
+
+use crate::exit::{self, UsageError};
+use crate::input::{Format, IdSet, Mapping, Reader, Template};
+use crate::paths::Replacement;
+use crate::progress::{eprintln_safe, print_safe};
+
+/// Missing ids named in the message.
+const NAMED: usize = 5;
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+/// How the input's records are read for their ids: as `abl run` reads
+/// them (the same id field, the line number when a record has none), the
+/// prompt not needed.
+fn id_mapping(id_field: Option<&str>) -> Mapping {
+    Mapping {
+        id_field: id_field.unwrap_or("id").to_owned(),
+        id_field_required: id_field.is_some(),
+        prompt_field: "prompt".to_owned(),
+        template: Template::parse("-").ok(),
+    }
+}
+
+/// The ids of the input, as a set, and the reader's view of it.
+fn input_ids(input: &Path, id_field: Option<&str>) -> Result<IdSet, UsageError> {
+    let path = input.display().to_string();
+    let mut r = Reader::open(&path, Format::detect(&path), id_mapping(id_field))
+        .map_err(|e| usage(e.to_string()))?;
+    let mut ids = IdSet::default();
+    while let Some(item) = r.next_item() {
+        let item = item.map_err(|e| usage(e.to_string()))?;
+        if !ids.insert(&item.id) {
+            return Err(usage(format!(
+                "{path}:{}: id {:?} is used twice in the input",
+                r.line(),
+                item.id
+            )));
+        }
+    }
+    Ok(ids)
+}
+
+/// The first input ids not in `seen`.
+fn missing_ids(input: &Path, id_field: Option<&str>, seen: &IdSet) -> Vec<String> {
+    let path = input.display().to_string();
+    let Ok(mut r) = Reader::open(&path, Format::detect(&path), id_mapping(id_field)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    while let Some(Ok(item)) = r.next_item() {
+        if !seen.contains(&item.id) {
+            out.push(item.id);
+            if out.len() == NAMED {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// `abl merge`.
+pub fn run(
+    output: &Path,
+    input: Option<&Path>,
+    id_field: Option<&str>,
+    files: &[PathBuf],
+) -> anyhow::Result<i32> {
+    let target = crate::paths::resolve(output).ok();
+    for f in files.iter().map(PathBuf::as_path).chain(input) {
+        if crate::paths::resolve(f)
+            .ok()
+            .zip(target.as_ref())
+            .is_some_and(|(a, b)| a == *b)
+        {
+            return Err(usage(format!(
+                "{} is both read and the merge's output; abl never writes over a file it reads",
+                f.display()
+            ))
+            .into());
+        }
+    }
+    let expected = input.map(|i| input_ids(i, id_field)).transpose()?;
+    let mut out = Replacement::create(output)?;
+    let merged = join(&mut out, files, expected.as_ref());
+    let (seen, summary) = match merged {
+        Ok(done) => done,
+        Err(e) => {
+            if let Some(p) = out.partial() {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e.into());
+        }
+    };
+    if let (Some(input), Some(expected)) = (input, &expected)
+        && seen.len() < expected.len()
+    {
+        if let Some(p) = out.partial() {
+            let _ = std::fs::remove_file(p);
+        }
+        let missing = missing_ids(input, id_field, &seen);
+        return Err(usage(format!(
+            "{} of the {} ids of {} are in no shard's output (e.g. {}); is a shard unfinished? {} was not written",
+            expected.len() - seen.len(),
+            expected.len(),
+            input.display(),
+            missing.join(", "),
+            output.display()
+        ))
+        .into());
+    }
+    out.commit()
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {e}", output.display()))?;
+    let s = summary.finish(Termination::completed(), std::time::Duration::ZERO);
+    eprintln_safe(&format!(
+        "abl: merged {} records from {} files into {}{}",
+        seen.len(),
+        files.len(),
+        output.display(),
+        if expected.is_some() {
+            ": every input id exactly once"
+        } else {
+            ": no id twice"
+        }
+    ));
+    print_safe(&s.render(None));
+    Ok(if s.stats.failed > 0 {
+        exit::SOME_FAILED
+    } else {
+        exit::OK
+    })
+}
+
+/// Copies every record of `files` into `out`, checking ids.
+fn join(
+    out: &mut Replacement,
+    files: &[PathBuf],
+    expected: Option<&IdSet>,
+) -> Result<(IdSet, SummaryCollector), UsageError> {
+    let mut seen = IdSet::default();
+    let mut summary = SummaryCollector::default();
+    let mut line = String::new();
+    for file in files {
+        let f = std::fs::File::open(file)
+            .map_err(|e| usage(format!("{}: cannot open: {e}", file.display())))?;
+        let mut reader = std::io::BufReader::new(f);
+        for n in 1.. {
+            line.clear();
+            let read = reader
+                .read_line(&mut line)
+                .map_err(|e| usage(format!("{}:{n}: cannot read: {e}", file.display())))?;
+            if read == 0 {
+                break;
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            let place = format!("{}:{n}", file.display());
+            if !line.ends_with('\n') {
+                return Err(usage(format!(
+                    "{place}: the last line is incomplete; is that shard still running?"
+                )));
+            }
+            let r: ItemResult<Value> = serde_json::from_str(&line)
+                .map_err(|e| usage(format!("{place}: not a result record of abl run: {e}")))?;
+            if expected.is_some_and(|ids| !ids.contains(&r.id)) {
+                return Err(usage(format!(
+                    "{place}: id {:?} is not in the input; is this an output of another job?",
+                    r.id
+                )));
+            }
+            if !seen.insert(&r.id) {
+                return Err(usage(format!(
+                    "{place}: id {:?} is already in an earlier record; were two shards run with different --shard counts, or one output given twice?",
+                    r.id
+                )));
+            }
+            summary.add(&r);
+            out.write_all(line.as_bytes())
+                .map_err(|e| usage(format!("{}: cannot write: {e}", out.target().display())))?;
+        }
+    }
+    Ok((seen, summary))
+}
