@@ -286,6 +286,15 @@ run_args! {
     /// checkpoint; `abl merge` joins their outputs.
     #[arg(long, value_name = "K/N", env = "ABL_SHARD")]
     shard: Option<String>,
+    /// Share cooldowns and RPM/TPM limits with every process using the same
+    /// Redis (redis://HOST:PORT/DB): a 429 one gets pauses all, and together
+    /// they stay within one quota. Without Redis reachable, calls pause.
+    #[arg(long, value_name = "REDIS_URL", env = "ABL_SHARED_LIMITS")]
+    shared_limits: Option<String>,
+    /// While Redis is away: pause (default; never over the quota) or
+    /// local:N, go on at 1/N of the limits (for N processes expected).
+    #[arg(long, value_name = "pause|local:N", env = "ABL_SHARED_LIMITS_FALLBACK")]
+    shared_limits_fallback: Option<String>,
     /// What a rerun reuses from the checkpoint: none, successes (default) or all.
     #[arg(long, value_enum, env = "ABL_RESUME")]
     resume: Option<ResumeArg>,

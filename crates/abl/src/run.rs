@@ -143,8 +143,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             )
         }
     };
+    let shared_limits = match &plan.shared_limits {
+        None => None,
+        Some(url) => Some(Arc::new(
+            async_batch_llm::RedisLimits::connect(url)
+                .await
+                .map_err(|e| usage(format!("--shared-limits: {e}")))?,
+        ) as Arc<dyn async_batch_llm::SharedLimits>),
+    };
     let config = BatchConfig {
         estimator: Some(estimator(&plan)?),
+        shared_limits,
+        shared_fallback: plan.shared_fallback,
         ..plan.engine.batch_config()
     };
     config.validate().map_err(|e| usage(e.to_string()))?;

@@ -188,6 +188,10 @@ pub struct RunPlan {
     pub checkpoint: Option<CheckpointPlan>,
     /// `--shard`: the part of the input this run takes.
     pub shard: Option<async_batch_llm::Shard>,
+    /// `--shared-limits`: the Redis URL.
+    pub shared_limits: Option<String>,
+    /// `--shared-limits-fallback`.
+    pub shared_fallback: async_batch_llm::SharedFallback,
     /// `--summary-json`.
     pub summary_json: Option<PathBuf>,
     /// `--config`.
@@ -238,6 +242,26 @@ fn number(flag: &str, v: Option<f64>, min: f64, max: f64) -> Result<Option<f64>>
             "--{flag} must be a number from {min} to {max}, got {n}"
         ))),
         other => Ok(other),
+    }
+}
+
+/// `--shared-limits-fallback pause|local:N`.
+fn shared_fallback(a: &RunArgs) -> Result<async_batch_llm::SharedFallback> {
+    use async_batch_llm::SharedFallback;
+    let Some(text) = a.shared_limits_fallback.as_deref().map(str::trim) else {
+        return Ok(SharedFallback::Pause);
+    };
+    if a.shared_limits.is_none() {
+        return Err(err("--shared-limits-fallback needs --shared-limits"));
+    }
+    if text == "pause" {
+        return Ok(SharedFallback::Pause);
+    }
+    match text.strip_prefix("local:").map(str::parse::<u32>) {
+        Some(Ok(n)) if (1..=100_000).contains(&n) => Ok(SharedFallback::LocalShare(n)),
+        _ => Err(err(format!(
+            "--shared-limits-fallback is pause or local:N (N processes expected, 1 to 100000), not {text:?}"
+        ))),
     }
 }
 
@@ -564,6 +588,18 @@ impl RunPlan {
                 .as_deref()
                 .map(|s| async_batch_llm::Shard::parse(s).map_err(|e| err(format!("--shard: {e}"))))
                 .transpose()?,
+            shared_limits: match a.shared_limits.as_deref().map(str::trim) {
+                None => None,
+                Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+                    Some(u.to_owned())
+                }
+                Some(_) => {
+                    return Err(err(
+                        "--shared-limits takes a Redis URL: redis://HOST:PORT/DB (or rediss:// for TLS)",
+                    ));
+                }
+            },
+            shared_fallback: shared_fallback(a)?,
             summary_json: a.summary_json.clone(),
             config_file: a.config.clone(),
             no_progress: a.no_progress.unwrap_or(false),

@@ -144,12 +144,18 @@ pub use error::{
     UnknownCategory,
 };
 pub use item::{Item, Message, Prompt, Role};
+#[cfg(feature = "redis")]
+pub use limit::RedisLimits;
 #[cfg(feature = "tiktoken")]
 pub use limit::TiktokenEstimator;
 pub use limit::{
     AdmissionStats, CharEstimator, CooldownPolicy, EstimateError, LimitSource, LimitsInForce,
     RateLimits, ReportedLimit, ReportedLimits, ScopeRegistry, ScopeSettings, TokenEstimator,
     default_scope_name, key_fingerprint,
+};
+pub use limit::{
+    Grant, RETRY_UNREACHABLE, Reserved, SharedError, SharedFallback, SharedLimits,
+    SharedLimitsHandle, SharedQuota, SharedScope, SharedStatus, SharedTicket,
 };
 pub use model::{
     DynModel, LlmRequest, LlmResponse, Model, ModelStrategy, RequestDefaults, ResponseMetadata,

@@ -1,5 +1,6 @@
-//! An admitted attempt: the RPM/TPM reservation and the concurrency slot it
-//! holds, owned by one guard. [`Admitted::settle`] settles the reservation
+//! An admitted attempt: the RPM/TPM reservation, the reservation in the
+//! limits shared with other processes, and the concurrency slot it holds,
+//! owned by one guard. [`Admitted::settle`] settles the reservation
 //! with the tokens the call used; dropping the guard unsettled (the run
 //! stopped, a cooldown began before the call, preparation failed) gives the
 //! reservation back whole. The slot is freed either way. No path can forget
@@ -7,7 +8,7 @@
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::limit::{Reservation, Scope};
+use crate::limit::{Reservation, Scope, SharedTicket};
 use crate::observe::{Event, EventSink};
 
 /// What one attempt holds from its scope while it runs.
@@ -15,6 +16,7 @@ pub(super) struct Admitted<'a> {
     scope: &'a Scope,
     events: &'a EventSink,
     reservation: Option<Reservation>,
+    shared: Option<SharedTicket>,
     slot: Option<OwnedSemaphorePermit>,
 }
 
@@ -35,8 +37,15 @@ impl<'a> Admitted<'a> {
             scope,
             events,
             reservation,
+            shared: None,
             slot: None,
         }
+    }
+
+    /// Also holds a reservation in the shared limits.
+    pub(super) fn with_shared(mut self, ticket: Option<SharedTicket>) -> Self {
+        self.shared = ticket;
+        self
     }
 
     /// Also holds a concurrency slot.
@@ -48,6 +57,9 @@ impl<'a> Admitted<'a> {
     /// The call was made and used `used` tokens (`None`: unknown, the
     /// estimate stands): settles the reservation and frees the slot.
     pub(super) fn settle(mut self, used: Option<u64>) {
+        if let Some(t) = self.shared.take() {
+            t.settle(used);
+        }
         if let (Some(adm), Some(r)) = (self.scope.admission(), self.reservation.take()) {
             let estimate = r.tokens();
             adm.settle(r, used);
@@ -66,6 +78,8 @@ impl Drop for Admitted<'_> {
         if let (Some(adm), Some(r)) = (self.scope.admission(), self.reservation.take()) {
             adm.cancel(r);
         }
+        // An unsettled shared ticket gives itself back.
+        drop(self.shared.take());
         drop(self.slot.take());
     }
 }

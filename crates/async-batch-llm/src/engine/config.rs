@@ -168,6 +168,13 @@ pub struct BatchConfig {
     pub event_queue: usize,
     /// Start with fewer workers and add more over time.
     pub startup_ramp: Option<StartupRamp>,
+    /// Cooldowns and RPM/TPM windows shared with other processes on the
+    /// same quota (a [`RedisLimits`](crate::RedisLimits) with the `redis`
+    /// feature). `None` (the default): this process counts alone.
+    pub shared_limits: Option<Arc<dyn crate::limit::SharedLimits>>,
+    /// What admission does while the shared store cannot be reached: pause
+    /// (the default) or go on within a share of the limits.
+    pub shared_fallback: crate::limit::SharedFallback,
 }
 
 impl Default for BatchConfig {
@@ -196,6 +203,8 @@ impl Default for BatchConfig {
             observers: Vec::new(),
             event_queue: 65_536,
             startup_ramp: None,
+            shared_limits: None,
+            shared_fallback: crate::limit::SharedFallback::Pause,
         }
     }
 }
@@ -327,6 +336,11 @@ impl BatchConfig {
             max_concurrency: self.scope_max_concurrency,
             limits: self.limits,
             adaptive: self.adaptive,
+            shared: self
+                .shared_limits
+                .clone()
+                .map(crate::limit::SharedLimitsHandle),
+            shared_fallback: self.shared_fallback,
         }
     }
 

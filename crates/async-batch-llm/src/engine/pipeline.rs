@@ -18,7 +18,8 @@ use super::prepare::PrepareOnce;
 use crate::error::{CallError, ErrorCategory, ErrorClassifier, RetryDecision};
 use crate::item::{Item, Prompt};
 use crate::limit::{
-    Attempt, AttemptEnd, CooldownOutcome, Outcome, Scope, ScopeChange, TokenEstimator, Verdict,
+    Attempt, AttemptEnd, CooldownOutcome, Outcome, Scope, ScopeChange, SharedQuota, SharedScope,
+    SharedTicket, TokenEstimator, Verdict,
 };
 use crate::observe::{Event, EventSink};
 use crate::result::{ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming};
@@ -374,19 +375,23 @@ async fn wait_cooldown(
 }
 
 /// Admission of one attempt: one request and the estimated tokens reserved
-/// in the scope's RPM/TPM admission, then a concurrency slot, in a guard
+/// in the scope's RPM/TPM admission, then in the limits shared with other
+/// processes (when the scope has them), then a concurrency slot, in a guard
 /// that gives them back on every path. `Stopped` if the run stops while
-/// waiting.
+/// waiting. Also returns the time spent in a shared cooldown (another
+/// process's 429).
 async fn admit<'r, S: Strategy>(
     run: &'r Run<S>,
     prompt: &Prompt,
-) -> Result<(Attempt<'r>, Admitted<'r>), Fail> {
+    deadline: Option<Instant>,
+) -> Result<(Attempt<'r>, Admitted<'r>, Duration), Fail> {
     let mut attempt = tokio::select! {
         biased;
         () = run.stop.stopping.cancelled() => return Err(Fail::Stopped),
         a = run.scope.begin_attempt(run.concurrency) => a,
     };
     let from_flag = run.scope.settings().limits.tpm.is_some();
+    let mut estimated = 0;
     // A dry run calls nothing: the limits do not pace it (its summary says
     // how long they would take).
     let admission = run.scope.admission().filter(|_| !run.dry_run_mode);
@@ -419,6 +424,7 @@ async fn admit<'r, S: Strategy>(
                     }
                 }
             };
+            estimated = estimate;
             Some(tokio::select! {
                 biased;
                 () = run.stop.stopping.cancelled() => return Err(Fail::Stopped),
@@ -426,16 +432,88 @@ async fn admit<'r, S: Strategy>(
             })
         }
     };
-    if let Some(r) = &reservation {
-        attempt.admitted_with(r.id());
-    }
+    let reservation_id = reservation.as_ref().map(crate::limit::Reservation::id);
     let admitted = Admitted::new(&run.scope, &run.events, reservation);
+    let (ticket, shared_cooldown) = match run.scope.shared().filter(|_| !run.dry_run_mode) {
+        None => (None, Duration::ZERO),
+        Some(shared) => {
+            let (t, waited) = shared_admit(run, shared, estimated, deadline).await?;
+            (Some(t), waited)
+        }
+    };
+    if let Some(id) = reservation_id {
+        attempt.admitted_with(id);
+    }
+    let admitted = admitted.with_shared(ticket);
     let slot = tokio::select! {
         biased;
         () = run.stop.stopping.cancelled() => return Err(Fail::Stopped),
         s = run.scope.acquire_slot() => s,
     };
-    Ok((attempt, admitted.with_slot(slot)))
+    Ok((attempt, admitted.with_slot(slot), shared_cooldown))
+}
+
+/// [`admit`], its waits added to the item's timing: the time in a shared
+/// cooldown counts as cooldown (with the local `cooldown_wait` before it),
+/// the rest as admission. Returns both.
+async fn admit_timed<'r, S: Strategy>(
+    run: &'r Run<S>,
+    prompt: &Prompt,
+    deadline: Option<Instant>,
+    acct: &mut Acct,
+    cooldown_wait: Duration,
+) -> Result<(Attempt<'r>, Admitted<'r>, Duration, Duration), Fail> {
+    let t1 = Instant::now();
+    let (place, admitted, shared_cooldown) = admit(run, prompt, deadline).await?;
+    let shared_cooldown = micros(shared_cooldown);
+    let admission_wait = micros(t1.elapsed().saturating_sub(shared_cooldown));
+    acct.timing.admission_wait += admission_wait;
+    acct.timing.cooldown_wait += shared_cooldown;
+    Ok((
+        place,
+        admitted,
+        cooldown_wait + shared_cooldown,
+        admission_wait,
+    ))
+}
+
+/// A place in the limits shared with other processes: waits while their
+/// window is full or their cooldown runs, and while the store is away
+/// (never sending at local speed instead). Returns the ticket and the time
+/// spent in shared cooldowns.
+async fn shared_admit<S: Strategy>(
+    run: &Run<S>,
+    shared: &Arc<SharedScope>,
+    tokens: u64,
+    deadline: Option<Instant>,
+) -> Result<(SharedTicket, Duration), Fail> {
+    let limits = run.scope.limits_in_force();
+    let quota = SharedQuota {
+        rpm: limits.rpm.map(|r| r.0),
+        tpm: limits.tpm.map(|t| t.0),
+        span: run.scope.known_window_span(),
+        margin: run.scope.settings().limits.margin,
+    };
+    let mut in_cooldown = Duration::ZERO;
+    loop {
+        let (wait, cooldown) = match shared.admit(quota, tokens).await {
+            Ok(ticket) => return Ok((ticket, in_cooldown)),
+            Err(wait) => wait,
+        };
+        // Processes woken by the same free place spread out a little.
+        let wait = wait + Duration::from_millis(20).mul_f64(crate::rand::unit());
+        let until = Instant::now() + wait;
+        if cooldown && deadline.is_some_and(|d| until > d) {
+            return Err(Fail::Item(ItemError::new(
+                ErrorCategory::ItemDeadline,
+                "item deadline would pass during a rate-limit cooldown (shared)".to_owned(),
+            )));
+        }
+        sleep_or_stop(until, &run.stop).await?;
+        if cooldown {
+            in_cooldown += wait;
+        }
+    }
 }
 
 /// One call under the attempt timeout (or the dry run's stand-in). The
@@ -551,10 +629,8 @@ async fn attempts<S: Strategy>(
                 scope: run.scope.name().to_owned(),
             });
         }
-        let t1 = Instant::now();
-        let (place, admitted) = admit(run, prompt).await?;
-        let admission_wait = micros(t1.elapsed());
-        acct.timing.admission_wait += admission_wait;
+        let (place, admitted, cooldown_wait, admission_wait) =
+            admit_timed(run, prompt, deadline, acct, cooldown_wait).await?;
         run.events.emit(|| Event::ItemAdmitted {
             id: id.to_owned(),
             attempt,
@@ -711,6 +787,16 @@ async fn retry_or_fail<S: Strategy>(
 /// hint) and the events say so.
 fn report_rate_limit<S: Strategy>(run: &Run<S>, retry_after: Option<Duration>) {
     let outcome = run.scope.report_rate_limit(retry_after, Instant::now());
+    if let Some(shared) = run.scope.shared() {
+        // Every process on the quota pauses as long as this one does.
+        let length = match outcome {
+            CooldownOutcome::Started(l) | CooldownOutcome::Extended(l) => Some(l),
+            CooldownOutcome::Joined => retry_after,
+        };
+        if let Some(l) = length {
+            shared.extend_cooldown(l);
+        }
+    }
     if let CooldownOutcome::Started(length) = outcome {
         run.events.emit(|| Event::CooldownStarted {
             scope: run.scope.name().to_owned(),

@@ -3,7 +3,9 @@
 //! with its slow start and adaptive concurrency ([`window`]), the judgement
 //! of 429s as quota or noise ([`signal`]), the limits providers report
 //! ([`reported`]) and the last minute of traffic ([`recent`]), tied
-//! together by the [`Scope`] ([`scope`]). A scope is a name, not an object:
+//! together by the [`Scope`] ([`scope`]). Processes on one quota share a
+//! scope's cooldown and window through a store ([`shared`]; Redis in
+//! [`redis`]). A scope is a name, not an object:
 //! two strategies whose models resolve to the same provider, base URL, key
 //! and model share one.
 
@@ -11,9 +13,12 @@ mod admission;
 mod cooldown;
 mod estimate;
 mod recent;
+#[cfg(feature = "redis")]
+mod redis;
 mod reported;
 mod scope;
 mod settle;
+mod shared;
 mod signal;
 mod window;
 
@@ -27,8 +32,16 @@ pub use cooldown::{Cooldown, CooldownOutcome, CooldownPolicy, CooldownTime};
 pub use estimate::TiktokenEstimator;
 pub use estimate::{CharEstimator, EstimateError, TokenEstimator};
 
+#[cfg(feature = "redis")]
+pub use redis::RedisLimits;
 pub use reported::{ReportedLimit, ReportedLimits};
-pub use scope::{Attempt, AttemptEnd, LimitSource, LimitsInForce, Scope, ScopeChange};
+pub use scope::{
+    Attempt, AttemptEnd, LimitSource, LimitsInForce, Scope, ScopeChange, SharedStatus,
+};
+pub use shared::{
+    Grant, RETRY_UNREACHABLE, Reserved, SharedError, SharedFallback, SharedLimits,
+    SharedLimitsHandle, SharedQuota, SharedScope, SharedTicket,
+};
 pub use signal::{Outcome, Signals, Verdict};
 pub use window::{Window, WindowPermit, WindowView};
 
@@ -55,6 +68,10 @@ pub struct ScopeSettings {
     pub limits: RateLimits,
     /// Adaptive concurrency while no limit is known (on by default).
     pub adaptive: bool,
+    /// Limits shared with other processes (`None`: this process alone).
+    pub shared: Option<SharedLimitsHandle>,
+    /// What admission does while the shared store is away.
+    pub shared_fallback: SharedFallback,
 }
 
 impl Default for ScopeSettings {
@@ -64,6 +81,8 @@ impl Default for ScopeSettings {
             max_concurrency: None,
             limits: RateLimits::default(),
             adaptive: true,
+            shared: None,
+            shared_fallback: SharedFallback::Pause,
         }
     }
 }

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use super::recent::Recent;
 use super::settle::Settle;
+use super::shared::SharedScope;
 
 const MINUTE: Duration = Duration::from_secs(60);
 use super::{
@@ -76,13 +77,26 @@ pub struct LimitsInForce {
     /// provider reported).
     #[serde(default)]
     pub foreign_requests: u64,
+    /// Limits shared with other processes, and whether their store is
+    /// reachable now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedStatus>,
+}
+
+/// The state of a scope's shared limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedStatus {
+    /// The store answered the last exchange.
+    pub reachable: bool,
+    /// Times it went away.
+    pub outages: u64,
 }
 
 impl LimitsInForce {
     /// True when a limit is known or adaptive concurrency moved: there is
     /// something to tell (the progress line and the summary show it then).
     pub fn is_worth_showing(&self) -> bool {
-        self.rpm.is_some() || self.tpm.is_some() || self.decreases > 0
+        self.rpm.is_some() || self.tpm.is_some() || self.decreases > 0 || self.shared.is_some()
     }
 }
 
@@ -100,6 +114,23 @@ impl std::fmt::Display for LimitsInForce {
         } else {
             format!("concurrency {}", self.window)
         });
+        match self.shared {
+            Some(SharedStatus {
+                reachable: true,
+                outages,
+            }) => parts.push(if outages > 0 {
+                format!(
+                    "shared with other processes (the store went away {outages} time{})",
+                    if outages == 1 { "" } else { "s" }
+                )
+            } else {
+                "shared with other processes".to_owned()
+            }),
+            Some(SharedStatus {
+                reachable: false, ..
+            }) => parts.push("SHARED LIMITS UNREACHABLE: calls paused".to_owned()),
+            None => {}
+        }
         f.write_str(&parts.join(", "))
     }
 }
@@ -174,6 +205,7 @@ pub struct Scope {
     successes_at_cooldown: AtomicU64,
     warned: AtomicBool,
     settle: Settle,
+    shared: Option<std::sync::Arc<SharedScope>>,
 }
 
 /// An attempt's place in its scope: its window permit and its numbers.
@@ -220,6 +252,7 @@ impl Drop for Attempt<'_> {
 impl Scope {
     /// A fresh scope.
     pub fn new(name: impl Into<String>, settings: &ScopeSettings) -> Self {
+        let name: String = name.into();
         let l = settings.limits;
         let sources = Sources {
             rpm: l.rpm.map(|r| (r, LimitSource::Flag)),
@@ -228,8 +261,15 @@ impl Scope {
             span: None,
         };
         let adaptive = settings.adaptive && l.is_empty();
+        let shared = settings.shared.as_ref().map(|h| {
+            std::sync::Arc::new(SharedScope::with_fallback(
+                std::sync::Arc::clone(&h.0),
+                &name,
+                settings.shared_fallback,
+            ))
+        });
         Self {
-            name: name.into(),
+            name,
             settings: settings.clone(),
             cooldown: Cooldown::new(settings.cooldown),
             gate: settings
@@ -245,7 +285,25 @@ impl Scope {
             successes_at_cooldown: AtomicU64::new(0),
             warned: AtomicBool::new(false),
             settle: Settle::default(),
+            shared,
         }
+    }
+
+    /// The window its limits are enforced over, when known: a minute for
+    /// limits the user set, else the one the provider resets within.
+    pub fn known_window_span(&self) -> Option<Duration> {
+        let s = self.lock();
+        let flag = |src: Option<LimitSource>| src == Some(LimitSource::Flag);
+        if flag(s.rpm.map(|r| r.1)) || flag(s.tpm.map(|t| t.1)) {
+            Some(MINUTE)
+        } else {
+            s.span
+        }
+    }
+
+    /// The limits shared with other processes, when the scope has them.
+    pub fn shared(&self) -> Option<&std::sync::Arc<SharedScope>> {
+        self.shared.as_ref()
     }
 
     /// The scope's name.
@@ -301,6 +359,10 @@ impl Scope {
             adaptive,
             decreases,
             foreign_requests: self.admission.foreign().0,
+            shared: self.shared.as_ref().map(|s| SharedStatus {
+                reachable: s.is_reachable(),
+                outages: s.outages(),
+            }),
         }
     }
 
@@ -370,9 +432,13 @@ impl Scope {
             let (changed, lower) = self.adopt_reported(r, now);
             change.limits |= changed;
             change.lower_than_flag = lower;
-            if self.admission.is_limited()
-                || r.requests.remaining.is_some()
-                || r.tokens.remaining.is_some()
+            // With shared limits every process's calls are in the shared
+            // window already: what remains of the provider's quota is no
+            // news about other processes.
+            if self.shared.is_none()
+                && (self.admission.is_limited()
+                    || r.requests.remaining.is_some()
+                    || r.tokens.remaining.is_some())
             {
                 self.admission.observe(from, sent, r, now);
             }

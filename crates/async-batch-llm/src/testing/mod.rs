@@ -1,6 +1,12 @@
 //! Test doubles for pipelines: [`FakeStrategy`] answers without a network,
 //! with scripted or seeded failures, latency and usage, and records what the
-//! engine asked of it.
+//! engine asked of it; with the `redis` feature, a throwaway
+//! [`RedisServer`] for tests of shared limits.
+
+#[cfg(feature = "redis")]
+mod redis_server;
+#[cfg(feature = "redis")]
+pub use redis_server::RedisServer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
