@@ -182,3 +182,28 @@ async fn runs_in_two_configs_share_one_window_through_redis() {
     let (a, b) = tokio::join!(run(Arc::clone(&store)), run(store));
     assert_eq!(a + b, 20, "{a} + {b} calls in the first minute");
 }
+
+#[tokio::test]
+async fn an_adaptive_decrease_one_process_makes_the_others_follow() {
+    let Some(redis) = Redis::start() else { return };
+    let store: Arc<dyn SharedLimits> = Arc::new(RedisLimits::connect(&redis.url()).await.unwrap());
+    let a = Arc::new(SharedScope::new(Arc::clone(&store), "aimd"));
+    let b = Arc::new(SharedScope::new(store, "aimd"));
+    let q = SharedQuota::default();
+    for s in [&a, &b] {
+        assert!(matches!(s.reserve(q, 1).await.unwrap(), Grant::Admitted(_)));
+    }
+    a.note_decrease();
+    // The note is sent in the background.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut followed = 0;
+    while followed == 0 {
+        assert!(Instant::now() < deadline, "b never heard of a's decrease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(matches!(b.reserve(q, 1).await.unwrap(), Grant::Admitted(_)));
+        followed = b.take_decreases_to_follow();
+    }
+    assert_eq!(followed, 1);
+    assert!(matches!(a.reserve(q, 1).await.unwrap(), Grant::Admitted(_)));
+    assert_eq!(a.take_decreases_to_follow(), 0, "a follows its own decrease");
+}

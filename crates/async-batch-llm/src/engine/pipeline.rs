@@ -497,7 +497,10 @@ async fn shared_admit<S: Strategy>(
     let mut in_cooldown = Duration::ZERO;
     loop {
         let (wait, cooldown) = match shared.admit(quota, tokens).await {
-            Ok(ticket) => return Ok((ticket, in_cooldown)),
+            Ok(ticket) => {
+                run.scope.follow_shared_decreases();
+                return Ok((ticket, in_cooldown));
+            }
             Err(wait) => wait,
         };
         // Processes woken by the same free place spread out a little.

@@ -9,7 +9,7 @@
 //! |----------------|--------|------------------------------------------------|
 //! | `abl:{S}:w`    | zset   | reservation id → when it was admitted (ms)     |
 //! | `abl:{S}:t`    | hash   | reservation id → its tokens (estimate, then used) |
-//! | `abl:{S}:m`    | hash   | `epoch`, `seq`, `toksum` (tokens in the window), `rpm`, `tpm` |
+//! | `abl:{S}:m`    | hash   | `epoch`, `seq`, `toksum` (tokens in the window), `rpm`, `tpm`, `span`, `aimd` (adaptive decreases) |
 //! | `abl:{S}:c`    | string | the cooldown's end (ms), only ever extended     |
 //!
 //! `epoch` is Redis's time (µs, as text) when the scope's state began. A
@@ -43,7 +43,8 @@ if not epoch then
 end
 redis.call('PEXPIRE', KEYS[3], 86400000)
 local cd = tonumber(redis.call('GET', KEYS[4]) or '0')
-if cd > now then return {2, cd - now, epoch} end
+local aimd = tonumber(redis.call('HGET', KEYS[3], 'aimd') or '0')
+if cd > now then return {2, cd - now, epoch, aimd} end
 local rpm = tonumber(ARGV[1])
 local tpm = tonumber(ARGV[2])
 if rpm > 0 then redis.call('HSET', KEYS[3], 'rpm', ARGV[1])
@@ -89,14 +90,14 @@ if tpm > 0 and count > 0 and toksum + want > tpm then
     end
   end
 end
-if wait > 0 then return {1, math.max(1, math.ceil(wait)), epoch} end
+if wait > 0 then return {1, math.max(1, math.ceil(wait)), epoch, aimd} end
 local id = redis.call('HINCRBY', KEYS[3], 'seq', 1)
 redis.call('ZADD', KEYS[1], now, id)
 redis.call('HSET', KEYS[2], id, want)
 redis.call('HINCRBY', KEYS[3], 'toksum', want)
 redis.call('PEXPIRE', KEYS[1], 2 * span)
 redis.call('PEXPIRE', KEYS[2], 2 * span)
-return {0, id, epoch}
+return {0, id, epoch, aimd}
 ";
 
 const SEED: &str = r"
@@ -262,7 +263,7 @@ impl SharedLimits for RedisLimits {
                     .unwrap_or(60_000)
                     .clamp(1000, 60_000)
             }));
-            let (what, n, epoch): (i64, i64, u64) =
+            let (what, n, epoch, decreases): (i64, i64, u64, u64) =
                 inv.invoke_async(&mut c).await.map_err(|e| self.error(&e))?;
             let ms = || Duration::from_millis(u64::try_from(n).unwrap_or(0));
             let grant = match what {
@@ -270,7 +271,11 @@ impl SharedLimits for RedisLimits {
                 1 => Grant::Wait(ms()),
                 _ => Grant::Cooldown(ms()),
             };
-            Ok(Reserved { grant, epoch })
+            Ok(Reserved {
+                grant,
+                epoch,
+                decreases,
+            })
         })
     }
 
@@ -344,6 +349,21 @@ impl SharedLimits for RedisLimits {
                 .arg(id)
                 .arg(epoch)
                 .invoke_async(&mut c)
+                .await
+                .map_err(|e| self.error(&e))?;
+            Ok(())
+        })
+    }
+
+    fn note_decrease<'a>(&'a self, scope: &'a str) -> BoxFuture<'a, Result<(), SharedError>> {
+        Box::pin(async move {
+            let [_, _, m, _] = keys(scope);
+            let mut c = self.connection.clone();
+            let _: i64 = redis::cmd("HINCRBY")
+                .arg(m)
+                .arg("aimd")
+                .arg(1)
+                .query_async(&mut c)
                 .await
                 .map_err(|e| self.error(&e))?;
             Ok(())

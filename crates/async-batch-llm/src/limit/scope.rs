@@ -301,6 +301,17 @@ impl Scope {
         }
     }
 
+    /// Follows the adaptive decreases other processes on the shared quota
+    /// made since the last time: the window drops as if this scope had
+    /// judged the wall itself.
+    pub fn follow_shared_decreases(&self) {
+        let Some(s) = &self.shared else { return };
+        if s.take_decreases_to_follow() > 0 && self.window.view().adaptive {
+            let in_flight = self.window.view().in_flight.max(1);
+            self.window.decrease(in_flight);
+        }
+    }
+
     /// The limits shared with other processes, when the scope has them.
     pub fn shared(&self) -> Option<&std::sync::Arc<SharedScope>> {
         self.shared.as_ref()
@@ -452,6 +463,9 @@ impl Scope {
         match change.verdict {
             Some(Verdict::Quota { in_flight, rate }) => {
                 self.window.decrease(in_flight);
+                if let Some(s) = &self.shared {
+                    s.note_decrease();
+                }
                 change.limits = true;
                 if rate {
                     change.limits |= self.learn(now);

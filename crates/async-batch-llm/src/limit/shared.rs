@@ -52,6 +52,8 @@ pub struct Reserved {
     pub grant: Grant,
     /// The epoch of the store's state for this scope.
     pub epoch: u64,
+    /// Adaptive-concurrency decreases any process made in this epoch.
+    pub decreases: u64,
 }
 
 /// A failure to reach or use the shared store.
@@ -121,6 +123,10 @@ pub trait SharedLimits: Send + Sync + std::fmt::Debug + 'static {
         ticket: (u64, u64),
     ) -> BoxFuture<'a, Result<(), SharedError>>;
 
+    /// Counts one adaptive-concurrency decrease (a process judged a signal
+    /// to be the provider's quota wall), for the others to follow.
+    fn note_decrease<'a>(&'a self, scope: &'a str) -> BoxFuture<'a, Result<(), SharedError>>;
+
     /// Makes the scope's cooldown last at least `length` from now (it is
     /// only ever extended).
     fn extend_cooldown<'a>(
@@ -150,6 +156,10 @@ pub struct SharedScope {
     outages: AtomicU64,
     /// The store's epoch last seen (0: none yet).
     epoch: AtomicU64,
+    /// Adaptive decreases seen in the store (this process's included), and
+    /// those of other processes not yet followed.
+    decreases_seen: AtomicU64,
+    decreases_to_follow: AtomicU64,
     /// This process's admissions of the last minute: (when, id, tokens).
     mine: Mutex<VecDeque<(Instant, u64, u64)>>,
     fallback: SharedFallback,
@@ -201,6 +211,8 @@ impl SharedScope {
             reachable: AtomicBool::new(true),
             outages: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
+            decreases_seen: AtomicU64::new(0),
+            decreases_to_follow: AtomicU64::new(0),
             mine: Mutex::new(VecDeque::new()),
             fallback,
             away: Mutex::new(Away::default()),
@@ -315,9 +327,23 @@ impl SharedScope {
         if r.is_ok() {
             *self.away() = Away::default();
         }
-        let Reserved { grant, epoch } = r?;
+        let Reserved {
+            grant,
+            epoch,
+            decreases,
+        } = r?;
         let before = self.epoch.swap(epoch, Ordering::Relaxed);
         let now = Instant::now();
+        if before == epoch {
+            let seen = self.decreases_seen.fetch_max(decreases, Ordering::Relaxed);
+            if decreases > seen {
+                self.decreases_to_follow
+                    .fetch_add(decreases - seen, Ordering::Relaxed);
+            }
+        } else {
+            // A new state (or the first): its count is where we start.
+            self.decreases_seen.store(decreases, Ordering::Relaxed);
+        }
         if before != 0 && before != epoch {
             let admitted: Vec<(Duration, u64)> = self
                 .remembered(now)
@@ -388,6 +414,23 @@ impl SharedScope {
             held: Held::Store(self.epoch.load(Ordering::Relaxed), id),
             done: false,
         }
+    }
+
+    /// This process judged a quota wall and decreased its adaptive window:
+    /// the others follow (in the background).
+    pub fn note_decrease(self: &Arc<Self>) {
+        self.decreases_seen.fetch_add(1, Ordering::Relaxed);
+        let me = Arc::clone(self);
+        spawn(async move {
+            let r = me.store.note_decrease(&me.key).await;
+            me.mark(r.is_ok());
+        });
+    }
+
+    /// Decreases other processes made that this one has not followed yet
+    /// (and now will).
+    pub fn take_decreases_to_follow(&self) -> u64 {
+        self.decreases_to_follow.swap(0, Ordering::Relaxed)
     }
 
     /// Extends the shared cooldown, in the background (the caller is an
@@ -533,6 +576,9 @@ mod tests {
             _: &'a str,
             _: Duration,
         ) -> BoxFuture<'a, Result<(), SharedError>> {
+            Box::pin(async { Err(gone()) })
+        }
+        fn note_decrease<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), SharedError>> {
             Box::pin(async { Err(gone()) })
         }
     }
