@@ -62,6 +62,41 @@ pub fn identity(plan: &RunPlan, schema: Option<&str>) -> Identity {
     }
 }
 
+/// The settings of a run as a report shows them: what was asked and how
+/// it was paced. No key, no prompt text, a Redis URL without a password.
+pub fn run_settings(plan: &RunPlan) -> String {
+    let e = &plan.engine;
+    let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
+    let shared = plan
+        .shared_limits
+        .as_deref()
+        .map(async_batch_llm::secret::url_without_password);
+    serde_json::json!({
+        "started": async_batch_llm::format_rfc3339(std::time::SystemTime::now()),
+        "tool": concat!("abl ", env!("CARGO_PKG_VERSION")),
+        "input": match &plan.input {
+            crate::settings::InputSource::Stdin => "stdin".to_owned(),
+            crate::settings::InputSource::File(p) => p.display().to_string(),
+        },
+        "output": plan.output.as_ref().map_or_else(|| "stdout".to_owned(), |p| p.display().to_string()),
+        "model": plan.model_text,
+        "concurrency": e.concurrency,
+        "rpm": e.limits.rpm,
+        "tpm": e.limits.tpm,
+        "max_attempts": e.retry.max_attempts,
+        "max_rate_limit_retries": e.retry.max_rate_limit_retries,
+        "attempt_timeout_s": e.attempt_timeout.as_secs_f64(),
+        "item_deadline_s": secs(e.item_deadline),
+        "batch_deadline_s": secs(e.batch_deadline),
+        "max_tokens": e.budget.max_tokens,
+        "max_cost": e.budget.max_cost,
+        "dry_run": e.dry_run,
+        "shard": plan.shard.map(|s| s.to_string()),
+        "shared_limits": shared,
+    })
+    .to_string()
+}
+
 /// Opens the checkpoint at `path` (its canonical path) for a run of
 /// `identity`, locked until it is dropped.
 pub fn open(

@@ -160,7 +160,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     config.validate().map_err(|e| usage(e.to_string()))?;
     let identity = crate::checkpoint::identity(&plan, schema_text.as_deref());
     let checkpoint = match (&plan.checkpoint, &paths.checkpoint) {
-        (Some(cp), Some(path)) => Some(Arc::new(crate::checkpoint::open(cp, path, &identity)?)),
+        (Some(cp), Some(path)) => {
+            let c = crate::checkpoint::open(cp, path, &identity)?;
+            if let Err(e) = c.note_run(&crate::checkpoint::run_settings(&plan)) {
+                eprintln_safe(&format!(
+                    "abl: warning: the run's settings were not noted in the checkpoint: {e}"
+                ));
+            }
+            Some(Arc::new(c))
+        }
         _ => None,
     };
     let ready = Ready {

@@ -153,6 +153,9 @@ fn a_report_of_a_run_with_cooldowns_failures_and_replays_has_every_chart_and_tab
         "model or prices missing"
     );
     assert!(from_checkpoint.contains("Batch completed: 800 items"));
+    // Both runs that wrote it, with their settings (and never the key).
+    assert_eq!(rows(&from_checkpoint, "runs"), 2);
+    assert!(from_checkpoint.contains("first.jsonl") && from_checkpoint.contains("all.jsonl"));
     let from_output = report(&out, &dir.path().join("out.html"));
     check_markup(&from_output, true);
     assert!(from_output.contains("400 replayed") || from_output.contains("replayed"));

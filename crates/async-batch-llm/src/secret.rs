@@ -95,9 +95,41 @@ pub(crate) fn redacted(text: String) -> String {
     }
 }
 
+/// `url` with the password of its user part replaced by `***`
+/// (`redis://me:***@host/0`), for messages and records.
+pub fn url_without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            format!("{}{shown}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            url_without_password("redis://:hunter22@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(
+            url_without_password("redis://me:hunter22@host/1"),
+            "redis://me:***@host/1"
+        );
+        assert_eq!(
+            url_without_password("redis://host:6379"),
+            "redis://host:6379"
+        );
+    }
 
     #[test]
     fn keys_and_long_prefixes_are_removed_short_runs_kept() {

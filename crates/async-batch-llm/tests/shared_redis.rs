@@ -205,5 +205,9 @@ async fn an_adaptive_decrease_one_process_makes_the_others_follow() {
     }
     assert_eq!(followed, 1);
     assert!(matches!(a.reserve(q, 1).await.unwrap(), Grant::Admitted(_)));
-    assert_eq!(a.take_decreases_to_follow(), 0, "a follows its own decrease");
+    assert_eq!(
+        a.take_decreases_to_follow(),
+        0,
+        "a follows its own decrease"
+    );
 }

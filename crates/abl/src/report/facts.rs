@@ -134,6 +134,9 @@ pub struct Facts {
     pub span: Option<(SystemTime, SystemTime)>,
     /// A last line still being written, left out.
     pub torn_tail: bool,
+    /// The settings of the runs that wrote the checkpoint, oldest first
+    /// (SQLite checkpoints keep them).
+    pub runs: Vec<serde_json::Map<String, Value>>,
 }
 
 fn usage(msg: impl Into<String>) -> UsageError {
@@ -164,6 +167,7 @@ impl Facts {
             failures: BTreeMap::new(),
             span: None,
             torn_tail: false,
+            runs: Vec::new(),
         }
     }
 
@@ -173,6 +177,11 @@ impl Facts {
         let mut facts = Self::new(path, Source::Checkpoint);
         facts.live = StoreLock::holder(path);
         facts.made_by = store.manifest().map(|m| m.tool_version);
+        facts.runs = store
+            .runs()
+            .iter()
+            .filter_map(|r| serde_json::from_str(r).ok())
+            .collect();
         for known in store.identities() {
             let label = known.identity.as_ref().map_or_else(
                 || "model not named (an older checkpoint)".to_owned(),

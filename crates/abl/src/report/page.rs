@@ -392,7 +392,48 @@ fn run(out: &mut String, f: &Facts) {
             row(&k.replace('_', " "), v.clone());
         }
     }
-    out.push_str("</tbody></table></section>");
+    out.push_str("</tbody></table>");
+    runs(out, f);
+    out.push_str("</section>");
+}
+
+/// The settings of each run that wrote the checkpoint.
+fn runs(out: &mut String, f: &Facts) {
+    const COLUMNS: [(&str, &str); 9] = [
+        ("started", "Started"),
+        ("model", "Model"),
+        ("concurrency", "Concurrency"),
+        ("rpm", "RPM"),
+        ("tpm", "TPM"),
+        ("max_attempts", "Attempts"),
+        ("shard", "Shard"),
+        ("shared_limits", "Shared limits"),
+        ("input", "Input"),
+    ];
+    if f.runs.is_empty() {
+        if f.source == Source::Checkpoint {
+            out.push_str(r#"<p class="sub">The settings of the runs are kept in SQLite checkpoints written by this version of abl; this one has none.</p>"#);
+        }
+        return;
+    }
+    out.push_str(r#"<h3>Runs</h3><table data-table="runs"><thead><tr>"#);
+    for (_, title) in COLUMNS {
+        let _ = write!(out, "<th>{title}</th>");
+    }
+    out.push_str("</tr></thead><tbody>");
+    for r in &f.runs {
+        out.push_str("<tr>");
+        for (key, _) in COLUMNS {
+            let v = match r.get(key) {
+                None | Some(serde_json::Value::Null) => "–".to_owned(),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+            };
+            let _ = write!(out, "<td>{}</td>", esc(&v));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table>");
 }
 
 #[cfg(test)]

@@ -188,6 +188,12 @@ impl<T> Checkpoint<T> {
         }
     }
 
+    /// Notes the settings of this run in the store (JSON free of secrets),
+    /// for reports; stores that cannot keep them ignore it.
+    pub fn note_run(&self, settings: &str) -> Result<(), Error> {
+        self.store.note_run(settings)
+    }
+
     /// Whether this run can reuse anything (a resume policy and a store
     /// that held records when it was opened).
     pub(crate) fn may_replay(&self) -> bool {

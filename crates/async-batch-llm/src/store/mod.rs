@@ -158,4 +158,17 @@ pub trait CheckpointStore: Send + Sync + 'static {
         let _ = identity_fp;
         true
     }
+    /// Notes the settings of a run that opened the store (JSON, free of
+    /// secrets), for reports. Stores that cannot keep them ignore it.
+    fn note_run(&self, settings: &str) -> Result<(), Error> {
+        let _ = settings;
+        Ok(())
+    }
+    /// The settings of the runs noted, oldest first (the last [`RUNS_KEPT`]).
+    fn runs(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
+
+/// How many runs' settings a store keeps.
+pub const RUNS_KEPT: usize = 20;

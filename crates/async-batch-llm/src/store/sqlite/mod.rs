@@ -226,6 +226,43 @@ impl CheckpointStore for SqliteStore {
         self.manifest.clone()
     }
 
+    /// Kept in the manifest table as `run:MILLISECONDS`, the last
+    /// [`RUNS_KEPT`](crate::store::RUNS_KEPT).
+    fn note_run(&self, settings: &str) -> Result<(), Error> {
+        let Some(w) = &self.writer else {
+            return Ok(());
+        };
+        let w = w.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        w.execute(
+            "INSERT OR REPLACE INTO manifest (key, value) VALUES (?1, ?2)",
+            params![format!("run:{at:015}"), settings],
+        )
+        .and_then(|_| {
+            w.execute(
+                "DELETE FROM manifest WHERE key LIKE 'run:%' AND key NOT IN
+                 (SELECT key FROM manifest WHERE key LIKE 'run:%' ORDER BY key DESC LIMIT ?1)",
+                params![i64::try_from(crate::store::RUNS_KEPT).unwrap_or(i64::MAX)],
+            )
+        })
+        .map(|_| ())
+        .map_err(|e| db(&self.path, &e))
+    }
+
+    fn runs(&self) -> Vec<String> {
+        let r = self.reader();
+        let Ok(mut stmt) =
+            r.prepare("SELECT value FROM manifest WHERE key LIKE 'run:%' ORDER BY key")
+        else {
+            return Vec::new();
+        };
+        stmt.query_map([], |row| row.get::<_, String>(0))
+            .map(|rows| rows.filter_map(Result::ok).collect())
+            .unwrap_or_default()
+    }
+
     fn identities(&self) -> Vec<KnownIdentity> {
         let r = self.reader();
         let sql = match self.layout {
