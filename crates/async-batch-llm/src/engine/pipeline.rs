@@ -18,8 +18,8 @@ use super::prepare::PrepareOnce;
 use crate::error::{CallError, ErrorCategory, ErrorClassifier, RetryDecision};
 use crate::item::{Item, Prompt};
 use crate::limit::{
-    Attempt, AttemptEnd, CooldownOutcome, Outcome, Scope, ScopeChange, SharedQuota, SharedScope,
-    SharedTicket, TokenEstimator, Verdict,
+    Attempt, AttemptEnd, CooldownOutcome, LimitSource, Outcome, Scope, ScopeChange, SharedQuota,
+    SharedScope, SharedTicket, TokenEstimator, Verdict,
 };
 use crate::observe::{Event, EventSink};
 use crate::result::{ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming};
@@ -487,10 +487,13 @@ async fn shared_admit<S: Strategy>(
     tokens: u64,
     deadline: Option<Instant>,
 ) -> Result<(SharedTicket, Duration), Fail> {
+    // A limit this process learned at a wall is what got through to it
+    // alone, a share of the quota: not the quota every process shares.
     let limits = run.scope.limits_in_force();
+    let told = |s: LimitSource| s != LimitSource::Learned;
     let quota = SharedQuota {
-        rpm: limits.rpm.map(|r| r.0),
-        tpm: limits.tpm.map(|t| t.0),
+        rpm: limits.rpm.filter(|r| told(r.1)).map(|r| r.0),
+        tpm: limits.tpm.filter(|t| told(t.1)).map(|t| t.0),
         span: run.scope.known_window_span(),
         margin: run.scope.settings().limits.margin,
     };
