@@ -45,6 +45,9 @@ use std::sync::Arc;
 
 pub use config::{Fault, Hint, MockConfig, RateHeaders, ReplyMode};
 pub use replay::Replay;
+pub use server::embeddings::{
+    DEFAULT_DIMENSIONS, MAX_INPUTS, MAX_REQUEST_TOKENS, vector as embedding_of,
+};
 pub use server::tokens;
 pub use stats::{CacheOps, Recorded, Stats};
 

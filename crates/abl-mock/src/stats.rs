@@ -40,6 +40,10 @@ pub struct Stats {
     pub during_cooldown: u64,
     /// Tokens of the successful replies (input + output).
     pub tokens: u64,
+    /// Inputs embedded (each input of each successful embeddings request),
+    /// so a test can prove every input was embedded exactly once.
+    #[serde(default)]
+    pub embedded_inputs: u64,
     /// Gemini cache operations.
     pub cache: CacheOps,
 }
@@ -119,6 +123,11 @@ impl Recorder {
             .entry(label.to_owned())
             .or_default() += 1;
         inner.stats.tokens += tokens;
+    }
+
+    /// `n` inputs were embedded.
+    pub fn embedded(&self, n: u64) {
+        self.lock().stats.embedded_inputs += n;
     }
 
     /// A 429 went out with `hint`; it opens a cooldown unless one is running.

@@ -113,6 +113,7 @@
 //! resolve to the same provider, key and model share one cooldown when they
 //! share a [`ScopeRegistry`].
 
+pub mod embed;
 mod engine;
 mod error;
 mod fingerprint;

@@ -1,8 +1,9 @@
 //! The mock's HTTP server: shared state, the router, and helpers every
 //! route uses. The model routes are in [`generate`], Gemini caches in
-//! [`caches`].
+//! [`caches`], OpenAI embeddings in [`embeddings`].
 
 mod caches;
+pub mod embeddings;
 mod generate;
 
 use std::collections::{HashMap, HashSet};
@@ -105,6 +106,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     service
         .route("/v1/responses", post(responses))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/messages", post(anthropic))
         .route("/v1beta/models/{*rest}", post(gemini))
         .route("/v1beta/cachedContents", post(cache_create).get(cache_list))

@@ -42,4 +42,4 @@ pub use gemini::{
 pub use http::{HttpOptions, parse_body, retry_hint};
 pub use key::ApiKey;
 #[cfg(feature = "openai")]
-pub use openai::{ChatFlavor, ChatModel, OpenAiConfig, OpenAiModel};
+pub use openai::{ChatFlavor, ChatModel, OpenAiConfig, OpenAiEmbeddings, OpenAiModel};

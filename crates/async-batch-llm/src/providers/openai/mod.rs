@@ -1,11 +1,14 @@
 //! OpenAI Responses ([`OpenAiModel`]), OpenAI Chat Completions
 //! ([`ChatModel`]), and OpenAI-compatible servers (OpenRouter, DeepSeek,
-//! vLLM, Ollama, LiteLLM…) through Chat Completions.
+//! vLLM, Ollama, LiteLLM…) through Chat Completions; embeddings
+//! ([`OpenAiEmbeddings`]) on any of them that serves `/v1/embeddings`.
 
 mod chat;
+mod embeddings;
 mod responses;
 
 pub use chat::{ChatFlavor, ChatModel};
+pub use embeddings::OpenAiEmbeddings;
 pub use responses::OpenAiModel;
 
 use super::http::{Endpoint, HttpOptions};
