@@ -316,6 +316,15 @@ fn a_report_of_a_run_still_going_says_so() {
     let _ = child.wait();
     assert!(page.contains("Still running"), "not marked live");
     assert!(
+        page.contains("Batch so far:"),
+        "a live run called completed"
+    );
+    // Its partial output file, read while the run goes: not finished either.
+    let partial = dir.path().join("out.jsonl.abl-partial");
+    let from_partial = report(&partial, &dir.path().join("partial.html"));
+    assert!(from_partial.contains("Not finished"));
+    assert!(!from_partial.contains("Batch completed"));
+    assert!(
         page.contains(&format!("PID {}", child.id())),
         "the writer is not named"
     );

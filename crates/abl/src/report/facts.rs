@@ -304,6 +304,15 @@ impl Facts {
         self.summary = collector.finish(Termination::completed(), wall);
     }
 
+    /// Whether the file is the partial output of a run (`OUT.abl-partial`).
+    pub fn is_partial(&self) -> bool {
+        self.source == Source::Output
+            && self
+                .path
+                .to_str()
+                .is_some_and(|p| p.ends_with(crate::paths::PARTIAL))
+    }
+
     /// The prices the summary table uses: those of the one model when the
     /// records have one and the list knows it.
     pub fn single_prices(&self) -> Option<&Prices> {

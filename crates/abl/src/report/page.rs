@@ -112,8 +112,8 @@ pub fn render(f: &Facts, generated: SystemTime) -> String {
             r#"<section class="live" id="live"><b>Still running.</b> This is a snapshot: the checkpoint is being written by {}. Run <code>abl report</code> again for a newer one.</section>"#,
             esc(holder)
         );
-    } else if f.torn_tail {
-        out.push_str(r#"<section class="live" id="live"><b>Still being written.</b> The last line of the file was incomplete and is left out.</section>"#);
+    } else if f.torn_tail || f.is_partial() {
+        out.push_str(r#"<section class="live" id="live"><b>Not finished.</b> This output is still being written (or its run stopped before the end): the figures are those of the records so far.</section>"#);
     }
     summary(&mut out, f);
     timeline(&mut out, f);
@@ -129,7 +129,13 @@ fn summary(out: &mut String, f: &Facts) {
     let _ = write!(
         out,
         r#"<section id="summary"><h2>Summary</h2><p class="headline">{}</p><table class="summary" data-table="summary"><tbody>"#,
-        esc(&f.summary.headline())
+        esc(&if f.live.is_some() || f.torn_tail || f.is_partial() {
+            f.summary
+                .headline()
+                .replacen("Batch completed", "Batch so far", 1)
+        } else {
+            f.summary.headline()
+        })
     );
     for row in f.summary.table(f.single_prices()) {
         let _ = write!(
