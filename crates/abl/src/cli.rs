@@ -59,6 +59,10 @@ pub enum Command {
         #[arg(required = true, value_name = "SHARD_OUTPUT")]
         files: Vec<PathBuf>,
     },
+    /// Embed every item: one vector per item, many items per request
+    /// (packed to the provider's limits), with cooldowns, limits, retries
+    /// and checkpoints as for `abl run`.
+    Embed(Box<EmbedArgs>),
     /// Write a report of a run as one self-contained HTML page: the summary,
     /// throughput, calls in flight, cooldowns and 429s over time, latency and
     /// waiting, tokens and cost, failures. Works on a run still going.
@@ -70,6 +74,54 @@ pub enum Command {
         #[arg(short, long, value_name = "REPORT.html")]
         output: PathBuf,
     },
+}
+
+/// Settings of `abl embed`.
+#[derive(Debug, Clone, Args)]
+pub struct EmbedArgs {
+    /// Input file (JSONL, CSV with a header, or text), or - for stdin.
+    #[arg(value_name = "INPUT")]
+    pub input: String,
+    /// Output JSONL file (default: stdout); `output` is the vector.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// openai:MODEL (any OpenAI-compatible server with --base-url), or
+    /// mock:embed (keyless, deterministic vectors).
+    #[arg(short, long, default_value = "openai:text-embedding-3-small")]
+    pub model: String,
+    /// Base URL of an OpenAI-compatible server (default https://api.openai.com/v1).
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// Shorten the vectors to this many dimensions (text-embedding-3 models).
+    #[arg(long)]
+    pub dimensions: Option<u32>,
+    /// Most inputs in one request (default and most: 2048).
+    #[arg(long)]
+    pub pack_inputs: Option<usize>,
+    /// Most estimated tokens in one request (default and most: 300000).
+    #[arg(long)]
+    pub pack_tokens: Option<u64>,
+    /// Requests in flight at once (default 8).
+    #[arg(short, long)]
+    pub concurrency: Option<usize>,
+    /// Requests per minute.
+    #[arg(long)]
+    pub rpm: Option<f64>,
+    /// Tokens per minute.
+    #[arg(long)]
+    pub tpm: Option<u64>,
+    /// Checkpoint file (.sqlite or JSONL): a rerun embeds only what is not recorded.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Field with the item id (default: id, else the line number).
+    #[arg(long)]
+    pub id_field: Option<String>,
+    /// Field with the text to embed (default: text).
+    #[arg(long)]
+    pub text_field: Option<String>,
+    /// A template over the record's fields, e.g. "{title}: {body}".
+    #[arg(long)]
+    pub template: Option<String>,
 }
 
 /// Checkpoint tools.

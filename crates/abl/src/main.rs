@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod cli;
+mod embed;
 mod exit;
 mod input;
 mod merge;
@@ -48,6 +49,7 @@ fn main() {
                 summary::run(&file, summary_json.as_deref())
             }
             cli::Command::Report { file, output } => report::run(&file, &output),
+            cli::Command::Embed(args) => embed::run(*args).await,
             cli::Command::Merge {
                 output,
                 input,

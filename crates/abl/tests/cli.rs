@@ -838,3 +838,66 @@ fn shards_split_a_job_and_merge_checks_every_input_id_is_in_exactly_one() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("numbered 0 to 2"), "{}", stderr(&o));
 }
+
+#[test]
+fn abl_embed_packs_items_and_a_rerun_embeds_only_what_is_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = examples().join("prompts.jsonl");
+    let first_half = dir.path().join("half.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .take(100)
+        .map(str::to_owned)
+        .collect();
+    std::fs::write(&first_half, lines.join("\n") + "\n").unwrap();
+    let checkpoint = dir.path().join("emb.sqlite");
+    let embed = |input: &std::path::Path, out: &std::path::Path| {
+        run(&[
+            "embed",
+            input.to_str().unwrap(),
+            "--model",
+            "mock:embed",
+            "--text-field",
+            "prompt",
+            "--pack-inputs",
+            "16",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    let half_out = dir.path().join("half-out.jsonl");
+    let o = embed(&first_half, &half_out);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // 100 items in requests of 16: 7 requests.
+    assert!(stderr(&o).contains("Calls           7"), "{}", stderr(&o));
+    let out = dir.path().join("out.jsonl");
+    let o = embed(&input, &out);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let recs = records(&out);
+    assert_eq!(recs.len(), 200);
+    let prompts: std::collections::HashMap<String, String> = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (
+                v["id"].as_str().unwrap().to_owned(),
+                v["prompt"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut replayed = 0;
+    for r in &recs {
+        let id = r["id"].as_str().unwrap();
+        let want = abl_mock::embedding_of(&prompts[id], abl_mock::DEFAULT_DIMENSIONS);
+        let got: Vec<f32> = serde_json::from_value(r["output"].clone()).unwrap();
+        assert_eq!(got, want, "{id}");
+        replayed += usize::from(r["replayed"] == true);
+    }
+    assert_eq!(replayed, 100, "the first half came from the checkpoint");
+    // The second half only was sent: 100 items, 7 requests.
+    assert!(stderr(&o).contains("Calls           7"), "{}", stderr(&o));
+}

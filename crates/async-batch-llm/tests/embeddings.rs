@@ -60,6 +60,9 @@ async fn items_are_packed_to_the_limit_and_each_gets_its_own_vector() {
     }
     let stats = mock.stats();
     assert_eq!(stats.requests, 50, "5,000 inputs in requests of 100");
+    // Each request's call is counted once, on its first item.
+    let calls: u32 = results.iter().map(|r| r.tries).sum();
+    assert_eq!(calls, 50);
     assert_eq!(stats.embedded_inputs, 5_000);
     // Each item's share of its request's tokens; together the requests'.
     let tokens: u64 = results.iter().map(|r| r.usage.input).sum();

@@ -156,7 +156,10 @@ pub async fn embed_items<E: EmbeddingModel>(
     Ok(done.into_iter().flatten().collect())
 }
 
-/// Gives each item of a pack its result.
+/// Gives each item of a pack its result. The request's calls are the
+/// first item's (its `tries` and per-try timing), so that summed over the
+/// items they count each request once; every item has the request's
+/// attempts, wall times and waits.
 fn unpack(r: &ItemResult<Embeddings>, p: Pack, done: &mut [Option<ItemResult<Vec<f32>>>]) {
     let weights: Vec<u64> = p
         .iter()
@@ -180,6 +183,10 @@ fn unpack(r: &ItemResult<Embeddings>, p: Pack, done: &mut [Option<ItemResult<Vec
             )),
             (Err(e), _) => Err(e.clone()),
         };
+        let mut timing = r.timing.clone();
+        if k > 0 {
+            timing.tries.clear();
+        }
         if let Some(slot) = done.get_mut(place) {
             *slot = Some(ItemResult {
                 id: item.id,
@@ -187,8 +194,8 @@ fn unpack(r: &ItemResult<Embeddings>, p: Pack, done: &mut [Option<ItemResult<Vec
                 outcome,
                 usage: TokenUsage::new(tokens[k], 0),
                 attempts: r.attempts,
-                tries: r.tries,
-                timing: r.timing.clone(),
+                tries: if k == 0 { r.tries } else { 0 },
+                timing,
                 context: item.context,
                 replayed: false,
             });
