@@ -85,11 +85,12 @@ pub struct EmbedArgs {
     /// Output JSONL file (default: stdout); `output` is the vector.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// openai:MODEL (any OpenAI-compatible server with --base-url), or
-    /// mock:embed (keyless, deterministic vectors).
+    /// openai:MODEL (any OpenAI-compatible server with --base-url),
+    /// gemini:MODEL (gemini-embedding-001), or mock:embed (keyless,
+    /// deterministic vectors).
     #[arg(short, long, default_value = "openai:text-embedding-3-small")]
     pub model: String,
-    /// Base URL of an OpenAI-compatible server (default https://api.openai.com/v1).
+    /// Base URL (default https://api.openai.com/v1, or Gemini's).
     #[arg(long)]
     pub base_url: Option<String>,
     /// Shorten the vectors to this many dimensions (text-embedding-3 models).

@@ -13,8 +13,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_batch_llm::embed::{PackLimits, embed_items};
-use async_batch_llm::providers::{ApiKey, HttpOptions, OpenAiConfig, OpenAiEmbeddings};
+use async_batch_llm::embed::{EmbeddingModel, PackLimits, embed_items};
+use async_batch_llm::providers::{
+    ApiKey, GeminiEmbeddings, HttpOptions, OpenAiConfig, OpenAiEmbeddings,
+};
 use async_batch_llm::store::{Checkpoint, Identity, ResumePolicy, item_fingerprint};
 use async_batch_llm::{BatchConfig, Item, ItemResult, RateLimits, SummaryCollector, Termination};
 use serde_json::Value;
@@ -32,10 +34,31 @@ fn usage(msg: impl Into<String>) -> UsageError {
 
 /// The model and, for `mock:embed`, the mock serving it.
 struct Model {
-    embeddings: Arc<OpenAiEmbeddings>,
+    embeddings: Arc<dyn EmbeddingModel>,
     provider: String,
     name: String,
     _mock: Option<abl_mock::MockServer>,
+}
+
+/// An OpenAI-compatible embeddings model.
+fn openai(
+    name: &str,
+    base_url: String,
+    api_key: Option<ApiKey>,
+    args: &EmbedArgs,
+    http: HttpOptions,
+) -> Result<Arc<dyn EmbeddingModel>, UsageError> {
+    let m = OpenAiEmbeddings::new(
+        OpenAiConfig {
+            model: name.to_owned(),
+            base_url,
+            api_key,
+            http,
+        },
+        args.dimensions,
+    )
+    .map_err(|e| usage(e.to_string()))?;
+    Ok(Arc::new(m))
 }
 
 fn model(args: &EmbedArgs) -> Result<Model, UsageError> {
@@ -49,12 +72,15 @@ fn model(args: &EmbedArgs) -> Result<Model, UsageError> {
         max_connections: args.concurrency.unwrap_or(8),
         ..HttpOptions::default()
     };
-    let (base_url, api_key, mock) = match provider {
+    let (embeddings, mock): (Arc<dyn EmbeddingModel>, _) = match provider {
         "mock" => {
             let server = abl_mock::MockServer::start_dedicated(abl_mock::MockConfig::default(), 1)
                 .map_err(|e| usage(format!("cannot start the mock provider: {e}")))?;
             let url = format!("{}/v1", server.base_url());
-            (url, Some(ApiKey::new("mock-key")), Some(server))
+            (
+                openai(name, url, Some(ApiKey::new("mock-key")), args, http)?,
+                Some(server),
+            )
         }
         "openai" => {
             let key = ApiKey::from_env(&["OPENAI_API_KEY"]);
@@ -67,26 +93,27 @@ fn model(args: &EmbedArgs) -> Result<Model, UsageError> {
                 .base_url
                 .clone()
                 .unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
-            (url, key, None)
+            (openai(name, url, key, args, http)?, None)
+        }
+        "gemini" => {
+            let key = ApiKey::from_env(&["GEMINI_API_KEY", "GOOGLE_API_KEY"])
+                .ok_or_else(|| usage("no API key: set GEMINI_API_KEY or GOOGLE_API_KEY"))?;
+            let url = args
+                .base_url
+                .clone()
+                .unwrap_or_else(|| "https://generativelanguage.googleapis.com".to_owned());
+            let m = GeminiEmbeddings::new(name, &url, &key, args.dimensions, &http)
+                .map_err(|e| usage(e.to_string()))?;
+            (Arc::new(m) as Arc<dyn EmbeddingModel>, None)
         }
         other => {
             return Err(usage(format!(
-                "--model {other}:…: embeddings are served by openai: (and any OpenAI-compatible server with --base-url) or mock:embed"
+                "--model {other}:…: embeddings are served by openai: (and any OpenAI-compatible server with --base-url), gemini: or mock:embed"
             )));
         }
     };
-    let model = OpenAiEmbeddings::new(
-        OpenAiConfig {
-            model: name.to_owned(),
-            base_url,
-            api_key,
-            http,
-        },
-        args.dimensions,
-    )
-    .map_err(|e| usage(e.to_string()))?;
     Ok(Model {
-        embeddings: Arc::new(model),
+        embeddings,
         provider: provider.to_owned(),
         name: name.to_owned(),
         _mock: mock,

@@ -901,3 +901,38 @@ fn abl_embed_packs_items_and_a_rerun_embeds_only_what_is_not_recorded() {
     // The second half only was sent: 100 items, 7 requests.
     assert!(stderr(&o).contains("Calls           7"), "{}", stderr(&o));
 }
+
+#[test]
+fn abl_embed_speaks_gemini_in_requests_of_100() {
+    let mock = common::Mock::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("vec.jsonl");
+    let o = abl()
+        .env("GEMINI_API_KEY", "gemini-embed-test-key")
+        .args([
+            "embed",
+            examples().join("prompts.jsonl").to_str().unwrap(),
+            "--model",
+            "gemini:gemini-embedding-001",
+            "--base-url",
+            &mock.url,
+            "--text-field",
+            "prompt",
+            "--dimensions",
+            "4",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let recs = records(&out);
+    assert_eq!(recs.len(), 200);
+    assert!(
+        recs.iter()
+            .all(|r| r["output"].as_array().map(Vec::len) == Some(4))
+    );
+    let stats = mock.get("/stats");
+    assert_eq!(stats["requests"], 2, "200 texts at 100 a request: {stats}");
+    assert_eq!(stats["embedded_inputs"], 200);
+}

@@ -119,3 +119,33 @@ async fn more_inputs_than_the_provider_takes_are_packed_below_its_limit() {
     assert!(results.iter().all(async_batch_llm::ItemResult::is_ok));
     assert_eq!(mock.stats().requests, 3);
 }
+
+#[cfg(feature = "gemini")]
+#[tokio::test]
+async fn gemini_embeds_in_requests_of_100() {
+    use async_batch_llm::providers::GeminiEmbeddings;
+    let mock = mock().await;
+    let model = GeminiEmbeddings::new(
+        "gemini-embedding-001",
+        mock.base_url(),
+        &ApiKey::new("gemini-test-key"),
+        Some(16),
+        &HttpOptions::default(),
+    )
+    .unwrap();
+    let results = embed_items(
+        Arc::new(model),
+        items(250),
+        &BatchConfig::default(),
+        PackLimits::default(),
+    )
+    .await
+    .unwrap();
+    for (i, r) in results.iter().enumerate() {
+        let text = format!("passage number {i} about rivers");
+        assert_eq!(r.output().unwrap(), &abl_mock::embedding_of(&text, 16));
+    }
+    let stats = mock.stats();
+    assert_eq!(stats.requests, 3, "250 texts at Gemini's 100 a request");
+    assert_eq!(stats.embedded_inputs, 250);
+}

@@ -15,19 +15,24 @@ use crate::usage::TokenUsage;
 
 /// The engine's strategy for packs: each item is one request, its prompt
 /// one user turn per input.
-#[derive(Debug)]
-pub struct EmbedStrategy<E> {
+pub struct EmbedStrategy<E: ?Sized> {
     model: Arc<E>,
 }
 
-impl<E> EmbedStrategy<E> {
+impl<E: ?Sized> std::fmt::Debug for EmbedStrategy<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbedStrategy").finish_non_exhaustive()
+    }
+}
+
+impl<E: ?Sized> EmbedStrategy<E> {
     /// Requests to `model`.
     pub fn new(model: Arc<E>) -> Self {
         Self { model }
     }
 }
 
-impl<E: EmbeddingModel> Strategy for EmbedStrategy<E> {
+impl<E: EmbeddingModel + ?Sized> Strategy for EmbedStrategy<E> {
     type Output = Embeddings;
 
     async fn execute(
@@ -97,7 +102,7 @@ fn shares(total: u64, weights: &[u64]) -> Vec<u64> {
 /// whichever are smaller), through the engine with `config`. Returns one
 /// result per item in input order: its vector, or why it has none. Usage
 /// is each item's share of its request's, by estimated tokens.
-pub async fn embed_items<E: EmbeddingModel>(
+pub async fn embed_items<E: EmbeddingModel + ?Sized>(
     model: Arc<E>,
     items: Vec<Item>,
     config: &BatchConfig,

@@ -36,8 +36,8 @@ pub use anthropic::{ANTHROPIC_VERSION, AnthropicConfig, AnthropicModel, OUTPUT_T
 pub use factory::{ModelOptions, ModelSpec, Provider, llm, llm_with};
 #[cfg(feature = "gemini")]
 pub use gemini::{
-    CONTENT_TAG, CacheOptions, CachedContent, GeminiCachedModel, GeminiConfig, GeminiModel,
-    TAG_PREFIX, content_fingerprint,
+    CONTENT_TAG, CacheOptions, CachedContent, GEMINI_MAX_EMBED_INPUTS, GeminiCachedModel,
+    GeminiConfig, GeminiEmbeddings, GeminiModel, TAG_PREFIX, content_fingerprint,
 };
 pub use http::{HttpOptions, parse_body, retry_hint};
 pub use key::ApiKey;

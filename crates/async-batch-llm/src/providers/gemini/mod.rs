@@ -2,10 +2,12 @@
 //! context caches ([`GeminiCachedModel`]).
 
 mod cache;
+mod embeddings;
 
 pub use cache::{
     CONTENT_TAG, CacheOptions, CachedContent, GeminiCachedModel, TAG_PREFIX, content_fingerprint,
 };
+pub use embeddings::{GEMINI_MAX_EMBED_INPUTS, GeminiEmbeddings};
 
 use serde_json::{Value, json};
 
