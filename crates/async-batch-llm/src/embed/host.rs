@@ -83,19 +83,24 @@ fn splits(e: &ItemError) -> bool {
 /// Shares `total` tokens in proportion to `weights`, the remainder to the
 /// last, so the shares add up to `total` exactly.
 fn shares(total: u64, weights: &[u64]) -> Vec<u64> {
-    let sum = weights
+    let sum = weights.iter().fold(0u128, |a, w| a + u128::from(*w)).max(1);
+    let mut left = total;
+    let last = weights.len().saturating_sub(1);
+    weights
         .iter()
-        .fold(0u64, |a, w| a.saturating_add(*w))
-        .max(1);
-    let mut out: Vec<u64> = weights
-        .iter()
-        .map(|w| u64::try_from(u128::from(total) * u128::from(*w) / u128::from(sum)).unwrap_or(0))
-        .collect();
-    let given: u64 = out.iter().sum();
-    if let Some(last) = out.last_mut() {
-        *last += total.saturating_sub(given);
-    }
-    out
+        .enumerate()
+        .map(|(i, w)| {
+            let share = if i == last {
+                left
+            } else {
+                u64::try_from(u128::from(total) * u128::from(*w) / sum)
+                    .unwrap_or(u64::MAX)
+                    .min(left)
+            };
+            left -= share;
+            share
+        })
+        .collect()
 }
 
 /// Embeds every item, packed within `limits` (and the model's own limits,
