@@ -2,11 +2,13 @@
 //! look at, from its checkpoint or its output file, while it runs or after.
 //!
 //! [`facts`] reads the records in one pass, [`timeline`] places them on a
-//! time axis, [`svg`] draws the charts and [`page`] lays out the HTML.
+//! time axis, [`svg`] draws the charts, [`page`] lays out the HTML and
+//! [`text`] makes words safe for it.
 
 mod facts;
 mod page;
 mod svg;
+mod text;
 mod timeline;
 
 use std::path::Path;

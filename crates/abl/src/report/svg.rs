@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::page::esc;
+use super::text::esc;
 
 const W: f64 = 920.0;
 const H: f64 = 200.0;
