@@ -231,7 +231,7 @@ impl Mapping {
         } else {
             return Err(err(
                 Some(&self.prompt_field),
-                "is missing (and there is no \"messages\" array; use --prompt-field or --template)"
+                "is missing (and there is no \"messages\" array; name the field that holds the text, or give --template)"
                     .into(),
             ));
         };
