@@ -87,6 +87,28 @@
 //! - [`call`] / [`call_result`]: one resilient call.
 //! - [`CallPool`]: a long-lived shared executor for services.
 //!
+//! ## Many processes, one quota; embeddings
+//!
+//! Processes on one API key share its cooldown and RPM/TPM window through
+//! Redis when their configs carry the same store (feature `redis`):
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), async_batch_llm::SharedError> {
+//! # #[cfg(feature = "redis")] {
+//! use std::sync::Arc;
+//! let shared = async_batch_llm::RedisLimits::connect("redis://127.0.0.1:6379/0").await?;
+//! let config = async_batch_llm::BatchConfig {
+//!     shared_limits: Some(Arc::new(shared)),
+//!     ..async_batch_llm::BatchConfig::default()
+//! };
+//! # let _ = config;
+//! # }
+//! # Ok(()) }
+//! ```
+//!
+//! A job splits between processes by id with [`Shard`]. Embeddings pack
+//! many items per request ([`embed`]).
+//!
 //! ## Cargo features
 //!
 //! | feature | default | what it adds |
@@ -96,6 +118,7 @@
 //! | `anthropic` | yes | Anthropic Messages and prompt caching |
 //! | `sqlite` | yes | `store::SqliteStore` (SQLite, built from source) |
 //! | `tiktoken` | no | `TiktokenEstimator`: OpenAI's tokenizer for TPM estimates |
+//! | `redis` | no | `RedisLimits`: cooldowns and RPM/TPM windows shared by processes |
 //!
 //! A `provider:model` spec of a family that is not built in is a
 //! configuration error naming the feature. With
@@ -104,10 +127,11 @@
 //!
 //! ## What is where
 //!
-//! Everything a program names is at the crate root, except four groups
+//! Everything a program names is at the crate root, except five groups
 //! that keep their own module: [`providers`] (the HTTP models and the
-//! `provider:model` factory), [`store`] (checkpoints), [`testing`] (fakes
-//! for your own tests) and [`secret`] (keeping keys out of messages).
+//! `provider:model` factory), [`store`] (checkpoints), [`embed`]
+//! (embeddings), [`testing`] (fakes for your own tests) and [`secret`]
+//! (keeping keys out of messages).
 //!
 //! Quota scopes are names ([`default_scope_name`]): runs whose strategies
 //! resolve to the same provider, key and model share one cooldown when they
