@@ -44,8 +44,28 @@ pub struct Stats {
     /// so a test can prove every input was embedded exactly once.
     #[serde(default)]
     pub embedded_inputs: u64,
+    /// Requests answered (not 429) in each second since the first request
+    /// (at most a day), so a test can check any rolling window.
+    #[serde(default)]
+    pub accepted_per_second: Vec<u64>,
+    /// Requests answered 429 in each second since the first request.
+    #[serde(default)]
+    pub refused_per_second: Vec<u64>,
     /// Gemini cache operations.
     pub cache: CacheOps,
+}
+
+impl Stats {
+    /// The most requests answered (not 429) in any `secs` consecutive
+    /// seconds of [`accepted_per_second`](Self::accepted_per_second).
+    pub fn most_accepted_in(&self, secs: usize) -> u64 {
+        let v = &self.accepted_per_second;
+        let secs = secs.max(1);
+        (0..v.len().max(1))
+            .map(|i| v.iter().skip(i).take(secs).sum::<u64>())
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// A model request as the mock received it.
@@ -67,6 +87,8 @@ struct Inner {
     stats: Stats,
     /// The signalled cooldown: opened at, ends at.
     cooldown: Option<(Instant, Instant)>,
+    /// When the first request was answered (the per-second counts' zero).
+    first: Option<Instant>,
     prompts: HashMap<String, u64>,
 }
 
@@ -114,7 +136,22 @@ impl Recorder {
 
     /// A response went out.
     pub fn outcome(&self, route: &str, label: &str, tokens: u64) {
+        const DAY: usize = 86_400;
+        let now = Instant::now();
         let mut inner = self.lock();
+        let first = *inner.first.get_or_insert(now);
+        let second = usize::try_from(now.saturating_duration_since(first).as_secs()).unwrap_or(DAY);
+        if second < DAY {
+            let per = if label.starts_with("429") {
+                &mut inner.stats.refused_per_second
+            } else {
+                &mut inner.stats.accepted_per_second
+            };
+            if per.len() <= second {
+                per.resize(second + 1, 0);
+            }
+            per[second] += 1;
+        }
         *inner
             .stats
             .by_route
@@ -182,5 +219,27 @@ impl Recorder {
         *self.lock() = Inner::default();
         self.peak
             .store(self.in_flight.load(Ordering::Acquire), Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    #[test]
+    fn the_busiest_window_of_per_second_counts() {
+        let s = Stats {
+            accepted_per_second: vec![5, 0, 7, 1, 9],
+            ..Stats::default()
+        };
+        assert_eq!(s.most_accepted_in(2), 10);
+        assert_eq!(s.most_accepted_in(60), 22);
+        assert_eq!(Stats::default().most_accepted_in(60), 0);
+        let r = Recorder::default();
+        r.outcome("responses", "ok", 1);
+        r.outcome("responses", "429_quota", 0);
+        let snap = r.snapshot();
+        assert_eq!(snap.accepted_per_second, vec![1]);
+        assert_eq!(snap.refused_per_second, vec![1]);
     }
 }
