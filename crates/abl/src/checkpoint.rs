@@ -148,11 +148,7 @@ pub fn import(from: &Path, to: &Path) -> anyhow::Result<i32> {
     if !from.exists() {
         return Err(usage(format!("{}: no such checkpoint", from.display())).into());
     }
-    if crate::paths::resolve(from)
-        .ok()
-        .zip(crate::paths::resolve(to).ok())
-        .is_some_and(|(a, b)| a == b)
-    {
+    if crate::paths::same_file(from, to).is_some() {
         return Err(usage("the two checkpoints of an import must be different files").into());
     }
     let src = JsonlStore::open_read_only(from).map_err(|e| usage(e.to_string()))?;

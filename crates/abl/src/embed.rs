@@ -311,20 +311,27 @@ pub async fn run(args: EmbedArgs) -> anyhow::Result<i32> {
     let limits = limits(&args)?;
     let config = config(&args)?;
     let output = args.output.as_ref().filter(|o| o.as_os_str() != "-");
-    let input_path = crate::paths::resolve(std::path::Path::new(&args.input)).ok();
+    let input = std::path::Path::new(&args.input);
     for (what, other) in [
         ("--output", output),
         ("--checkpoint", args.checkpoint.as_ref()),
     ] {
-        if let (Some(o), Some(a)) = (other, &input_path)
-            && crate::paths::resolve(o).ok().as_ref() == Some(a)
-        {
+        if let Some(o) = other.filter(|o| crate::paths::same_file(input, o).is_some()) {
             return Err(usage(format!(
                 "{what} {} is the input; abl never writes over a file it reads",
                 o.display()
             ))
             .into());
         }
+    }
+    if let (Some(o), Some(c)) = (output, &args.checkpoint)
+        && crate::paths::same_file(o, c).is_some()
+    {
+        return Err(usage(format!(
+            "--output and --checkpoint are the same file ({}); each needs its own",
+            o.display()
+        ))
+        .into());
     }
     let model = model(&args)?;
     let checkpoint = match &args.checkpoint {

@@ -78,13 +78,8 @@ pub fn run(
     id_field: Option<&str>,
     files: &[PathBuf],
 ) -> anyhow::Result<i32> {
-    let target = crate::paths::resolve(output).ok();
     for f in files.iter().map(PathBuf::as_path).chain(input) {
-        if crate::paths::resolve(f)
-            .ok()
-            .zip(target.as_ref())
-            .is_some_and(|(a, b)| a == *b)
-        {
+        if crate::paths::same_file(f, output).is_some() {
             return Err(usage(format!(
                 "{} is both read and the merge's output; abl never writes over a file it reads",
                 f.display()

@@ -50,6 +50,14 @@ impl Resolved {
     }
 }
 
+/// The file `a` and `b` both name, if they name one: the same canonical
+/// path, or the same inode (a hard link). Paths that cannot be resolved
+/// name none.
+pub fn same_file(a: &Path, b: &Path) -> Option<PathBuf> {
+    let (a, b) = (resolve(a).ok()?, resolve(b).ok()?);
+    a.same(&b).then_some(a.path)
+}
+
 /// Resolves `path` (relative to the current directory).
 pub fn resolve(path: &Path) -> std::io::Result<Resolved> {
     let mut p = std::path::absolute(path)?;

@@ -179,13 +179,10 @@ pub fn not_started(summary: &RunSummary, total: Option<u64>, input_failed: bool)
 
 /// `abl summary FILE`.
 pub fn run(file: &Path, summary_json: Option<&Path>) -> anyhow::Result<i32> {
-    if let Some(j) = summary_json
-        && let (Ok(a), Ok(b)) = (crate::paths::resolve(file), crate::paths::resolve(j))
-        && a == b
-    {
+    if let Some(same) = summary_json.and_then(|j| crate::paths::same_file(file, j)) {
         return Err(usage(format!(
             "FILE and --summary-json are the same file ({}); abl never writes over a file it reads",
-            a.path.display()
+            same.display()
         ))
         .into());
     }

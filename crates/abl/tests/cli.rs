@@ -900,6 +900,15 @@ fn abl_embed_packs_items_and_a_rerun_embeds_only_what_is_not_recorded() {
     assert_eq!(replayed, 100, "the first half came from the checkpoint");
     // The second half only was sent: 100 items, 7 requests.
     assert!(stderr(&o).contains("Calls           7"), "{}", stderr(&o));
+    // The output may not be the checkpoint (nor the input): refused, and
+    // the checkpoint is left as it was.
+    let before = contents(&checkpoint);
+    let o = embed(&input, &checkpoint);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("same file"), "{}", stderr(&o));
+    assert_eq!(contents(&checkpoint), before);
+    let o = embed(&input, &input);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 #[test]

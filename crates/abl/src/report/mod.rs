@@ -22,12 +22,10 @@ use facts::Facts;
 
 /// `abl report`.
 pub fn run(file: &Path, output: &Path) -> anyhow::Result<i32> {
-    if let (Ok(a), Ok(b)) = (crate::paths::resolve(file), crate::paths::resolve(output))
-        && a == b
-    {
+    if let Some(same) = crate::paths::same_file(file, output) {
         return Err(UsageError(format!(
             "FILE and --output are the same file ({}); abl never writes over a file it reads",
-            a.path.display()
+            same.display()
         ))
         .into());
     }
