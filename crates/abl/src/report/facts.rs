@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_batch_llm::store::{Identity, StoreLock};
 use async_batch_llm::{
@@ -130,8 +130,6 @@ pub struct Facts {
     pub groups: BTreeMap<(String, String), Group>,
     /// Failures by category: count and the first examples (id, message).
     pub failures: BTreeMap<ErrorCategory, (u64, Vec<(String, String)>)>,
-    /// First start and last end of a placed record.
-    pub span: Option<(SystemTime, SystemTime)>,
     /// A last line still being written, left out.
     pub torn_tail: bool,
     /// The settings of the runs that wrote the checkpoint, oldest first
@@ -165,7 +163,6 @@ impl Facts {
             models: BTreeMap::new(),
             groups: BTreeMap::new(),
             failures: BTreeMap::new(),
-            span: None,
             torn_tail: false,
             runs: Vec::new(),
         }
@@ -268,13 +265,6 @@ impl Facts {
                 self.calls.add(t.execution);
             }
         }
-        if let Some(start) = r.timing.started_at.filter(|_| !r.replayed) {
-            let end = start + r.timing.total;
-            self.span = Some(match self.span {
-                Some((a, b)) => (a.min(start), b.max(end)),
-                None => (start, end),
-            });
-        }
         let outcome = match &r.outcome {
             Ok(_) => "succeeded".to_owned(),
             Err(e) => {
@@ -298,7 +288,8 @@ impl Facts {
         collector.stats.cooldown_time = total;
         collector.stats.longest_cooldown = longest;
         let wall = self
-            .span
+            .timeline
+            .span()
             .and_then(|(a, b)| b.duration_since(a).ok())
             .unwrap_or_default();
         self.summary = collector.finish(Termination::completed(), wall);

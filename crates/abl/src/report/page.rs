@@ -342,7 +342,7 @@ fn run(out: &mut String, f: &Facts) {
     let mut row = |k: &str, v: String| {
         let _ = write!(out, "<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(&v));
     };
-    if let Some((a, b)) = f.span {
+    if let Some((a, b)) = f.timeline.span() {
         row("First call", time(a));
         row("Last result", time(b));
     }

@@ -85,7 +85,11 @@ impl Series {
 #[derive(Debug, Default)]
 pub struct Timeline {
     buckets: BTreeMap<i64, Bucket>,
+    /// Cooldown waits; merged whenever they grow large, so they hold about
+    /// as many entries as the run had cooldowns.
     cooldowns: Vec<(i64, i64)>,
+    /// First start and last end of a placed record (ms).
+    span: Option<(i64, i64)>,
     /// Records with no wall times (written by an older abl, or never
     /// started): counted, not placed.
     pub unplaced: u64,
@@ -116,6 +120,10 @@ impl Timeline {
         };
         let start = unix_ms(start);
         let end = start.saturating_add(ms(r.timing.total));
+        self.span = Some(
+            self.span
+                .map_or((start, end), |(a, b)| (a.min(start), b.max(end))),
+        );
         let b = self.bucket(end);
         if r.outcome.is_ok() {
             b.succeeded += 1;
@@ -127,6 +135,9 @@ impl Timeline {
             let waited = ms(t.cooldown_wait);
             if waited > 0 {
                 self.cooldowns.push((began, began.saturating_add(waited)));
+                if self.cooldowns.len() >= 1 << 16 {
+                    self.cooldowns = merge(std::mem::take(&mut self.cooldowns));
+                }
             }
             let call = began
                 .saturating_add(waited)
@@ -153,6 +164,14 @@ impl Timeline {
             self.buckets.entry(key).or_default().busy_ms += (until - at) as f64;
             at = until;
         }
+    }
+
+    /// Wall times of the first start and the last end of a placed record.
+    pub fn span(&self) -> Option<(SystemTime, SystemTime)> {
+        let at = |ms: i64| {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+        };
+        self.span.map(|(a, b)| (at(a), at(b)))
     }
 
     /// The timeline in at most `max_points` equal steps, or `None` when
@@ -299,6 +318,22 @@ mod tests {
         assert_eq!(
             t.cooldown_totals(),
             (1, Duration::from_secs(2), Duration::from_secs(2))
+        );
+        assert_eq!(t.span(), Some((at(0), at(4000))));
+    }
+
+    #[test]
+    fn many_waits_in_one_cooldown_are_kept_as_one_window() {
+        let mut t = Timeline::default();
+        // 100,000 items waiting out the same 1 s cooldown, each from a
+        // little later: one window of 1.1 s, and memory for few.
+        for i in 0..100_000u64 {
+            t.add(&tried("w", vec![one(i / 1000, 1000, 1, None)], 1001, true));
+        }
+        assert!(t.cooldowns.len() < 1 << 16, "{}", t.cooldowns.len());
+        assert_eq!(
+            t.cooldown_totals(),
+            (1, Duration::from_millis(1099), Duration::from_millis(1099))
         );
     }
 
