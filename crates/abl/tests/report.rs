@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Mock, abl, run, stderr};
+use common::{Mock, TEST_KEY, run, run_against, stderr, write_input};
 
 /// The charts and tables every full report has.
 const CHARTS: [&str; 6] = [
@@ -24,36 +23,15 @@ const CHARTS: [&str; 6] = [
 ];
 const TABLES: [&str; 4] = ["summary", "tokens", "failures", "run"];
 
-fn write_input(path: &Path, n: usize) {
-    let mut lines = String::new();
-    for i in 0..n {
-        let _ = writeln!(
-            lines,
-            "{{\"id\":\"row-{i:04}\",\"prompt\":\"Summarize row {i} in a line\"}}"
-        );
-    }
-    std::fs::write(path, lines).unwrap();
-}
-
-fn run_against(mock: &Mock, input: &Path, out: &Path, checkpoint: &Path) {
-    let o = abl()
-        .env("OPENAI_API_KEY", "sk-report-test-key-0123456789")
-        .args([
-            "run",
-            input.to_str().unwrap(),
-            "--model",
-            "openai:gpt-4o-mini",
-            "--base-url",
-            &format!("{}/v1", mock.url),
-            "-o",
-            out.to_str().unwrap(),
-            "--checkpoint",
-            checkpoint.to_str().unwrap(),
-            "-c",
-            "16",
-        ])
-        .output()
-        .unwrap();
+fn run_rough(mock: &Mock, input: &Path, out: &Path, checkpoint: &Path) {
+    let o = run_against(
+        mock,
+        input,
+        out,
+        &["--checkpoint", checkpoint.to_str().unwrap(), "-c", "16"],
+    )
+    .output()
+    .unwrap();
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", stderr(&o));
 }
 
@@ -104,9 +82,9 @@ fn a_rough_run(dir: &Path) -> (PathBuf, PathBuf) {
     write_input(&first, 400);
     write_input(&all, 800);
     let checkpoint = dir.join("run.sqlite");
-    run_against(&mock, &first, &dir.join("out1.jsonl"), &checkpoint);
+    run_rough(&mock, &first, &dir.join("out1.jsonl"), &checkpoint);
     let out = dir.join("out2.jsonl");
-    run_against(&mock, &all, &out, &checkpoint);
+    run_rough(&mock, &all, &out, &checkpoint);
     (checkpoint, out)
 }
 
@@ -130,7 +108,7 @@ fn check_markup(html: &str, replays: bool) {
     }
     assert!(html.contains("class=\"cooldown\""), "no cooldown drawn");
     assert!(
-        html.contains("insufficient balance") && html.contains("row-"),
+        html.contains("insufficient balance") && html.contains("<code>r0"),
         "failures without examples"
     );
     assert_eq!(html.contains("replayed"), replays);
@@ -138,7 +116,7 @@ fn check_markup(html: &str, replays: bool) {
     for fetch in ["<script", "src=", "href=\"http", "@import", "url("] {
         assert!(!html.contains(fetch), "{fetch} in the report");
     }
-    assert!(!html.contains("sk-report-test"), "the key leaked");
+    assert!(!html.contains(&TEST_KEY[..14]), "the key leaked");
 }
 
 #[test]
@@ -273,26 +251,21 @@ fn a_report_of_a_run_still_going_says_so() {
     let input = dir.path().join("in.jsonl");
     write_input(&input, 400);
     let checkpoint = dir.path().join("live.sqlite");
-    let mut child = abl()
-        .env("OPENAI_API_KEY", "sk-report-test-key-0123456789")
-        .args([
-            "run",
-            input.to_str().unwrap(),
-            "--model",
-            "openai:gpt-4o-mini",
-            "--base-url",
-            &format!("{}/v1", mock.url),
-            "-o",
-            dir.path().join("out.jsonl").to_str().unwrap(),
+    let mut child = run_against(
+        &mock,
+        &input,
+        &dir.path().join("out.jsonl"),
+        &[
             "--checkpoint",
             checkpoint.to_str().unwrap(),
             "-c",
             "2",
             "--no-progress",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+    )
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
     // Wait for some records (the run takes about 20 s in all).
     let html = dir.path().join("live.html");
     let started = Instant::now();

@@ -8,53 +8,61 @@
 
 mod common;
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use async_batch_llm::testing::RedisServer;
-use common::{Mock, abl, run, stderr};
+use common::{Mock, run, run_against, stderr, write_input};
 use serde_json::Value;
-
-const KEY: &str = "sk-shared-limits-test-0123456789";
-
-fn write_input(path: &Path, n: usize) {
-    let mut lines = String::new();
-    for i in 0..n {
-        let _ = writeln!(
-            lines,
-            "{{\"id\":\"r{i:05}\",\"prompt\":\"Summarize row {i} of the table in one line\"}}"
-        );
-    }
-    std::fs::write(path, lines).unwrap();
-}
 
 /// `abl run` of shard `k/n` against `mock`, with `extra` flags.
 fn shard(mock: &Mock, input: &Path, out: &Path, k: usize, n: usize, extra: &[String]) -> Child {
-    let mut c = abl();
-    c.env("OPENAI_API_KEY", KEY)
-        .args([
-            "run",
-            input.to_str().unwrap(),
-            "--model",
-            "openai:gpt-4o-mini",
-            "--base-url",
-            &format!("{}/v1", mock.url),
-            "--shard",
-            &format!("{k}/{n}"),
-            "-o",
-            out.to_str().unwrap(),
-            "-c",
-            "16",
-            "--no-progress",
-            "--progress-interval",
-            "1",
-        ])
-        .args(extra)
+    let shard = format!("{k}/{n}");
+    let mut flags = vec![
+        "--shard",
+        &shard,
+        "-c",
+        "16",
+        "--no-progress",
+        "--progress-interval",
+        "1",
+    ];
+    flags.extend(extra.iter().map(String::as_str));
+    run_against(mock, input, out, &flags)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    c.spawn().unwrap()
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A mock with a quota of 60 requests in any 5 s, reported in headers.
+fn small_quota(latency_ms: &str) -> Mock {
+    Mock::start(&[
+        "--rpm",
+        "60",
+        "--tpm",
+        "1000000",
+        "--quota-window-secs",
+        "5",
+        "--latency-ms",
+        latency_ms,
+    ])
+}
+
+/// `n` input items and the outputs of `shards` shards, in `dir`.
+fn job(dir: &Path, n: usize, shards: usize) -> (PathBuf, Vec<PathBuf>) {
+    let input = dir.join("in.jsonl");
+    write_input(&input, n);
+    let outs = (0..shards)
+        .map(|k| dir.join(format!("out{k}.jsonl")))
+        .collect();
+    (input, outs)
+}
+
+/// Requests the mock has received.
+fn requests(mock: &Mock) -> u64 {
+    mock.get("/stats")["requests"].as_u64().unwrap()
 }
 
 /// Waits for a process; its exit code and stderr.
@@ -83,9 +91,7 @@ fn merged_exactly_once(dir: &Path, input: &Path, outs: &[PathBuf]) {
 /// stats when they are done.
 fn four_shards(dir: &Path, n: usize, mock_flags: &[&str], extra: &[String]) -> Value {
     let mock = Mock::start(mock_flags);
-    let input = dir.join("in.jsonl");
-    write_input(&input, n);
-    let outs: Vec<PathBuf> = (0..4).map(|k| dir.join(format!("out{k}.jsonl"))).collect();
+    let (input, outs) = job(dir, n, 4);
     let children: Vec<Child> = outs
         .iter()
         .enumerate()
@@ -187,22 +193,9 @@ fn a_killed_shard_resumed_completes_exactly_once_within_the_quota() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let mock = Mock::start(&[
-        "--rpm",
-        "60",
-        "--tpm",
-        "1000000",
-        "--quota-window-secs",
-        "5",
-        "--latency-ms",
-        "40",
-    ]);
+    let mock = small_quota("40");
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    write_input(&input, 240);
-    let outs: Vec<PathBuf> = (0..2)
-        .map(|k| dir.path().join(format!("out{k}.jsonl")))
-        .collect();
+    let (input, outs) = job(dir.path(), 240, 2);
     let with = |k: usize| {
         vec![
             "--shared-limits".to_owned(),
@@ -239,22 +232,9 @@ fn redis_going_away_pauses_the_calls_and_the_run_completes() {
     };
     let port = redis.port();
     let url = redis.url();
-    let mock = Mock::start(&[
-        "--rpm",
-        "60",
-        "--tpm",
-        "1000000",
-        "--quota-window-secs",
-        "5",
-        "--latency-ms",
-        "30",
-    ]);
+    let mock = small_quota("30");
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    write_input(&input, 200);
-    let outs: Vec<PathBuf> = (0..2)
-        .map(|k| dir.path().join(format!("out{k}.jsonl")))
-        .collect();
+    let (input, outs) = job(dir.path(), 200, 2);
     let extra = ["--shared-limits".to_owned(), url];
     let children: Vec<Child> = outs
         .iter()
@@ -266,9 +246,9 @@ fn redis_going_away_pauses_the_calls_and_the_run_completes() {
     // Calls admitted before it went have arrived within a second; after
     // that, none while it is away.
     std::thread::sleep(Duration::from_secs(1));
-    let before = mock.get("/stats")["requests"].as_u64().unwrap();
+    let before = requests(&mock);
     std::thread::sleep(Duration::from_secs(4));
-    let during = mock.get("/stats")["requests"].as_u64().unwrap() - before;
+    let during = requests(&mock) - before;
     let _back = RedisServer::start_on(port).unwrap();
     let mut told = false;
     for c in children {
@@ -316,22 +296,9 @@ fn with_a_local_share_the_calls_go_on_while_redis_is_away() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let mock = Mock::start(&[
-        "--rpm",
-        "60",
-        "--tpm",
-        "1000000",
-        "--quota-window-secs",
-        "5",
-        "--latency-ms",
-        "30",
-    ]);
+    let mock = small_quota("30");
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    write_input(&input, 200);
-    let outs: Vec<PathBuf> = (0..2)
-        .map(|k| dir.path().join(format!("out{k}.jsonl")))
-        .collect();
+    let (input, outs) = job(dir.path(), 200, 2);
     let extra = [
         "--shared-limits".to_owned(),
         redis.url(),
@@ -345,9 +312,9 @@ fn with_a_local_share_the_calls_go_on_while_redis_is_away() {
         .collect();
     std::thread::sleep(Duration::from_secs(2));
     drop(redis);
-    let before = mock.get("/stats")["requests"].as_u64().unwrap();
+    let before = requests(&mock);
     std::thread::sleep(Duration::from_secs(8));
-    let during = mock.get("/stats")["requests"].as_u64().unwrap() - before;
+    let during = requests(&mock) - before;
     for c in children {
         let (code, err) = finish(c);
         assert_eq!(code, Some(0), "{err}");

@@ -105,3 +105,38 @@ impl Mock {
         serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap()
     }
 }
+
+/// Writes `n` JSONL items (`r00000`, …) to `path`.
+pub fn write_input(path: &Path, n: usize) {
+    use std::fmt::Write as _;
+    let mut lines = String::new();
+    for i in 0..n {
+        let _ = writeln!(
+            lines,
+            "{{\"id\":\"r{i:05}\",\"prompt\":\"Summarize row {i} of the table in one line\"}}"
+        );
+    }
+    std::fs::write(path, lines).unwrap();
+}
+
+/// The key the tests give runs against an external mock.
+pub const TEST_KEY: &str = "sk-abl-test-key-0123456789";
+
+/// `abl run INPUT --model openai:gpt-4o-mini` against `mock`, with
+/// `-o OUT` and `extra` flags, a test key in its environment.
+pub fn run_against(mock: &Mock, input: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = abl();
+    c.env("OPENAI_API_KEY", TEST_KEY)
+        .args([
+            "run",
+            input.to_str().unwrap(),
+            "--model",
+            "openai:gpt-4o-mini",
+            "--base-url",
+            &format!("{}/v1", mock.url),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .args(extra);
+    c
+}
