@@ -18,8 +18,8 @@ use super::prepare::PrepareOnce;
 use crate::error::{CallError, ErrorCategory, ErrorClassifier, RetryDecision};
 use crate::item::{Item, Prompt};
 use crate::limit::{
-    Attempt, AttemptEnd, CooldownOutcome, LimitSource, Outcome, Scope, ScopeChange, SharedQuota,
-    SharedScope, SharedTicket, TokenEstimator, Verdict,
+    Attempt, AttemptEnd, CooldownOutcome, Outcome, Scope, ScopeChange, SharedScope, SharedTicket,
+    TokenEstimator, Verdict,
 };
 use crate::observe::{Event, EventSink};
 use crate::result::{ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming};
@@ -384,6 +384,7 @@ async fn admit<'r, S: Strategy>(
     run: &'r Run<S>,
     prompt: &Prompt,
     deadline: Option<Instant>,
+    acct: &Acct,
 ) -> Result<(Attempt<'r>, Admitted<'r>, Duration), Fail> {
     let mut attempt = tokio::select! {
         biased;
@@ -437,7 +438,7 @@ async fn admit<'r, S: Strategy>(
     let (ticket, shared_cooldown) = match run.scope.shared().filter(|_| !run.dry_run_mode) {
         None => (None, Duration::ZERO),
         Some(shared) => {
-            let (t, waited) = shared_admit(run, shared, estimated, deadline).await?;
+            let (t, waited) = shared_admit(run, shared, estimated, deadline, acct).await?;
             (Some(t), waited)
         }
     };
@@ -464,7 +465,7 @@ async fn admit_timed<'r, S: Strategy>(
     cooldown_wait: Duration,
 ) -> Result<(Attempt<'r>, Admitted<'r>, Duration, Duration), Fail> {
     let t1 = Instant::now();
-    let (place, admitted, shared_cooldown) = admit(run, prompt, deadline).await?;
+    let (place, admitted, shared_cooldown) = admit(run, prompt, deadline, acct).await?;
     let shared_cooldown = micros(shared_cooldown);
     let admission_wait = micros(t1.elapsed().saturating_sub(shared_cooldown));
     acct.timing.admission_wait += admission_wait;
@@ -486,17 +487,9 @@ async fn shared_admit<S: Strategy>(
     shared: &Arc<SharedScope>,
     tokens: u64,
     deadline: Option<Instant>,
+    acct: &Acct,
 ) -> Result<(SharedTicket, Duration), Fail> {
-    // A limit this process learned at a wall is what got through to it
-    // alone, a share of the quota: not the quota every process shares.
-    let limits = run.scope.limits_in_force();
-    let told = |s: LimitSource| s != LimitSource::Learned;
-    let quota = SharedQuota {
-        rpm: limits.rpm.filter(|r| told(r.1)).map(|r| r.0),
-        tpm: limits.tpm.filter(|t| told(t.1)).map(|t| t.0),
-        span: run.scope.known_window_span(),
-        margin: run.scope.settings().limits.margin,
-    };
+    let quota = run.scope.shared_quota();
     let mut in_cooldown = Duration::ZERO;
     loop {
         let (wait, cooldown) = match shared.admit(quota, tokens).await {
@@ -510,10 +503,7 @@ async fn shared_admit<S: Strategy>(
         let wait = wait + Duration::from_millis(20).mul_f64(crate::rand::unit());
         let until = Instant::now() + wait;
         if cooldown && deadline.is_some_and(|d| until > d) {
-            return Err(Fail::Item(ItemError::new(
-                ErrorCategory::ItemDeadline,
-                "item deadline would pass during a rate-limit cooldown (shared)".to_owned(),
-            )));
+            return Err(deadline_fail("a rate-limit cooldown", acct));
         }
         sleep_or_stop(until, &run.stop).await?;
         if cooldown {

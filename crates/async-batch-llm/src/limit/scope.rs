@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::recent::Recent;
 use super::settle::Settle;
-use super::shared::SharedScope;
+use super::shared::{SharedQuota, SharedScope};
 
 const MINUTE: Duration = Duration::from_secs(60);
 use super::{
@@ -173,11 +173,16 @@ impl Sources {
     /// The window the limits are enforced over: a minute when the user set
     /// one (flags mean "in any rolling minute"), else the provider's.
     fn span(&self) -> Duration {
+        self.known_span().unwrap_or(MINUTE)
+    }
+
+    /// [`span`](Self::span) when it is known: not the default minute.
+    fn known_span(&self) -> Option<Duration> {
         let flag = |src: Option<LimitSource>| src == Some(LimitSource::Flag);
         if flag(self.rpm.map(|r| r.1)) || flag(self.tpm.map(|t| t.1)) {
-            return MINUTE;
+            return Some(MINUTE);
         }
-        self.span.unwrap_or(MINUTE)
+        self.span
     }
 }
 
@@ -289,15 +294,19 @@ impl Scope {
         }
     }
 
-    /// The window its limits are enforced over, when known: a minute for
-    /// limits the user set, else the one the provider resets within.
-    pub fn known_window_span(&self) -> Option<Duration> {
+    /// The limits this scope brings to the limits shared with other
+    /// processes: those the user set or the provider's headers reported,
+    /// and their window when known. A limit learned at a wall is left out:
+    /// it is what got through to this process alone, a share of the quota,
+    /// not the quota every process shares.
+    pub fn shared_quota(&self) -> SharedQuota {
         let s = self.lock();
-        let flag = |src: Option<LimitSource>| src == Some(LimitSource::Flag);
-        if flag(s.rpm.map(|r| r.1)) || flag(s.tpm.map(|t| t.1)) {
-            Some(MINUTE)
-        } else {
-            s.span
+        let told = |src: LimitSource| src != LimitSource::Learned;
+        SharedQuota {
+            rpm: s.rpm.filter(|r| told(r.1)).map(|r| r.0),
+            tpm: s.tpm.filter(|t| told(t.1)).map(|t| t.0),
+            span: s.known_span(),
+            margin: self.settings.limits.margin,
         }
     }
 
