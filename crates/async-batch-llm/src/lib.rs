@@ -180,7 +180,7 @@ pub use limit::{
 };
 pub use limit::{
     Grant, RETRY_UNREACHABLE, Reserved, SharedError, SharedFallback, SharedLimits,
-    SharedLimitsHandle, SharedQuota, SharedScope, SharedStatus, SharedTicket,
+    SharedLimitsHandle, SharedQuota, SharedScope, SharedStatus, SharedTicket, SharedWait,
 };
 pub use model::{
     DynModel, LlmRequest, LlmResponse, Model, ModelStrategy, RequestDefaults, ResponseMetadata,

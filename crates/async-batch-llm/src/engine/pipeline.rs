@@ -19,7 +19,7 @@ use crate::error::{CallError, ErrorCategory, ErrorClassifier, RetryDecision};
 use crate::item::{Item, Prompt};
 use crate::limit::{
     Attempt, AttemptEnd, CooldownOutcome, Outcome, Scope, ScopeChange, SharedScope, SharedTicket,
-    TokenEstimator, Verdict,
+    SharedWait, TokenEstimator, Verdict,
 };
 use crate::observe::{Event, EventSink};
 use crate::result::{ItemError, ItemResult, ItemTiming, Termination, TerminationReason, TryTiming};
@@ -497,7 +497,8 @@ async fn shared_admit<S: Strategy>(
                 run.scope.follow_shared_decreases();
                 return Ok((ticket, in_cooldown));
             }
-            Err(wait) => wait,
+            Err(SharedWait::Window(d)) => (d, false),
+            Err(SharedWait::Cooldown(d)) => (d, true),
         };
         // Processes woken by the same free place spread out a little.
         let wait = wait + Duration::from_millis(20).mul_f64(crate::rand::unit());

@@ -40,7 +40,7 @@ pub use scope::{
 };
 pub use shared::{
     Grant, RETRY_UNREACHABLE, Reserved, SharedError, SharedFallback, SharedLimits,
-    SharedLimitsHandle, SharedQuota, SharedScope, SharedTicket,
+    SharedLimitsHandle, SharedQuota, SharedScope, SharedTicket, SharedWait,
 };
 pub use signal::{Outcome, Signals, Verdict};
 pub use window::{Window, WindowPermit, WindowView};

@@ -56,6 +56,15 @@ pub struct Reserved {
     pub decreases: u64,
 }
 
+/// Why an attempt must wait before it asks the shared limits again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedWait {
+    /// The window is full, or the store is away: this long.
+    Window(Duration),
+    /// A process got a 429: the scope's cooldown ends after this long.
+    Cooldown(Duration),
+}
+
 /// A failure to reach or use the shared store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("shared limits ({backend}): {message}")]
@@ -266,13 +275,13 @@ impl SharedScope {
         self: &Arc<Self>,
         quota: SharedQuota,
         tokens: u64,
-    ) -> Result<SharedTicket, (Duration, bool)> {
+    ) -> Result<SharedTicket, SharedWait> {
         let probe = self.away().probe_after.is_none_or(|t| Instant::now() >= t);
         if probe {
             match self.reserve(quota, tokens).await {
                 Ok(Grant::Admitted(id)) => return Ok(self.ticket(id)),
-                Ok(Grant::Wait(d)) => return Err((d, false)),
-                Ok(Grant::Cooldown(d)) => return Err((d, true)),
+                Ok(Grant::Wait(d)) => return Err(SharedWait::Window(d)),
+                Ok(Grant::Cooldown(d)) => return Err(SharedWait::Cooldown(d)),
                 Err(_) => {
                     self.away().probe_after = Some(Instant::now() + RETRY_UNREACHABLE);
                 }
@@ -280,10 +289,10 @@ impl SharedScope {
         }
         // No share without a limit to divide: pause then too.
         let SharedFallback::LocalShare(n) = self.fallback else {
-            return Err((RETRY_UNREACHABLE, false));
+            return Err(SharedWait::Window(RETRY_UNREACHABLE));
         };
         if quota.rpm.is_none() && quota.tpm.is_none() {
-            return Err((RETRY_UNREACHABLE, false));
+            return Err(SharedWait::Window(RETRY_UNREACHABLE));
         }
         let share = Arc::clone(self.away().share.get_or_insert_with(|| {
             // This process's share, over the provider's window, counting
@@ -315,7 +324,7 @@ impl SharedScope {
                 held: Held::Local(Some(r), share),
                 done: false,
             }),
-            Err(_) => Err((RETRY_UNREACHABLE, false)),
+            Err(_) => Err(SharedWait::Window(RETRY_UNREACHABLE)),
         }
     }
 
@@ -599,7 +608,7 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(
                 scope.admit(quota(), 1).await.err(),
-                Some((RETRY_UNREACHABLE, false))
+                Some(SharedWait::Window(RETRY_UNREACHABLE))
             );
         }
         assert_eq!(
