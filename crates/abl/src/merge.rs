@@ -4,11 +4,10 @@
 //! When a check fails `OUT` is left as it was and the message names the
 //! file and line.
 
-use std::io::{BufRead as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use async_batch_llm::{ItemResult, SummaryCollector, Termination};
-use serde_json::Value;
+use async_batch_llm::{SummaryCollector, Termination};
 
 use crate::exit::{self, UsageError};
 use crate::input::{Format, IdSet, Mapping, Reader, Template};
@@ -146,30 +145,9 @@ fn join(
 ) -> Result<(IdSet, SummaryCollector), UsageError> {
     let mut seen = IdSet::default();
     let mut summary = SummaryCollector::default();
-    let mut line = String::new();
     for file in files {
-        let f = std::fs::File::open(file)
-            .map_err(|e| usage(format!("{}: cannot open: {e}", file.display())))?;
-        let mut reader = std::io::BufReader::new(f);
-        for n in 1.. {
-            line.clear();
-            let read = reader
-                .read_line(&mut line)
-                .map_err(|e| usage(format!("{}:{n}: cannot read: {e}", file.display())))?;
-            if read == 0 {
-                break;
-            }
-            if line.trim().is_empty() {
-                continue;
-            }
+        let tail = crate::output::read_results(file, |n, line, r| {
             let place = format!("{}:{n}", file.display());
-            if !line.ends_with('\n') {
-                return Err(usage(format!(
-                    "{place}: the last line is incomplete; is that shard still running?"
-                )));
-            }
-            let r: ItemResult<Value> = serde_json::from_str(&line)
-                .map_err(|e| usage(format!("{place}: not a result record of abl run: {e}")))?;
             if expected.is_some_and(|ids| !ids.contains(&r.id)) {
                 return Err(usage(format!(
                     "{place}: id {:?} is not in the input; is this an output of another job?",
@@ -183,8 +161,16 @@ fn join(
                 )));
             }
             summary.add(&r);
+            let newline: &[u8] = if line.ends_with('\n') { b"" } else { b"\n" };
             out.write_all(line.as_bytes())
-                .map_err(|e| usage(format!("{}: cannot write: {e}", out.target().display())))?;
+                .and_then(|()| out.write_all(newline))
+                .map_err(|e| usage(format!("{}: cannot write: {e}", out.target().display())))
+        })?;
+        if tail == crate::output::Tail::Torn {
+            return Err(usage(format!(
+                "{}: the last line is incomplete; is that shard still running?",
+                file.display()
+            )));
         }
     }
     Ok((seen, summary))

@@ -142,3 +142,94 @@ impl Results {
         Ok(self.failure)
     }
 }
+
+/// How reading an output file ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// Every line was a whole record.
+    Whole,
+    /// The last line was cut short (no newline, not a whole record): a run
+    /// is still writing it, or died mid-write. It was not read.
+    Torn,
+}
+
+/// Reads the results of an output file of `abl run` (or its partial file)
+/// one at a time into `each` (with the line's number and text), skipping
+/// blank lines. A line that is not a result is an error naming the file
+/// and line; a torn last line is left for the caller to judge.
+pub fn read_results(
+    path: &Path,
+    mut each: impl FnMut(u64, &str, ItemResult<Value>) -> Result<(), crate::exit::UsageError>,
+) -> Result<Tail, crate::exit::UsageError> {
+    use std::io::BufRead as _;
+    let usage = |m: String| crate::exit::UsageError(m);
+    let f = std::fs::File::open(path)
+        .map_err(|e| usage(format!("{}: cannot open: {e}", path.display())))?;
+    let mut reader = std::io::BufReader::new(f);
+    let mut line = String::new();
+    for n in 1.. {
+        line.clear();
+        let read = reader
+            .read_line(&mut line)
+            .map_err(|e| usage(format!("{}:{n}: cannot read: {e}", path.display())))?;
+        if read == 0 {
+            break;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r: ItemResult<Value> = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            // A last line cut short by a writer still at work (or killed).
+            Err(_) if !line.ends_with('\n') => return Ok(Tail::Torn),
+            Err(e) => {
+                return Err(usage(format!(
+                    "{}:{n}: not a result record of abl run ({e})",
+                    path.display()
+                )));
+            }
+        };
+        each(n, &line, r)?;
+    }
+    Ok(Tail::Whole)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINE: &str = r#"{"id":"a","index":0,"ok":true,"output":"x","usage":{"input_tokens":1,"output_tokens":1,"total_tokens":2},"attempts":1,"tries":1,"timing":{"total_ms":1.0,"cooldown_wait_ms":0.0,"admission_wait_ms":0.0,"execution_ms":1.0,"backoff_ms":0.0,"tries":[]},"replayed":false}"#;
+
+    fn read(text: &str) -> (Result<Tail, String>, Vec<u64>) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.jsonl");
+        std::fs::write(&p, text).unwrap();
+        let mut lines = Vec::new();
+        let r = read_results(&p, |n, _, _| {
+            lines.push(n);
+            Ok(())
+        });
+        (r.map_err(|e| e.0), lines)
+    }
+
+    #[test]
+    fn whole_lines_torn_tails_and_bad_lines() {
+        assert_eq!(
+            read(&format!("{LINE}\n\n{LINE}\n")),
+            (Ok(Tail::Whole), vec![1, 3])
+        );
+        // A whole record without its newline is still a record.
+        assert_eq!(
+            read(&format!("{LINE}\n{LINE}")),
+            (Ok(Tail::Whole), vec![1, 2])
+        );
+        // Cut short while being written: left out, and said.
+        assert_eq!(
+            read(&format!("{LINE}\n{{\"id\":\"b\",\"in")),
+            (Ok(Tail::Torn), vec![1])
+        );
+        let (r, _) = read(&format!("{LINE}\nnot json\n{LINE}\n"));
+        let e = r.unwrap_err();
+        assert!(e.contains("out.jsonl:2: not a result record"), "{e}");
+    }
+}

@@ -8,8 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_batch_llm::store::{CHECKPOINT_SCHEMA, Identity, KnownIdentity};
-use async_batch_llm::{ItemResult, Prices, RunSummary, SummaryCollector, Termination};
-use serde_json::Value;
+use async_batch_llm::{Prices, RunSummary, SummaryCollector, Termination};
 
 use crate::checkpoint::{is_sqlite, open_read_only};
 use crate::exit::{self, UsageError};
@@ -114,23 +113,16 @@ fn checkpoint_summary(file: &Path) -> Result<SummaryCollector, UsageError> {
 }
 
 fn output_summary(file: &Path) -> Result<SummaryCollector, UsageError> {
-    let f = std::fs::File::open(file)
-        .map_err(|e| usage(format!("{}: cannot open: {e}", file.display())))?;
     let mut c = SummaryCollector::default();
-    for (n, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line =
-            line.map_err(|e| usage(format!("{}:{}: cannot read: {e}", file.display(), n + 1)))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let r: ItemResult<Value> = serde_json::from_str(&line).map_err(|e| {
-            usage(format!(
-                "{}:{}: not a result record: {e}",
-                file.display(),
-                n + 1
-            ))
-        })?;
+    let tail = crate::output::read_results(file, |_, _, r| {
         c.add(&r);
+        Ok(())
+    })?;
+    if tail == crate::output::Tail::Torn {
+        return Err(usage(format!(
+            "{}: the last line is incomplete; is the run still writing it?",
+            file.display()
+        )));
     }
     Ok(c)
 }

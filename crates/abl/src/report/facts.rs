@@ -2,7 +2,6 @@
 //! (a checkpoint or an output file, finished or still being written).
 
 use std::collections::BTreeMap;
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -209,8 +208,6 @@ impl Facts {
     /// Reads every result of an output file. A last line without its
     /// newline is one still being written: it is left out.
     pub fn of_output(path: &Path) -> Result<Self, UsageError> {
-        let f = std::fs::File::open(path)
-            .map_err(|e| usage(format!("{}: cannot open: {e}", path.display())))?;
         let mut facts = Self::new(path, Source::Output);
         facts.models.insert(
             String::new(),
@@ -222,33 +219,12 @@ impl Facts {
             },
         );
         let mut collector = SummaryCollector::default();
-        let mut reader = std::io::BufReader::new(f);
-        let mut line = String::new();
-        for n in 1.. {
-            line.clear();
-            let read = reader
-                .read_line(&mut line)
-                .map_err(|e| usage(format!("{}:{n}: cannot read: {e}", path.display())))?;
-            if read == 0 {
-                break;
-            }
-            if line.trim().is_empty() {
-                continue;
-            }
-            match serde_json::from_str::<ItemResult<Value>>(&line) {
-                Ok(r) => {
-                    collector.add(&r);
-                    facts.add("", &r);
-                }
-                Err(_) if !line.ends_with('\n') => facts.torn_tail = true,
-                Err(e) => {
-                    return Err(usage(format!(
-                        "{}:{n}: not a result record ({e}); abl report reads a checkpoint or an output file of abl run",
-                        path.display()
-                    )));
-                }
-            }
-        }
+        let tail = crate::output::read_results(path, |_, _, r| {
+            collector.add(&r);
+            facts.add("", &r);
+            Ok(())
+        })?;
+        facts.torn_tail = tail == crate::output::Tail::Torn;
         facts.finish(collector);
         Ok(facts)
     }
