@@ -30,6 +30,7 @@
 mod cache;
 pub mod config;
 pub mod markers;
+pub mod parts;
 mod quota;
 mod rate_headers;
 mod replay;

@@ -44,6 +44,15 @@ pub struct Stats {
     /// so a test can prove every input was embedded exactly once.
     #[serde(default)]
     pub embedded_inputs: u64,
+    /// Images, documents and audio received inline (every parsed request).
+    #[serde(default)]
+    pub parts_inline: u64,
+    /// Parts received as URLs.
+    #[serde(default)]
+    pub parts_by_url: u64,
+    /// Decoded bytes of the inline parts.
+    #[serde(default)]
+    pub part_bytes: u64,
     /// Requests answered (not 429) in each second since the first request
     /// (at most a day), so a test can check any rolling window.
     #[serde(default)]
@@ -160,6 +169,23 @@ impl Recorder {
             .entry(label.to_owned())
             .or_default() += 1;
         inner.stats.tokens += tokens;
+    }
+
+    /// Counts the parts of a parsed request.
+    pub fn parts_seen(&self, parts: &[crate::parts::PartSeen]) {
+        if parts.is_empty() {
+            return;
+        }
+        let mut g = self.lock();
+        for p in parts {
+            match &p.source {
+                crate::parts::PartSource::Inline { bytes, .. } => {
+                    g.stats.parts_inline += 1;
+                    g.stats.part_bytes += bytes;
+                }
+                crate::parts::PartSource::Url(_) => g.stats.parts_by_url += 1,
+            }
+        }
     }
 
     /// `n` inputs were embedded.

@@ -3,6 +3,7 @@
 use serde_json::{Value, json};
 
 use crate::config::{Fault, Hint};
+use crate::parts::parts_of;
 
 /// A provider wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,8 @@ pub struct MockRequest {
     pub has_system_field: bool,
     /// Anthropic: the text up to the last `cache_control` breakpoint.
     pub cache_prefix: Option<String>,
+    /// Images, documents and audio of the messages, in order.
+    pub parts: Vec<crate::parts::PartSeen>,
 }
 
 /// Text of a content that is a string or a list of parts with `text`.
@@ -129,6 +132,9 @@ pub fn parse(format: Format, body: &Value, model: Option<&str>) -> Result<MockRe
                 Some(Value::String(s)) => push("user", s.clone(), &mut r),
                 Some(Value::Array(items)) => {
                     for it in items {
+                        if let Some(c) = it.get("content") {
+                            r.parts.extend(parts_of(format, c)?);
+                        }
                         let role = it.get("role").and_then(Value::as_str).unwrap_or("user");
                         push(
                             role,
@@ -159,6 +165,9 @@ pub fn parse(format: Format, body: &Value, model: Option<&str>) -> Result<MockRe
                 .and_then(Value::as_array)
                 .ok_or("missing required field 'messages'")?;
             for m in msgs {
+                if let Some(c) = m.get("content") {
+                    r.parts.extend(parts_of(format, c)?);
+                }
                 let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
                 push(
                     role,
@@ -207,6 +216,9 @@ pub fn parse(format: Format, body: &Value, model: Option<&str>) -> Result<MockRe
                 .and_then(Value::as_array)
                 .ok_or("missing required field 'contents'")?;
             for c in contents {
+                if let Some(p) = c.get("parts") {
+                    r.parts.extend(parts_of(format, p)?);
+                }
                 let role = c.get("role").and_then(Value::as_str).unwrap_or("user");
                 push(
                     role,
@@ -254,6 +266,9 @@ pub fn parse(format: Format, body: &Value, model: Option<&str>) -> Result<MockRe
                 .and_then(Value::as_array)
                 .ok_or("messages: Field required")?;
             for m in msgs {
+                if let Some(c) = m.get("content") {
+                    r.parts.extend(parts_of(format, c)?);
+                }
                 let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
                 let content = m.get("content").map(text_of).unwrap_or_default();
                 prefix.push_str(&content);

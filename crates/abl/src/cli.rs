@@ -230,6 +230,11 @@ run_args! {
     /// Prompt template over the record's fields, e.g. "Classify: {text}".
     #[arg(long, env = "ABL_TEMPLATE")]
     template: Option<String>,
+    /// Field holding a file to send with the prompt: a path (relative to
+    /// the input file), a URL, or a data: URL; images, PDFs, audio.
+    /// Repeatable.
+    #[arg(long, value_name = "FIELD", env = "ABL_ATTACH", value_delimiter = ',')]
+    attach: Option<Vec<String>>,
     /// System instruction for every call.
     #[arg(long, env = "ABL_SYSTEM")]
     system: Option<String>,

@@ -303,6 +303,8 @@ fn mapping(args: &EmbedArgs) -> Result<Mapping, UsageError> {
             .map(Template::parse)
             .transpose()
             .map_err(|e| usage(format!("--template: {e}")))?,
+        attach: Vec::new(),
+        base_dir: None,
     })
 }
 

@@ -5,7 +5,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-use async_batch_llm::{Item, Message, Prompt, Role};
+use async_batch_llm::attachment::parse_content;
+use async_batch_llm::{Attachment, Item, Message, Prompt, Role};
 use serde_json::{Map, Value};
 
 /// The input formats.
@@ -70,8 +71,20 @@ enum Part {
 }
 
 impl Template {
-    /// Parses a template; an unclosed or empty placeholder is an error.
+    /// Parses a template; an unclosed or empty placeholder is an error, and
+    /// so is a template without one (every item would ask the same).
     pub fn parse(t: &str) -> Result<Self, String> {
+        let parsed = Self::parse_fixed(t)?;
+        if !parsed.parts.iter().any(|p| matches!(p, Part::Field(_))) {
+            return Err("template: it has no {field} placeholder".into());
+        }
+        Ok(parsed)
+    }
+
+    /// Parses a template that may have no placeholder: the prompt of items
+    /// that differ by their attachments ("Extract the total of this
+    /// invoice" with `--attach`).
+    pub fn parse_fixed(t: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut text = String::new();
         let mut chars = t.char_indices().peekable();
@@ -117,9 +130,6 @@ impl Template {
         if !text.is_empty() {
             parts.push(Part::Text(text));
         }
-        if !parts.iter().any(|p| matches!(p, Part::Field(_))) {
-            return Err("template: it has no {field} placeholder".into());
-        }
         Ok(Self { parts })
     }
 
@@ -151,6 +161,12 @@ pub struct Mapping {
     pub prompt_field: String,
     /// A prompt template over the record's fields.
     pub template: Option<Template>,
+    /// Fields holding a path, URL or data URL (or an array of them) to
+    /// attach to the prompt (`--attach`).
+    pub attach: Vec<String>,
+    /// Where relative attachment paths start: the input file's folder
+    /// (the working directory for stdin).
+    pub base_dir: Option<std::path::PathBuf>,
 }
 
 fn role(s: &str) -> Option<Role> {
@@ -213,16 +229,17 @@ impl Mapping {
             for (i, m) in list.iter().enumerate() {
                 let field = format!("messages[{i}]");
                 let r = m.get("role").and_then(Value::as_str).and_then(role);
-                let c = m.get("content").and_then(Value::as_str);
-                match (r, c) {
-                    (Some(r), Some(c)) => msgs.push(Message::new(r, c)),
-                    _ => {
-                        return Err(err(
-                            Some(&field),
-                            "needs a role (system, user, assistant) and a string content".into(),
-                        ));
-                    }
-                }
+                let (Some(r), Some(c)) = (r, m.get("content")) else {
+                    return Err(err(
+                        Some(&field),
+                        "needs a role (system, user, assistant) and a content (a string or an array of parts)".into(),
+                    ));
+                };
+                let (text, attachments) = parse_content(c, self.base_dir.as_deref())
+                    .map_err(|e| err(Some(&format!("{field}.content[{}]", e.index)), e.message))?;
+                let mut msg = Message::new(r, text);
+                msg.attachments = attachments;
+                msgs.push(msg);
             }
             if !msgs.iter().any(|m| m.role == Role::User) {
                 return Err(err(Some("messages"), "has no user message".into()));
@@ -235,12 +252,13 @@ impl Mapping {
                     .into(),
             ));
         };
+        let prompt = self.attached(prompt, &record, &err)?;
         let empty = match &prompt {
             Prompt::Text(t) => t.trim().is_empty(),
             Prompt::Messages(m) => m
                 .iter()
                 .filter(|m| m.role != Role::System)
-                .all(|m| m.content.trim().is_empty()),
+                .all(|m| m.content.trim().is_empty() && m.attachments.is_empty()),
         };
         if empty {
             let field = if self.template.is_some() {
@@ -261,6 +279,58 @@ impl Mapping {
             prompt,
             context,
         })
+    }
+}
+
+impl Mapping {
+    /// `prompt` with the `--attach` fields' files added to its last user
+    /// message (a plain text becomes a one-message chat).
+    fn attached(
+        &self,
+        prompt: Prompt,
+        record: &Map<String, Value>,
+        err: &dyn Fn(Option<&str>, String) -> InputError,
+    ) -> Result<Prompt, InputError> {
+        if self.attach.is_empty() {
+            return Ok(prompt);
+        }
+        let mut parts = Vec::new();
+        for field in &self.attach {
+            let refs: Vec<&str> = match record.get(field) {
+                Some(Value::String(s)) => vec![s.as_str()],
+                Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+                    a.iter().filter_map(Value::as_str).collect()
+                }
+                None | Some(Value::Null) => {
+                    return Err(err(Some(field), "is missing (--attach names it)".into()));
+                }
+                Some(_) => {
+                    return Err(err(
+                        Some(field),
+                        "must be a path, a URL or a data: URL (or an array of them)".into(),
+                    ));
+                }
+            };
+            for r in refs {
+                let r = r.trim();
+                if r.is_empty() {
+                    // An empty cell attaches nothing (a CSV row without a file).
+                    continue;
+                }
+                parts.push(
+                    Attachment::from_reference(r, self.base_dir.as_deref())
+                        .map_err(|e| err(Some(field), e))?,
+                );
+            }
+        }
+        let mut messages = match prompt {
+            Prompt::Text(t) => vec![Message::new(Role::User, t)],
+            Prompt::Messages(m) => m,
+        };
+        if let Some(last) = messages.iter_mut().rev().find(|m| m.role == Role::User) {
+            last.attachments.extend(parts);
+        }
+        Ok(Prompt::Messages(messages))
     }
 }
 
@@ -487,12 +557,14 @@ impl Reader {
 mod tests {
     use super::*;
 
-    fn mapping() -> Mapping {
+    pub(super) fn mapping() -> Mapping {
         Mapping {
             id_field: "id".into(),
             id_field_required: false,
             prompt_field: "prompt".into(),
             template: None,
+            attach: Vec::new(),
+            base_dir: None,
         }
     }
 
@@ -559,10 +631,8 @@ mod csv_tests {
         for eol in ["\n", "\r\n"] {
             std::fs::write(&p, format!("id,text{eol}a,\"multi\nline\"{eol}b,{eol}")).unwrap();
             let m = Mapping {
-                id_field: "id".into(),
-                id_field_required: false,
-                prompt_field: "prompt".into(),
                 template: Some(Template::parse("{text}").unwrap()),
+                ..super::tests::mapping()
             };
             let mut r = Reader::open(p.to_str().unwrap(), Format::Csv, m).unwrap();
             let first = r.next_item().unwrap().unwrap();
@@ -574,10 +644,8 @@ mod csv_tests {
             assert!(e.message.contains("empty"), "{e}");
             assert!(r.next_item().is_none());
             let m = Mapping {
-                id_field: "id".into(),
-                id_field_required: false,
-                prompt_field: "prompt".into(),
                 template: Some(Template::parse("{txt}").unwrap()),
+                ..super::tests::mapping()
             };
             let mut r = Reader::open(p.to_str().unwrap(), Format::Csv, m).unwrap();
             let e = r.next_item().unwrap().unwrap_err();

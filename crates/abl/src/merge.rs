@@ -30,6 +30,8 @@ fn id_mapping(id_field: Option<&str>) -> Mapping {
         id_field_required: id_field.is_some(),
         prompt_field: "prompt".to_owned(),
         template: Template::parse("-").ok(),
+        attach: Vec::new(),
+        base_dir: None,
     }
 }
 

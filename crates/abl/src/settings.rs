@@ -5,7 +5,7 @@
 //! value is a [`UsageError`] naming the flag, whichever of the three
 //! sources it came from.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_batch_llm::providers::ModelSpec;
@@ -265,9 +265,16 @@ fn shared_fallback(a: &RunArgs) -> Result<async_batch_llm::SharedFallback> {
     }
 }
 
-fn mapping(a: &RunArgs) -> Result<Mapping> {
+fn mapping(a: &RunArgs, input: &InputSource) -> Result<Mapping> {
+    let attach = a.attach.clone().unwrap_or_default();
+    // With attachments, one fixed question for every file is the point.
+    let parse = if attach.is_empty() {
+        Template::parse
+    } else {
+        Template::parse_fixed
+    };
     let template = match &a.template {
-        Some(t) => Some(Template::parse(t).map_err(|e| err(format!("--template: {e}")))?),
+        Some(t) => Some(parse(t).map_err(|e| err(format!("--template: {e}")))?),
         None => None,
     };
     for (flag, v) in [("id-field", &a.id_field), ("prompt-field", &a.prompt_field)] {
@@ -275,11 +282,20 @@ fn mapping(a: &RunArgs) -> Result<Mapping> {
             return Err(err(format!("--{flag} must not be empty")));
         }
     }
+    if attach.iter().any(|f| f.trim().is_empty()) {
+        return Err(err("--attach names a field and must not be empty"));
+    }
+    let base_dir = match input {
+        InputSource::File(p) => p.parent().map(Path::to_path_buf),
+        InputSource::Stdin => None,
+    };
     Ok(Mapping {
         id_field: a.id_field.clone().unwrap_or_else(|| "id".into()),
         id_field_required: a.id_field.is_some(),
         prompt_field: a.prompt_field.clone().unwrap_or_else(|| "prompt".into()),
         template,
+        attach,
+        base_dir,
     })
 }
 
@@ -571,10 +587,11 @@ impl RunPlan {
                 }
             }
         }
+        let mapping = mapping(a, &input)?;
         Ok(Self {
             input,
             format,
-            mapping: mapping(a)?,
+            mapping,
             output: a.output.as_deref().filter(|o| *o != "-").map(PathBuf::from),
             model,
             model_text,

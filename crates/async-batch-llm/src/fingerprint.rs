@@ -24,6 +24,17 @@ pub(crate) fn sha256_hex_digits(parts: &[&[u8]]) -> Hex {
     out
 }
 
+/// Bytes as lowercase hex digits.
+pub(crate) fn hex_of(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 /// The digits as text (they are ASCII).
 pub(crate) fn hex_str(h: &Hex) -> &str {
     std::str::from_utf8(h).unwrap_or_default()
@@ -37,15 +48,7 @@ pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
 /// A short, non-reversible fingerprint of an API key (the first 8 hex
 /// digits of its plain SHA-256), safe to show in scope names and logs.
 pub fn key_fingerprint(api_key: &str) -> String {
-    use std::fmt::Write as _;
-    let digest = Sha256::digest(api_key.as_bytes());
-    digest
-        .iter()
-        .take(4)
-        .fold(String::with_capacity(8), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex_of(&Sha256::digest(api_key.as_bytes())[..4])
 }
 
 #[cfg(test)]

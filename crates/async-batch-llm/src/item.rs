@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attachment::{Attachment, Source};
+
 /// Who said a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -14,13 +16,18 @@ pub enum Role {
     Assistant,
 }
 
-/// One chat message.
+/// One chat message: text, and any images, documents or audio with it
+/// (providers are sent the attachments first, then the text, the order
+/// they recommend).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Who said it.
     pub role: Role,
     /// What was said.
     pub content: String,
+    /// Images, documents and audio sent with the text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 impl Message {
@@ -29,7 +36,15 @@ impl Message {
         Self {
             role,
             content: content.into(),
+            attachments: Vec::new(),
         }
+    }
+
+    /// Adds an attachment.
+    #[must_use]
+    pub fn with_attachment(mut self, attachment: Attachment) -> Self {
+        self.attachments.push(attachment);
+        self
     }
 }
 
@@ -44,12 +59,60 @@ pub enum Prompt {
 }
 
 impl Prompt {
-    /// Bytes of text it holds (a measure of its size in memory).
+    /// Bytes it holds (a measure of its size in memory): text, and the
+    /// paths, URLs or inline data of attachments.
     pub(crate) fn text_bytes(&self) -> usize {
         match self {
             Prompt::Text(t) => t.len(),
-            Prompt::Messages(m) => m.iter().map(|m| m.content.len()).sum(),
+            Prompt::Messages(m) => m
+                .iter()
+                .map(|m| {
+                    m.content.len()
+                        + m.attachments
+                            .iter()
+                            .map(|a| match a.source() {
+                                Source::Path(p) => p.as_os_str().len(),
+                                Source::Url(u) => u.len(),
+                                Source::Base64(b) => b.len(),
+                            })
+                            .sum::<usize>()
+                })
+                .sum(),
         }
+    }
+
+    /// Every attachment of every message, in order.
+    pub fn attachments(&self) -> impl Iterator<Item = &Attachment> {
+        let messages: &[Message] = match self {
+            Prompt::Text(_) => &[],
+            Prompt::Messages(m) => m,
+        };
+        messages.iter().flat_map(|m| &m.attachments)
+    }
+
+    /// Whether any message has an attachment.
+    pub fn has_attachments(&self) -> bool {
+        self.attachments().next().is_some()
+    }
+
+    /// Every attachment with its place, for messages: "attachment 2" in a
+    /// one-message prompt, "message 3, attachment 1" in a longer one.
+    pub(crate) fn attachments_placed(&self) -> impl Iterator<Item = (String, &Attachment)> {
+        let messages: &[Message] = match self {
+            Prompt::Text(_) => &[],
+            Prompt::Messages(m) => m,
+        };
+        let one = messages.len() == 1;
+        messages.iter().enumerate().flat_map(move |(i, m)| {
+            m.attachments.iter().enumerate().map(move |(j, a)| {
+                let place = if one {
+                    format!("attachment {}", j + 1)
+                } else {
+                    format!("message {}, attachment {}", i + 1, j + 1)
+                };
+                (place, a)
+            })
+        })
     }
 
     /// The prompt as one text: the text itself, or the chat's non-system

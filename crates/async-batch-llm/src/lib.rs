@@ -137,6 +137,7 @@
 //! resolve to the same provider, key and model share one cooldown when they
 //! share a [`ScopeRegistry`].
 
+pub mod attachment;
 pub mod embed;
 mod engine;
 mod error;
@@ -159,6 +160,7 @@ pub mod testing;
 mod time;
 mod usage;
 
+pub use attachment::{Attachment, MediaType, PartKind, PartPolicy, PartTokens};
 pub use engine::{
     BatchConfig, Budget, CallPool, MAX_CONCURRENCY, MAX_RPM, MIN_RPM, MiddlewareList, PoolError,
     PoolSettings, ResultStream, RetryPolicy, RunExtras, StartupRamp, StopHandle, StopMode, call,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::attachment::PartPolicy;
 use crate::error::CallError;
 use crate::item::Prompt;
 use crate::schema::{ResponseSchema, SchemaDialect};
@@ -202,6 +203,13 @@ pub trait Model: Send + Sync + 'static {
     fn schema_dialect(&self) -> SchemaDialect {
         SchemaDialect::JsonSchema
     }
+
+    /// What this model takes in content parts (images, documents, audio)
+    /// and how it counts their tokens; checked before any call. By default
+    /// every part, counted at the largest of the providers' rates.
+    fn part_policy(&self) -> &PartPolicy {
+        PartPolicy::any()
+    }
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -224,6 +232,8 @@ pub trait DynModel: Send + Sync + 'static {
     fn dyn_quota_scope(&self) -> Option<String>;
     /// See [`Model::schema_dialect`].
     fn dyn_schema_dialect(&self) -> SchemaDialect;
+    /// See [`Model::part_policy`].
+    fn dyn_part_policy(&self) -> &PartPolicy;
 }
 
 impl<M: Model> DynModel for M {
@@ -248,6 +258,9 @@ impl<M: Model> DynModel for M {
     fn dyn_schema_dialect(&self) -> SchemaDialect {
         self.schema_dialect()
     }
+    fn dyn_part_policy(&self) -> &PartPolicy {
+        self.part_policy()
+    }
 }
 
 impl Model for Arc<dyn DynModel> {
@@ -268,6 +281,9 @@ impl Model for Arc<dyn DynModel> {
     }
     fn schema_dialect(&self) -> SchemaDialect {
         self.as_ref().dyn_schema_dialect()
+    }
+    fn part_policy(&self) -> &PartPolicy {
+        self.as_ref().dyn_part_policy()
     }
 }
 
@@ -294,6 +310,9 @@ impl<M: Model> Model for Arc<M> {
     }
     fn schema_dialect(&self) -> SchemaDialect {
         self.as_ref().schema_dialect()
+    }
+    fn part_policy(&self) -> &PartPolicy {
+        self.as_ref().part_policy()
     }
 }
 
@@ -440,6 +459,10 @@ impl<M: Model, P: ResponseParser> Strategy for ModelStrategy<M, P> {
 
     fn quota_scope(&self) -> Option<String> {
         self.model.quota_scope()
+    }
+
+    fn part_policy(&self) -> &crate::attachment::PartPolicy {
+        self.model.part_policy()
     }
 
     async fn dry_run(&self, prompt: &Prompt) -> Result<Completion<P::Output>, CallError> {

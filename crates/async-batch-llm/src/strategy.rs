@@ -84,6 +84,14 @@ pub trait Strategy: Send + Sync + 'static {
         None
     }
 
+    /// What the model behind this strategy takes in content parts (see
+    /// [`Model::part_policy`](crate::Model::part_policy)): the engine checks
+    /// every item's attachments against it before the first attempt, and
+    /// adds their tokens to the TPM estimate.
+    fn part_policy(&self) -> &crate::attachment::PartPolicy {
+        crate::attachment::PartPolicy::any()
+    }
+
     /// Releases what `prepare` set up. Do not delete caches meant for reuse.
     fn cleanup(&self) -> impl Future<Output = ()> + Send {
         async {}

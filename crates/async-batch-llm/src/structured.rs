@@ -378,6 +378,10 @@ where
         self.model.quota_scope()
     }
 
+    fn part_policy(&self) -> &crate::attachment::PartPolicy {
+        self.model.part_policy()
+    }
+
     async fn dry_run(&self, prompt: &Prompt) -> Result<Completion<T>, CallError> {
         let (_, usage) = dry_run_placeholder(prompt);
         let value = example_value(self.validator.schema.source());

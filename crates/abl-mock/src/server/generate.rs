@@ -107,11 +107,17 @@ fn reply_content(s: &Shared, req: &MockRequest, invalid: bool) -> Content {
         }
         return Content::Json(schema::value_for(&sr.schema));
     }
-    Content::Text(match s.config.reply {
+    let mut text = match s.config.reply {
         ReplyMode::Echo => req.user_text.clone(),
         ReplyMode::Upper => req.user_text.to_uppercase(),
         ReplyMode::Fixed => s.config.fixed_text.clone(),
-    })
+    };
+    // What arrived of the images, documents and audio, checkable by hash.
+    if !req.parts.is_empty() {
+        text.push('\n');
+        text.push_str(&crate::parts::parts_line(&req.parts));
+    }
+    Content::Text(text)
 }
 
 fn latency(s: &Shared, seq: u64) -> Duration {
@@ -249,7 +255,9 @@ async fn handle(
     let (fault, marks) = pick_fault(s, &req, seq);
     let content = reply_content(s, &req, fault == Some(Fault::InvalidOutput));
     let output_chars = content.text().chars().count();
-    let mut input = tokens(req.chars) + cached_tokens;
+    let mut input =
+        tokens(req.chars) + cached_tokens + crate::parts::PART_TOKENS * req.parts.len() as u64;
+    s.stats.parts_seen(&req.parts);
     let mut cached = cached_tokens;
     let mut cache_write = 0;
     if format == Format::Anthropic {

@@ -93,6 +93,9 @@ pub fn tokens(chars: usize) -> u64 {
     (chars as u64).div_ceil(4)
 }
 
+/// Largest request body (Gemini's inline limit, with base64's growth).
+const BODY_LIMIT: usize = 140 << 20;
+
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let service = Router::new()
         .route("/stats", get(stats))
@@ -114,6 +117,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/v1beta/cachedContents/{id}",
             get(cache_get).patch(cache_patch).delete(cache_delete),
         )
+        // Bodies with inline images and PDFs: providers take up to 100 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(shared)
 }
 

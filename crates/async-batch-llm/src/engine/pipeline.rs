@@ -383,6 +383,7 @@ async fn wait_cooldown(
 async fn admit<'r, S: Strategy>(
     run: &'r Run<S>,
     prompt: &Prompt,
+    part_tokens: u64,
     deadline: Option<Instant>,
     acct: &Acct,
 ) -> Result<(Attempt<'r>, Admitted<'r>, Duration), Fail> {
@@ -413,9 +414,12 @@ async fn admit<'r, S: Strategy>(
                     ));
                 }
                 (Some(tpm), Some(e)) => {
-                    let estimate = e.estimate(prompt).map_err(|m| {
-                        refuse(format!("cannot estimate the tokens of this item: {m}"))
-                    })?;
+                    let estimate = e
+                        .estimate(prompt)
+                        .map_err(|m| {
+                            refuse(format!("cannot estimate the tokens of this item: {m}"))
+                        })?
+                        .saturating_add(part_tokens);
                     // Only the user's limit refuses an estimate larger than
                     // itself; a reported or learned one is not that sure.
                     if from_flag {
@@ -459,13 +463,14 @@ async fn admit<'r, S: Strategy>(
 /// the rest as admission. Returns both.
 async fn admit_timed<'r, S: Strategy>(
     run: &'r Run<S>,
-    prompt: &Prompt,
+    ask: Ask<'_>,
     deadline: Option<Instant>,
     acct: &mut Acct,
     cooldown_wait: Duration,
 ) -> Result<(Attempt<'r>, Admitted<'r>, Duration, Duration), Fail> {
     let t1 = Instant::now();
-    let (place, admitted, shared_cooldown) = admit(run, prompt, deadline, acct).await?;
+    let (place, admitted, shared_cooldown) =
+        admit(run, ask.prompt, ask.part_tokens, deadline, acct).await?;
     let shared_cooldown = micros(shared_cooldown);
     let admission_wait = micros(t1.elapsed().saturating_sub(shared_cooldown));
     acct.timing.admission_wait += admission_wait;
@@ -517,19 +522,27 @@ async fn shared_admit<S: Strategy>(
 /// error is `Err` only when the item's deadline ended the call.
 async fn call<S: Strategy>(
     run: &Run<S>,
-    prompt: &Prompt,
+    ask: Ask<'_>,
     attempt: u32,
     deadline: Option<Instant>,
     state: &mut RetryState,
 ) -> Result<Result<crate::strategy::Completion<S::Output>, CallError>, ()> {
     let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let timeout = remaining.map_or(run.attempt_timeout, |r| r.min(run.attempt_timeout));
+    let prompt = ask.prompt;
     if run.dry_run_mode {
         // The strategy's placeholder output, with the usage the run's token
-        // estimator projects for this prompt (not a flat placeholder).
+        // estimator projects for this prompt and its parts (not a flat
+        // placeholder).
         let r = run.strategy.dry_run(prompt).await;
         return Ok(match (r, &run.estimator) {
-            (Ok((out, usage)), Some(e)) => Ok((out, e.estimate_usage(prompt).ok().or(usage))),
+            (Ok((out, usage)), Some(e)) => {
+                let projected = e.estimate_usage(prompt).ok().map(|u| {
+                    let parts = TokenUsage::new(ask.part_tokens, 0);
+                    u + parts
+                });
+                Ok((out, projected.or(usage)))
+            }
             (r, _) => r,
         });
     }
@@ -597,6 +610,48 @@ fn outcome_of<T>(result: &Result<T, CallError>) -> Outcome {
     }
 }
 
+/// What an attempt asks for: the prompt, and the estimated tokens of its
+/// attachments (by the model's rules, known once they were probed).
+#[derive(Clone, Copy)]
+struct Ask<'p> {
+    prompt: &'p Prompt,
+    part_tokens: u64,
+}
+
+/// Before the first attempt of an item with attachments: reads each once
+/// (off the async threads) and checks it against what the model takes. A
+/// part that is missing, unreadable or refused fails the item as
+/// `client_error` without a call. Returns what attempts ask for, with the
+/// parts' estimated tokens.
+async fn check_parts<'p, S: Strategy>(
+    run: &Run<S>,
+    id: &str,
+    prompt: &'p Prompt,
+) -> Result<Ask<'p>, Fail> {
+    if !prompt.has_attachments() {
+        return Ok(Ask {
+            prompt,
+            part_tokens: 0,
+        });
+    }
+    let refuse = |message: String| {
+        Fail::Item(ItemError::new(
+            ErrorCategory::ClientError,
+            format!("item {id}, {message}"),
+        ))
+    };
+    crate::attachment::probe_all(prompt).await.map_err(refuse)?;
+    let part_tokens = run
+        .strategy
+        .part_policy()
+        .check(prompt)
+        .map_err(|e| refuse(e.message().to_owned()))?;
+    Ok(Ask {
+        prompt,
+        part_tokens,
+    })
+}
+
 /// The pipeline of SPEC.md §4 for one item: wait for the scope's cooldown
 /// (and the item's own hint) → a place in the scope's window → admission
 /// (reservation and slot) → re-check the cooldown (one began: give back,
@@ -613,6 +668,7 @@ async fn attempts<S: Strategy>(
     let mut attempt = 1u32;
     let mut limits = ItemLimits::default();
     acct.attempts = 1;
+    let ask = check_parts(run, id, prompt).await?;
     loop {
         if run.stop.stopping.is_cancelled() {
             return Err(Fail::Stopped);
@@ -627,7 +683,7 @@ async fn attempts<S: Strategy>(
             });
         }
         let (place, admitted, cooldown_wait, admission_wait) =
-            admit_timed(run, prompt, deadline, acct, cooldown_wait).await?;
+            admit_timed(run, ask, deadline, acct, cooldown_wait).await?;
         run.events.emit(|| Event::ItemAdmitted {
             id: id.to_owned(),
             attempt,
@@ -647,7 +703,7 @@ async fn attempts<S: Strategy>(
         } else {
             let exec_start = Instant::now();
             acct.tries += 1;
-            let Ok(result) = call(run, prompt, attempt, deadline, state).await else {
+            let Ok(result) = call(run, ask, attempt, deadline, state).await else {
                 admitted.settle(None);
                 return Err(with_last(
                     ErrorCategory::ItemDeadline,

@@ -2,11 +2,60 @@
 //! request, provider options merged into a body, usage numbers, and the
 //! checks every parsed reply goes through (empty output, content filter).
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
+use crate::attachment::{self, Attachment, MediaType, PartKind, PartPolicy, Source};
 use crate::error::{CallError, ErrorCategory};
 use crate::item::{Message, Prompt, Role};
 use crate::model::{LlmRequest, LlmResponse};
+
+/// `req` ready for a provider's body builder: its parts checked against
+/// what the provider takes (before any call), then its files read and
+/// inlined (dropped with the returned request).
+pub(crate) async fn with_parts<'r>(
+    req: &'r LlmRequest,
+    policy: &PartPolicy,
+) -> Result<Cow<'r, LlmRequest>, CallError> {
+    if let Some(p) = &req.prompt {
+        policy.check(p)?;
+    }
+    attachment::load(req).await
+}
+
+/// Where a part's bytes are, as a body builder needs them.
+pub(crate) enum PartData<'a> {
+    /// A URL the provider fetches.
+    Url(&'a str),
+    /// Base64 bytes of this media type.
+    Inline(&'a str, MediaType),
+}
+
+/// A part's data, its kind and its media type. A file that was not loaded
+/// (a body built without [`with_parts`]) is an error, not a silent drop.
+pub(crate) fn part_data(a: &Attachment) -> Result<(PartKind, PartData<'_>), CallError> {
+    let media = a.media_type();
+    let kind = media.as_ref().map_or(PartKind::Other, MediaType::kind);
+    match a.source() {
+        Source::Url(u) => Ok((kind, PartData::Url(u))),
+        Source::Base64(b) => Ok((
+            kind,
+            PartData::Inline(
+                b,
+                media.unwrap_or_else(|| MediaType::parse("application/octet-stream")),
+            ),
+        )),
+        Source::Path(p) => Err(CallError::new(
+            ErrorCategory::LogicError,
+            format!(
+                "attachment {} was not read: bodies with files are built by Model::generate",
+                p.display()
+            ),
+        )
+        .with_retryable(false)),
+    }
+}
 
 /// System text of a request: the request's own plus any system messages.
 pub(crate) fn system_text(req: &LlmRequest) -> Option<String> {

@@ -51,12 +51,38 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// A prompt with attachments as it is fingerprinted: each message's role
+/// and text, and each attachment's [`fingerprint_form`](crate::Attachment).
+fn fingerprint_form(prompt: &crate::item::Prompt) -> serde_json::Value {
+    let crate::item::Prompt::Messages(messages) = prompt else {
+        return serde_json::Value::Null;
+    };
+    serde_json::Value::Array(
+        messages
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "role": m.role,
+                    "content": m.content,
+                    "attachments": m.attachments.iter().map(crate::Attachment::fingerprint_form).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
 /// [`item_fingerprint`] without an allocation.
 pub(super) fn item_fingerprint_digits(item: &Item) -> Hex {
     let hash = |buf: &mut Vec<u8>| {
         buf.clear();
-        // A value that cannot be serialized counts as empty.
-        if serde_json::to_writer(&mut *buf, &item.prompt).is_err() {
+        // A value that cannot be serialized counts as empty. Attachments
+        // count by the hash of their bytes, never the bytes or the path.
+        let written = if item.prompt.has_attachments() {
+            serde_json::to_writer(&mut *buf, &fingerprint_form(&item.prompt))
+        } else {
+            serde_json::to_writer(&mut *buf, &item.prompt)
+        };
+        if written.is_err() {
             buf.clear();
         }
         let split = buf.len();
@@ -118,6 +144,32 @@ pub struct KnownIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attachments_count_by_the_hash_of_their_bytes_never_the_bytes() {
+        use crate::{Attachment, Message, Prompt, Role};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.png");
+        std::fs::write(&path, b"\x89PNG\r\n\x1a\nfirst").unwrap();
+        let item = |a: Attachment| {
+            Item::new(
+                "x",
+                Prompt::Messages(vec![Message::new(Role::User, "hi").with_attachment(a)]),
+            )
+        };
+        let before = item_fingerprint(&item(Attachment::path(&path)));
+        // The same bytes inline: the same fingerprint.
+        let inline = item(Attachment::bytes(b"\x89PNG\r\n\x1a\nfirst"));
+        assert_eq!(item_fingerprint(&inline), before);
+        std::fs::write(&path, b"\x89PNG\r\n\x1a\nsecond").unwrap();
+        assert_ne!(item_fingerprint(&item(Attachment::path(&path))), before);
+        // A text-only item fingerprints as before attachments existed.
+        let text = Item::new("x", Prompt::Messages(vec![Message::new(Role::User, "hi")]));
+        assert_eq!(
+            item_fingerprint(&text),
+            sha256_hex(&[b"x", br#"[{"role":"user","content":"hi"}]"#, b""])
+        );
+    }
 
     #[test]
     fn fingerprints_are_stable_hex_and_see_every_part() {

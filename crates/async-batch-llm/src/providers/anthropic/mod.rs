@@ -4,9 +4,12 @@ use serde_json::{Value, json};
 
 use super::http::{Endpoint, HttpOptions, shape_error};
 use super::key::ApiKey;
-use super::wire::{check_output, merge, system_text, turns, u64_at};
+use super::wire::{
+    PartData, check_output, merge, part_data, system_text, turns, u64_at, with_parts,
+};
+use crate::attachment::{PartKind, PartPolicy};
 use crate::error::{CallError, Error};
-use crate::item::Role;
+use crate::item::{Message, Role};
 use crate::limit::default_scope_name;
 use crate::model::{LlmRequest, LlmResponse, Model, ResponseMetadata};
 use crate::schema::SchemaDialect;
@@ -51,6 +54,7 @@ pub struct PromptCache {
 pub struct AnthropicModel {
     cfg: AnthropicConfig,
     endpoint: Endpoint,
+    parts: PartPolicy,
 }
 
 impl std::fmt::Debug for AnthropicModel {
@@ -77,7 +81,40 @@ impl AnthropicModel {
         Ok(Self {
             endpoint: Endpoint::new(&config.http, &config.base_url, headers, scope)?,
             cfg: config,
+            parts: PartPolicy::anthropic(),
         })
+    }
+
+    /// A turn's content: its text, or `image` / `document` blocks then a
+    /// `text` block; `cache` marks the last block as a cache breakpoint.
+    fn content(m: &Message, cache: bool) -> Result<Value, CallError> {
+        let ephemeral = || json!({"type": "ephemeral"});
+        if m.attachments.is_empty() && !cache {
+            return Ok(json!(m.content));
+        }
+        let mut blocks = Vec::with_capacity(m.attachments.len() + 1);
+        for a in &m.attachments {
+            let (kind, data) = part_data(a)?;
+            let source = match data {
+                PartData::Url(u) => json!({"type": "url", "url": u}),
+                PartData::Inline(b, media) => {
+                    json!({"type": "base64", "media_type": media.as_str(), "data": b})
+                }
+            };
+            let typ = if kind == PartKind::Image {
+                "image"
+            } else {
+                "document"
+            };
+            blocks.push(json!({"type": typ, "source": source}));
+        }
+        if !m.content.is_empty() || blocks.is_empty() {
+            blocks.push(json!({"type": "text", "text": m.content}));
+        }
+        if cache && let Some(Value::Object(last)) = blocks.last_mut() {
+            last.insert("cache_control".into(), ephemeral());
+        }
+        Ok(Value::Array(blocks))
     }
 
     /// The JSON body for `req`.
@@ -94,13 +131,10 @@ impl AnthropicModel {
                     "user"
                 };
                 // One breakpoint, on the last turn of the shared prefix.
-                if cache.leading_turns > 0 && i + 1 == cache.leading_turns {
-                    json!({"role": role, "content": [{"type": "text", "text": m.content, "cache_control": ephemeral()}]})
-                } else {
-                    json!({"role": role, "content": m.content})
-                }
+                let breakpoint = cache.leading_turns > 0 && i + 1 == cache.leading_turns;
+                Ok(json!({"role": role, "content": Self::content(m, breakpoint)?}))
             })
-            .collect();
+            .collect::<Result<_, CallError>>()?;
         let mut body = json!({
             "model": self.cfg.model,
             "max_tokens": req.max_output_tokens.unwrap_or(self.cfg.default_max_tokens),
@@ -192,7 +226,7 @@ impl AnthropicModel {
 
 impl Model for AnthropicModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
-        let body = self.request_body(request)?;
+        let body = self.request_body(&*with_parts(request, &self.parts).await?)?;
         let reply = self
             .endpoint
             .post_json("v1/messages", &body, &[], request.timeout)
@@ -210,5 +244,9 @@ impl Model for AnthropicModel {
 
     fn schema_dialect(&self) -> SchemaDialect {
         SchemaDialect::AnthropicTool
+    }
+
+    fn part_policy(&self) -> &PartPolicy {
+        &self.parts
     }
 }

@@ -23,11 +23,13 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::GeminiModel;
+use crate::attachment::PartPolicy;
 use crate::error::{CallError, Error, ErrorCategory};
 use crate::fingerprint::sha256_hex;
 use crate::item::Role;
 use crate::model::{LlmRequest, LlmResponse, Model};
 use crate::providers::http::parse_body;
+use crate::providers::wire::with_parts;
 use crate::schema::SchemaDialect;
 
 /// The prefix of the display name that carries a cache's tags.
@@ -509,6 +511,7 @@ impl Model for GeminiCachedModel {
             )
             .with_retryable(false));
         }
+        let request = &*with_parts(request, self.inner.parts()).await?;
         let mut live = self.current().await?;
         let mut retried = false;
         loop {
@@ -545,6 +548,10 @@ impl Model for GeminiCachedModel {
 
     fn schema_dialect(&self) -> SchemaDialect {
         SchemaDialect::Gemini
+    }
+
+    fn part_policy(&self) -> &PartPolicy {
+        self.inner.parts()
     }
 }
 

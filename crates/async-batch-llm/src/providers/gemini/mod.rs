@@ -13,9 +13,12 @@ use serde_json::{Value, json};
 
 use super::http::{Endpoint, HttpOptions, shape_error};
 use super::key::ApiKey;
-use super::wire::{check_output, merge, system_text, turns, u64_at};
-use crate::error::{CallError, Error};
-use crate::item::Role;
+use super::wire::{
+    PartData, check_output, merge, part_data, system_text, turns, u64_at, with_parts,
+};
+use crate::attachment::PartPolicy;
+use crate::error::{CallError, Error, ErrorCategory};
+use crate::item::{Message, Role};
 use crate::limit::default_scope_name;
 use crate::model::{LlmRequest, LlmResponse, Model, ResponseMetadata};
 use crate::schema::SchemaDialect;
@@ -44,6 +47,7 @@ pub struct GeminiConfig {
 pub struct GeminiModel {
     cfg: GeminiConfig,
     endpoint: Endpoint,
+    parts: PartPolicy,
 }
 
 impl std::fmt::Debug for GeminiModel {
@@ -67,7 +71,43 @@ impl GeminiModel {
         Ok(Self {
             endpoint: Endpoint::new(&config.http, &config.base_url, headers, scope)?,
             cfg: config,
+            parts: PartPolicy::gemini(),
         })
+    }
+
+    /// What this model takes in content parts.
+    pub(crate) fn parts(&self) -> &PartPolicy {
+        &self.parts
+    }
+
+    /// A turn's parts: `inlineData` / `fileData` for attachments, then the
+    /// text.
+    fn parts_of(m: &Message) -> Result<Vec<Value>, CallError> {
+        let mut parts = Vec::with_capacity(m.attachments.len() + 1);
+        for a in &m.attachments {
+            let (_, data) = part_data(a)?;
+            parts.push(match data {
+                PartData::Inline(b, media) => {
+                    json!({"inlineData": {"mimeType": media.as_str(), "data": b}})
+                }
+                PartData::Url(u) => {
+                    // fileData must state its type; an unknown one was
+                    // refused by the check, unless the body is built alone.
+                    let Some(media) = a.media_type() else {
+                        return Err(CallError::new(
+                            ErrorCategory::ClientError,
+                            format!("Gemini needs the media type of {}", a.describe()),
+                        )
+                        .with_retryable(false));
+                    };
+                    json!({"fileData": {"mimeType": media.as_str(), "fileUri": u}})
+                }
+            });
+        }
+        if !m.content.is_empty() || parts.is_empty() {
+            parts.push(json!({"text": m.content}));
+        }
+        Ok(parts)
     }
 
     /// The configuration.
@@ -93,9 +133,9 @@ impl GeminiModel {
                 } else {
                     "user"
                 };
-                json!({"role": role, "parts": [{"text": m.content}]})
+                Ok(json!({"role": role, "parts": Self::parts_of(m)?}))
             })
-            .collect();
+            .collect::<Result<_, CallError>>()?;
         let mut body = json!({"contents": contents});
         let system = match (&self.cfg.system_instruction, system_text(req)) {
             (Some(a), Some(b)) => Some(format!("{a}\n\n{b}")),
@@ -239,7 +279,7 @@ impl GeminiModel {
 
 impl Model for GeminiModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
-        let body = self.request_body(request, None)?;
+        let body = self.request_body(&*with_parts(request, &self.parts).await?, None)?;
         self.send(&body, request).await
     }
 
@@ -253,5 +293,9 @@ impl Model for GeminiModel {
 
     fn schema_dialect(&self) -> SchemaDialect {
         SchemaDialect::Gemini
+    }
+
+    fn part_policy(&self) -> &PartPolicy {
+        &self.parts
     }
 }

@@ -4,10 +4,14 @@
 use serde_json::{Value, json};
 
 use super::{OpenAiConfig, non_empty, role};
-use crate::error::{CallError, Error};
+use crate::attachment::{MediaType, PartKind, PartPolicy};
+use crate::error::{CallError, Error, ErrorCategory};
+use crate::item::Message;
 use crate::model::{LlmRequest, LlmResponse, Model, ResponseMetadata};
 use crate::providers::http::{Endpoint, parse_body, shape_error};
-use crate::providers::wire::{check_output, merge, system_text, turns, u64_at};
+use crate::providers::wire::{
+    PartData, check_output, merge, part_data, system_text, turns, u64_at, with_parts,
+};
 use crate::schema::SchemaDialect;
 
 /// Which OpenAI-style server a Chat Completions model talks to.
@@ -46,6 +50,7 @@ pub struct ChatModel {
     config: OpenAiConfig,
     endpoint: Endpoint,
     flavor: ChatFlavor,
+    parts: PartPolicy,
 }
 
 impl std::fmt::Debug for ChatModel {
@@ -60,11 +65,56 @@ impl std::fmt::Debug for ChatModel {
 impl ChatModel {
     /// A Chat Completions model of `flavor`.
     pub fn new(config: OpenAiConfig, flavor: ChatFlavor) -> Result<Self, Error> {
+        // DeepSeek's API reads text only.
+        let parts = if flavor == ChatFlavor::DeepSeek {
+            PartPolicy::text_only("DeepSeek")
+        } else {
+            PartPolicy::openai_chat()
+        };
         Ok(Self {
             endpoint: config.endpoint(flavor.name())?,
             config,
             flavor,
+            parts,
         })
+    }
+
+    /// A message's content: its text, or `image_url` / `file` /
+    /// `input_audio` parts then a `text` part when it has attachments.
+    fn content(m: &Message) -> Result<Value, CallError> {
+        if m.attachments.is_empty() {
+            return Ok(json!(m.content));
+        }
+        let mut parts = Vec::with_capacity(m.attachments.len() + 1);
+        for a in &m.attachments {
+            let (kind, data) = part_data(a)?;
+            parts.push(match (kind, data) {
+                (PartKind::Image, PartData::Url(u)) => {
+                    json!({"type": "image_url", "image_url": {"url": u}})
+                }
+                (PartKind::Image, PartData::Inline(..)) => {
+                    json!({"type": "image_url", "image_url": {"url": a.data_url()}})
+                }
+                (PartKind::Audio, PartData::Inline(b, media)) => {
+                    let format = if media == MediaType::Mp3 { "mp3" } else { "wav" };
+                    json!({"type": "input_audio", "input_audio": {"data": b, "format": format}})
+                }
+                (_, PartData::Inline(..)) => {
+                    json!({"type": "file", "file": {"filename": a.file_name(), "file_data": a.data_url()}})
+                }
+                (_, PartData::Url(_)) => {
+                    return Err(CallError::new(
+                        ErrorCategory::ClientError,
+                        format!("Chat Completions takes only images by URL, not {}", a.describe()),
+                    )
+                    .with_retryable(false));
+                }
+            });
+        }
+        if !m.content.is_empty() {
+            parts.push(json!({"type": "text", "text": m.content}));
+        }
+        Ok(Value::Array(parts))
     }
 
     /// The JSON body for `req`.
@@ -86,11 +136,9 @@ impl ChatModel {
         if let Some(s) = system {
             messages.push(json!({"role": "system", "content": s}));
         }
-        messages.extend(
-            turns(req)
-                .iter()
-                .map(|m| json!({"role": role(m.role), "content": m.content})),
-        );
+        for m in &turns(req) {
+            messages.push(json!({"role": role(m.role), "content": Self::content(m)?}));
+        }
         let mut body = json!({"model": self.config.model, "messages": messages});
         if let Some(t) = req.temperature {
             body["temperature"] = json!(t);
@@ -184,7 +232,7 @@ impl ChatModel {
 
 impl Model for ChatModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
-        let body = self.request_body(request)?;
+        let body = self.request_body(&*with_parts(request, &self.parts).await?)?;
         let mut extra: Vec<(&str, &str)> = Vec::new();
         if let ChatFlavor::OpenRouter { referer, title, .. } = &self.flavor {
             if let Some(r) = referer {
@@ -211,6 +259,10 @@ impl Model for ChatModel {
 
     fn schema_dialect(&self) -> SchemaDialect {
         SchemaDialect::OpenAiStrict
+    }
+
+    fn part_policy(&self) -> &PartPolicy {
+        &self.parts
     }
 }
 

@@ -3,17 +3,21 @@
 use serde_json::{Value, json};
 
 use super::{OpenAiConfig, non_empty, role};
+use crate::attachment::{PartKind, PartPolicy};
 use crate::error::{CallError, Error};
-use crate::item::Role;
+use crate::item::{Message, Role};
 use crate::model::{LlmRequest, LlmResponse, Model, ResponseMetadata};
 use crate::providers::http::{Endpoint, shape_error};
-use crate::providers::wire::{check_output, merge, system_text, turns, u64_at};
+use crate::providers::wire::{
+    PartData, check_output, merge, part_data, system_text, turns, u64_at, with_parts,
+};
 use crate::schema::SchemaDialect;
 
 /// OpenAI's Responses API (`POST /v1/responses`): the default for `openai:`.
 pub struct OpenAiModel {
     config: OpenAiConfig,
     endpoint: Endpoint,
+    parts: PartPolicy,
 }
 
 impl std::fmt::Debug for OpenAiModel {
@@ -30,19 +34,48 @@ impl OpenAiModel {
         Ok(Self {
             endpoint: config.endpoint("openai")?,
             config,
+            parts: PartPolicy::openai_responses(),
         })
+    }
+
+    /// A message's content: its text, or `input_image` / `input_file`
+    /// parts then `input_text` when it has attachments.
+    fn content(m: &Message) -> Result<Value, CallError> {
+        if m.attachments.is_empty() {
+            return Ok(json!(m.content));
+        }
+        let mut parts = Vec::with_capacity(m.attachments.len() + 1);
+        for a in &m.attachments {
+            let (kind, data) = part_data(a)?;
+            parts.push(match (kind, data) {
+                (PartKind::Image, PartData::Url(u)) => json!({"type": "input_image", "image_url": u}),
+                (PartKind::Image, PartData::Inline(..)) => {
+                    json!({"type": "input_image", "image_url": a.data_url()})
+                }
+                (_, PartData::Url(u)) => json!({"type": "input_file", "file_url": u}),
+                (_, PartData::Inline(..)) => {
+                    json!({"type": "input_file", "filename": a.file_name(), "file_data": a.data_url()})
+                }
+            });
+        }
+        if !m.content.is_empty() {
+            parts.push(json!({"type": "input_text", "text": m.content}));
+        }
+        Ok(Value::Array(parts))
     }
 
     /// The JSON body for `req`.
     pub fn request_body(&self, req: &LlmRequest) -> Result<Value, CallError> {
         let turns = turns(req);
         let input = match turns.as_slice() {
-            [only] if only.role == Role::User => json!(only.content),
+            [only] if only.role == Role::User && only.attachments.is_empty() => {
+                json!(only.content)
+            }
             _ => Value::Array(
                 turns
                     .iter()
-                    .map(|m| json!({"role": role(m.role), "content": m.content}))
-                    .collect(),
+                    .map(|m| Ok(json!({"role": role(m.role), "content": Self::content(m)?})))
+                    .collect::<Result<_, CallError>>()?,
             ),
         };
         let mut body = json!({"model": self.config.model, "input": input, "store": false});
@@ -129,7 +162,7 @@ impl OpenAiModel {
 
 impl Model for OpenAiModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
-        let body = self.request_body(request)?;
+        let body = self.request_body(&*with_parts(request, &self.parts).await?)?;
         let reply = self
             .endpoint
             .post_json("responses", &body, &[], request.timeout)
@@ -147,5 +180,9 @@ impl Model for OpenAiModel {
 
     fn schema_dialect(&self) -> SchemaDialect {
         SchemaDialect::OpenAiStrict
+    }
+
+    fn part_policy(&self) -> &PartPolicy {
+        &self.parts
     }
 }
