@@ -49,7 +49,7 @@ use base64::Engine as _;
 
 pub use content_json::{ContentError, parse_content};
 #[cfg(any(feature = "openai", feature = "gemini", feature = "anthropic"))]
-pub(crate) use load::load;
+pub(crate) use load::{Staged, stage};
 pub use media::{MediaType, PartKind};
 pub use policy::PartPolicy;
 pub(crate) use probe::probe_all;
@@ -274,6 +274,28 @@ impl Attachment {
         );
         Some(format!("data:{mime};base64,{b}"))
     }
+}
+
+/// Reads of attachment files at once, process-wide. Reads run on the
+/// blocking pool; a few at a time keep the disk busy, and keep the threads
+/// that allocate file-sized buffers few, so freed buffers are reused
+/// instead of being stranded in one malloc arena per thread (with 64 calls
+/// in flight, unbounded reads made 60 threads and the heap crept from
+/// 36 to 95 MiB over 100,000 images).
+const IO_AT_ONCE: usize = 4;
+
+/// Runs `f` on the blocking pool, at most [`IO_AT_ONCE`] at a time.
+pub(crate) async fn blocking_io<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    static IO: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(IO_AT_ONCE);
+    let _permit = IO
+        .acquire()
+        .await
+        .map_err(|e| format!("attachment reads stopped: {e}"))?;
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(format!("reading the file failed: {e}")))
 }
 
 fn is_url(s: &str) -> bool {

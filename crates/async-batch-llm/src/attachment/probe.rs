@@ -34,9 +34,10 @@ pub struct Facts {
 #[error("{0}")]
 pub struct ProbeError(String);
 
-/// Bytes kept to sniff the type and read an image header: enough for a
-/// JPEG with a large EXIF block before its frame header.
-const HEAD: usize = 256 << 10;
+/// Bytes kept to sniff the type and read an image header: a JPEG keeps
+/// its frame header after its EXIF block (at most 64 KB); one whose size
+/// is further in counts as an image of unknown size.
+const HEAD: usize = 96 << 10;
 const CHUNK: usize = 64 << 10;
 
 /// Reads the bytes in chunks, keeping only the head.
@@ -48,10 +49,10 @@ struct Pass {
 }
 
 impl Pass {
-    fn new() -> Self {
+    fn new(size_hint: u64) -> Self {
         Self {
             hash: Sha256::new(),
-            head: Vec::new(),
+            head: Vec::with_capacity(usize::try_from(size_hint).unwrap_or(HEAD).min(HEAD)),
             len: 0,
             pdf: PdfPages::default(),
         }
@@ -96,23 +97,30 @@ impl Pass {
 }
 
 fn probe_path(path: &std::path::Path) -> Result<Facts, ProbeError> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; CHUNK]);
+    }
     let mut f =
         std::fs::File::open(path).map_err(|e| ProbeError(format!("cannot open the file: {e}")))?;
-    let mut pass = Pass::new();
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
+    let len = f.metadata().map_or(HEAD as u64, |m| m.len());
+    let mut pass = Pass::new(len);
+    let mut read_all = |buf: &mut [u8]| loop {
+        match f.read(buf) {
+            Ok(0) => return Ok(()),
             Ok(n) => pass.feed(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(ProbeError(format!("cannot read the file: {e}"))),
         }
-    }
+    };
+    BUF.with(|b| match b.try_borrow_mut() {
+        Ok(mut buf) => read_all(&mut buf),
+        Err(_) => read_all(&mut vec![0u8; CHUNK]),
+    })?;
     Ok(pass.finish())
 }
 
 fn probe_base64(data: &str) -> Result<Facts, ProbeError> {
-    let mut pass = Pass::new();
+    let mut pass = Pass::new(data.len() as u64);
     // Decoded a piece at a time (4 characters make 3 bytes), so a large
     // inline part is never held twice.
     let data = data.trim_end();
@@ -188,15 +196,14 @@ pub(crate) async fn probe_all(prompt: &Prompt) -> Result<(), String> {
     if pending.is_empty() {
         return Ok(());
     }
-    let done = tokio::task::spawn_blocking(move || {
+    super::blocking_io(move || {
         for (place, a) in &pending {
             a.probe()
                 .map_err(|e| format!("{place} ({}): {e}", a.describe()))?;
         }
         Ok(())
     })
-    .await;
-    done.unwrap_or_else(|e| Err(format!("the probe of an attachment failed: {e}")))
+    .await
 }
 
 #[cfg(test)]

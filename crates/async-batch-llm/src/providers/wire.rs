@@ -2,26 +2,24 @@
 //! request, provider options merged into a body, usage numbers, and the
 //! checks every parsed reply goes through (empty output, content filter).
 
-use std::borrow::Cow;
-
 use serde_json::{Map, Value};
 
-use crate::attachment::{self, Attachment, MediaType, PartKind, PartPolicy, Source};
+use crate::attachment::{self, Attachment, MediaType, PartKind, PartPolicy, Source, Staged};
 use crate::error::{CallError, ErrorCategory};
 use crate::item::{Message, Prompt, Role};
 use crate::model::{LlmRequest, LlmResponse};
 
 /// `req` ready for a provider's body builder: its parts checked against
-/// what the provider takes (before any call), then its files read and
-/// inlined (dropped with the returned request).
-pub(crate) async fn with_parts<'r>(
+/// what the provider takes (before any call), its files standing as
+/// markers that [`Staged::body`] fills in when the body is serialized.
+pub(crate) fn with_parts<'r>(
     req: &'r LlmRequest,
     policy: &PartPolicy,
-) -> Result<Cow<'r, LlmRequest>, CallError> {
+) -> Result<Staged<'r>, CallError> {
     if let Some(p) = &req.prompt {
         policy.check(p)?;
     }
-    attachment::load(req).await
+    Ok(attachment::stage(req))
 }
 
 /// Where a part's bytes are, as a body builder needs them.

@@ -226,10 +226,11 @@ impl AnthropicModel {
 
 impl Model for AnthropicModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
-        let body = self.request_body(&*with_parts(request, &self.parts).await?)?;
+        let staged = with_parts(request, &self.parts)?;
+        let body = staged.body(&self.request_body(&staged.request)?).await?;
         let reply = self
             .endpoint
-            .post_json("v1/messages", &body, &[], request.timeout)
+            .post_body("v1/messages", body, &[], request.timeout)
             .await?;
         self.endpoint.finish(reply, Self::parse_response)
     }

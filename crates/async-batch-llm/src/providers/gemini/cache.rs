@@ -511,12 +511,14 @@ impl Model for GeminiCachedModel {
             )
             .with_retryable(false));
         }
-        let request = &*with_parts(request, self.inner.parts()).await?;
+        let staged = with_parts(request, self.inner.parts())?;
         let mut live = self.current().await?;
         let mut retried = false;
         loop {
-            let body = self.inner.request_body(request, Some(&live.name))?;
-            match self.inner.send(&body, request).await {
+            let body = staged
+                .body(&self.inner.request_body(&staged.request, Some(&live.name))?)
+                .await?;
+            match self.inner.send(body, request).await {
                 Err(e) if !retried && may_be_gone(&e) && self.is_gone(&live.name).await => {
                     live = self.replace(&live).await?;
                     retried = true;

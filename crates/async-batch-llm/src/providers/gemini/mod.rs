@@ -175,13 +175,13 @@ impl GeminiModel {
     /// Sends `body` to `generateContent`.
     pub(crate) async fn send(
         &self,
-        body: &Value,
+        body: Vec<u8>,
         req: &LlmRequest,
     ) -> Result<LlmResponse, CallError> {
         let path = format!("v1beta/models/{}:generateContent", self.cfg.model);
         let reply = self
             .endpoint
-            .post_json(&path, body, &[], req.timeout)
+            .post_body(&path, body, &[], req.timeout)
             .await?;
         self.endpoint.finish(reply, Self::parse_response)
     }
@@ -279,8 +279,11 @@ impl GeminiModel {
 
 impl Model for GeminiModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
-        let body = self.request_body(&*with_parts(request, &self.parts).await?, None)?;
-        self.send(&body, request).await
+        let staged = with_parts(request, &self.parts)?;
+        let body = staged
+            .body(&self.request_body(&staged.request, None)?)
+            .await?;
+        self.send(body, request).await
     }
 
     fn name(&self) -> &str {

@@ -66,7 +66,7 @@ impl Http {
         &self,
         url: &str,
         headers: &[(&str, &str)],
-        body: &Value,
+        body: Vec<u8>,
         timeout: Option<Duration>,
     ) -> Result<(u16, HeaderMap, bytes::Bytes), CallError> {
         self.send(self.client.post(url), headers, Some(body), timeout)
@@ -82,7 +82,8 @@ impl Http {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Result<(u16, HeaderMap, bytes::Bytes), CallError> {
-        self.send(self.client.request(method, url), headers, body, None)
+        let bytes = body.map(json_bytes).transpose()?;
+        self.send(self.client.request(method, url), headers, bytes, None)
             .await
     }
 
@@ -91,7 +92,7 @@ impl Http {
         &self,
         builder: reqwest::RequestBuilder,
         headers: &[(&str, &str)],
-        body: Option<&Value>,
+        body: Option<Vec<u8>>,
         timeout: Option<Duration>,
     ) -> Result<(u16, HeaderMap, bytes::Bytes), CallError> {
         let mut req = builder.timeout(timeout.unwrap_or(self.default_timeout));
@@ -99,7 +100,9 @@ impl Http {
             req = req.header(*k, *v);
         }
         if let Some(b) = body {
-            req = req.json(b);
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
         }
         let resp = req.send().await.map_err(transport_error)?;
         let status = resp.status().as_u16();
@@ -239,10 +242,24 @@ impl Endpoint {
     /// POSTs a JSON body to `path` and parses the reply (a non-2xx status
     /// or an error inside a 200 body is a classified [`CallError`], with
     /// the reply's rate-limit headers).
+    #[cfg_attr(not(any(feature = "openai", feature = "gemini")), allow(dead_code))]
     pub(crate) async fn post_json(
         &self,
         path: &str,
         body: &Value,
+        extra: &[(&str, &str)],
+        timeout: Option<Duration>,
+    ) -> Result<Reply, CallError> {
+        self.post_body(path, json_bytes(body)?, extra, timeout)
+            .await
+    }
+
+    /// [`post_json`](Self::post_json) with the body already serialized
+    /// (the one copy of a body that carries files, freed once sent).
+    pub(crate) async fn post_body(
+        &self,
+        path: &str,
+        body: Vec<u8>,
         extra: &[(&str, &str)],
         timeout: Option<Duration>,
     ) -> Result<Reply, CallError> {
@@ -271,4 +288,15 @@ impl Endpoint {
             .request(method, &self.url(path), &self.headers_with(&[]), body)
             .await
     }
+}
+
+/// A JSON body as bytes (a body that cannot be serialized is the caller's
+/// bug, reported as such).
+fn json_bytes(body: &Value) -> Result<Vec<u8>, CallError> {
+    serde_json::to_vec(body).map_err(|e| {
+        CallError::new(
+            crate::error::ErrorCategory::LogicError,
+            format!("the request body cannot be serialized: {e}"),
+        )
+    })
 }

@@ -232,7 +232,8 @@ impl ChatModel {
 
 impl Model for ChatModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
-        let body = self.request_body(&*with_parts(request, &self.parts).await?)?;
+        let staged = with_parts(request, &self.parts)?;
+        let body = staged.body(&self.request_body(&staged.request)?).await?;
         let mut extra: Vec<(&str, &str)> = Vec::new();
         if let ChatFlavor::OpenRouter { referer, title, .. } = &self.flavor {
             if let Some(r) = referer {
@@ -244,7 +245,7 @@ impl Model for ChatModel {
         }
         let reply = self
             .endpoint
-            .post_json("chat/completions", &body, &extra, request.timeout)
+            .post_body("chat/completions", body, &extra, request.timeout)
             .await?;
         self.endpoint.finish(reply, Self::parse_response)
     }

@@ -162,10 +162,11 @@ impl OpenAiModel {
 
 impl Model for OpenAiModel {
     async fn generate(&self, request: &LlmRequest) -> Result<LlmResponse, CallError> {
-        let body = self.request_body(&*with_parts(request, &self.parts).await?)?;
+        let staged = with_parts(request, &self.parts)?;
+        let body = staged.body(&self.request_body(&staged.request)?).await?;
         let reply = self
             .endpoint
-            .post_json("responses", &body, &[], request.timeout)
+            .post_body("responses", body, &[], request.timeout)
             .await?;
         self.endpoint.finish(reply, Self::parse_response)
     }
