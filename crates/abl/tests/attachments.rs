@@ -272,3 +272,51 @@ fn a_checkpoint_reruns_only_the_item_whose_file_changed_and_holds_no_bytes() {
         "the checkpoint holds no image bytes"
     );
 }
+
+/// The README's examples run as shown, and every output names the hash of
+/// its own file.
+#[test]
+fn the_readme_examples_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = common::examples().join("attachments");
+    let out = dir.path().join("totals.jsonl");
+    let o = abl()
+        .arg("run")
+        .arg(ex.join("invoices.csv"))
+        .args([
+            "--template",
+            "Extract the total of this invoice",
+            "--attach",
+            "pdf_path",
+        ])
+        .arg("--schema")
+        .arg(ex.join("invoice.schema.json"))
+        .args(["--model", "mock:echo", "-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recs = records(&out);
+    assert_eq!(recs.len(), 3);
+    assert!(
+        recs.iter().all(|r| r["output"]["total"].is_number()),
+        "{recs:?}"
+    );
+    let out = dir.path().join("colours.jsonl");
+    let o = common::run_mock(&ex.join("photos.jsonl"), &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recs = records(&out);
+    for (id, file) in [("red", "photos/red.png"), ("teal", "photos/teal.png")] {
+        let want = sha256_hex(&std::fs::read(ex.join(file)).unwrap());
+        let got = output_of(&recs, id)["output"].as_str().unwrap();
+        assert!(
+            got.ends_with(&format!("[parts: image/png sha256:{want}]")),
+            "{got}"
+        );
+    }
+    assert!(
+        output_of(&recs, "remote")["output"]
+            .as_str()
+            .unwrap()
+            .contains("url:https://")
+    );
+}

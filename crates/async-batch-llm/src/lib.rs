@@ -78,6 +78,39 @@
 //!   cached and cache-write tokens are counted in [`TokenUsage`] and priced by
 //!   [`Prices`].
 //!
+//! ## Images, documents and audio
+//!
+//! A [`Message`] carries [`Attachment`]s: a local path (read only when the
+//! item's call is made, so a 300,000-file job streams), a URL the provider
+//! fetches, or inline bytes. Each provider gets them in its own format, and
+//! a part it cannot take (audio for Anthropic, a PDF by URL for Chat
+//! Completions, a file over its size limit) fails the item as
+//! `client_error` before any call. Checkpoints know a file by the SHA-256
+//! of its bytes. Here the mock stands in for Anthropic and answers with the
+//! hash of what arrived:
+//!
+//! ```
+//! use async_batch_llm::providers::{ApiKey, ModelOptions, llm_with};
+//! use async_batch_llm::{Attachment, BatchConfig, Item, Message, ModelStrategy, Prompt, Role, call_result};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let mock = abl_mock::MockServer::start_recording().await?;
+//! # let base_url = Some(mock.base_url_for("anthropic:"));
+//! let model = llm_with("anthropic:claude-3-5-haiku", ModelOptions {
+//!     api_key: Some(ApiKey::new("sk-ant-example")),
+//!     base_url, // the mock's
+//!     ..ModelOptions::default()
+//! })?;
+//! let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01\0\0\0\x01\x08\x02\0\0\0";
+//! let ask = Message::new(Role::User, "What is in this picture?")
+//!     .with_attachment(Attachment::bytes(png));
+//! let item = Item::new("pic-1", Prompt::Messages(vec![ask]));
+//! let result = call_result(ModelStrategy::text(model), item, &BatchConfig::default()).await?;
+//! assert!(result.output().is_some_and(|t| t.contains("[parts: image/png sha256:")));
+//! # Ok(()) }
+//! ```
+//!
 //! ## Hosts
 //!
 //! - [`process_prompts`]: collect a [`BatchResult`] (totals, termination
