@@ -240,6 +240,10 @@ pub struct MockConfig {
     /// How long a hanging request waits before it answers, in seconds.
     #[arg(long, default_value_t = 600)]
     pub hang_secs: u64,
+    /// How long a batch-API job takes from submission to its results, in
+    /// milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub batch_processing_ms: u64,
     /// Strict requests-per-minute quota over a rolling window (fractions allowed).
     #[arg(long, value_parser = parse_positive)]
     pub rpm: Option<f64>,
@@ -301,6 +305,7 @@ impl Default for MockConfig {
             fault_safety: 0.0,
             fault_refusal: 0.0,
             hang_secs: 600,
+            batch_processing_ms: 0,
             rpm: None,
             tpm: None,
             quota_window_secs: None,

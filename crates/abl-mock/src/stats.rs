@@ -53,6 +53,19 @@ pub struct Stats {
     /// Decoded bytes of the inline parts.
     #[serde(default)]
     pub part_bytes: u64,
+    /// Batch-API input files uploaded.
+    #[serde(default)]
+    pub batch_files_uploaded: u64,
+    /// Batch-API jobs created.
+    #[serde(default)]
+    pub batches_created: u64,
+    /// Batch lines executed (each line of each job that ran).
+    #[serde(default)]
+    pub batch_items_executed: u64,
+    /// Batch lines executed whose custom id had been executed before: a
+    /// client that never submits an item twice keeps this at zero.
+    #[serde(default)]
+    pub batch_items_repeated: u64,
     /// Requests answered (not 429) in each second since the first request
     /// (at most a day), so a test can check any rolling window.
     #[serde(default)]
@@ -99,6 +112,8 @@ struct Inner {
     /// When the first request was answered (the per-second counts' zero).
     first: Option<Instant>,
     prompts: HashMap<String, u64>,
+    /// Custom ids of the batch lines executed.
+    batch_ids: std::collections::HashSet<String>,
 }
 
 /// Live counters.
@@ -185,6 +200,25 @@ impl Recorder {
                 }
                 crate::parts::PartSource::Url(_) => g.stats.parts_by_url += 1,
             }
+        }
+    }
+
+    /// A batch input file was uploaded.
+    pub fn batch_file_uploaded(&self) {
+        self.lock().stats.batch_files_uploaded += 1;
+    }
+
+    /// A batch job was created.
+    pub fn batch_created(&self) {
+        self.lock().stats.batches_created += 1;
+    }
+
+    /// A batch line with `custom_id` was executed.
+    pub fn batch_item_executed(&self, custom_id: &str) {
+        let mut g = self.lock();
+        g.stats.batch_items_executed += 1;
+        if !g.batch_ids.insert(custom_id.to_owned()) {
+            g.stats.batch_items_repeated += 1;
         }
     }
 

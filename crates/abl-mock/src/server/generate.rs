@@ -71,7 +71,11 @@ pub(super) async fn gemini(
     }
 }
 
-fn pick_fault(s: &Shared, req: &MockRequest, seq: u64) -> (Option<Fault>, markers::Markers) {
+pub(super) fn pick_fault(
+    s: &Shared,
+    req: &MockRequest,
+    seq: u64,
+) -> (Option<Fault>, markers::Markers) {
     let marked = req.marker_text.as_deref().unwrap_or(&req.user_text);
     let m = markers::parse(marked);
     if let Some((fault, times)) = m.fault {
@@ -118,6 +122,57 @@ fn reply_content(s: &Shared, req: &MockRequest, invalid: bool) -> Content {
         text.push_str(&crate::parts::parts_line(&req.parts));
     }
     Content::Text(text)
+}
+
+/// The reply's content and usage for a parsed request (the same for the
+/// online routes and the batch APIs).
+pub(super) fn compose(
+    s: &Shared,
+    format: Format,
+    req: &MockRequest,
+    fault: Option<Fault>,
+    marks: &markers::Markers,
+    cached_tokens: u64,
+) -> (Content, Usage) {
+    let content = reply_content(s, req, fault == Some(Fault::InvalidOutput));
+    let output_chars = content.text().chars().count();
+    let mut input =
+        tokens(req.chars) + cached_tokens + crate::parts::PART_TOKENS * req.parts.len() as u64;
+    s.stats.parts_seen(&req.parts);
+    let mut cached = cached_tokens;
+    let mut cache_write = 0;
+    if format == Format::Anthropic {
+        // Anthropic caches only what a `cache_control` breakpoint marks: the
+        // first sight writes it, later ones read it.
+        if let Some(p) = req.cache_prefix.as_ref().filter(|p| p.len() >= 1024) {
+            let n = tokens(p.chars().count());
+            if lock(&s.prefixes).insert(hash_str(p)) {
+                cache_write = n;
+            } else {
+                cached += n;
+            }
+        }
+    } else if req.system.len() >= 1024 {
+        // Automatic prefix cache (OpenAI, DeepSeek): a long system prompt
+        // seen before is served from cache.
+        let h = hash_str(&req.system);
+        if !lock(&s.prefixes).insert(h) {
+            cached += tokens(req.system.chars().count());
+        }
+    }
+    if let Some(c) = marks.cached {
+        cached = c;
+        input = input.max(c);
+    }
+    let reasoning = marks.reasoning.unwrap_or(0);
+    let usage = Usage {
+        input,
+        output: tokens(output_chars).max(1) + reasoning,
+        cached,
+        reasoning,
+        cache_write,
+    };
+    (content, usage)
 }
 
 fn latency(s: &Shared, seq: u64) -> Duration {
@@ -253,44 +308,7 @@ async fn handle(
         }
     }
     let (fault, marks) = pick_fault(s, &req, seq);
-    let content = reply_content(s, &req, fault == Some(Fault::InvalidOutput));
-    let output_chars = content.text().chars().count();
-    let mut input =
-        tokens(req.chars) + cached_tokens + crate::parts::PART_TOKENS * req.parts.len() as u64;
-    s.stats.parts_seen(&req.parts);
-    let mut cached = cached_tokens;
-    let mut cache_write = 0;
-    if format == Format::Anthropic {
-        // Anthropic caches only what a `cache_control` breakpoint marks: the
-        // first sight writes it, later ones read it.
-        if let Some(p) = req.cache_prefix.as_ref().filter(|p| p.len() >= 1024) {
-            let n = tokens(p.chars().count());
-            if lock(&s.prefixes).insert(hash_str(p)) {
-                cache_write = n;
-            } else {
-                cached += n;
-            }
-        }
-    } else if req.system.len() >= 1024 {
-        // Automatic prefix cache (OpenAI, DeepSeek): a long system prompt
-        // seen before is served from cache.
-        let h = hash_str(&req.system);
-        if !lock(&s.prefixes).insert(h) {
-            cached += tokens(req.system.chars().count());
-        }
-    }
-    if let Some(c) = marks.cached {
-        cached = c;
-        input = input.max(c);
-    }
-    let reasoning = marks.reasoning.unwrap_or(0);
-    let usage = Usage {
-        input,
-        output: tokens(output_chars).max(1) + reasoning,
-        cached,
-        reasoning,
-        cache_write,
-    };
+    let (content, usage) = compose(s, format, &req, fault, &marks, cached_tokens);
     // The quota's standing goes out on every reply from here on, as real
     // providers send their rate-limit headers on every response.
     let mut rate = Vec::new();

@@ -2,6 +2,7 @@
 //! route uses. The model routes are in [`generate`], Gemini caches in
 //! [`caches`], OpenAI embeddings in [`embeddings`].
 
+mod batches;
 mod caches;
 pub mod embeddings;
 mod generate;
@@ -36,6 +37,7 @@ pub struct Shared {
     pub(crate) stats: Recorder,
     quota: Option<Quota>,
     pub(crate) cache: CacheStore,
+    pub(crate) batches: batches::BatchStore,
 }
 
 impl Shared {
@@ -55,6 +57,7 @@ impl Shared {
             prefixes: Mutex::new(HashSet::new()),
             stats: Recorder::default(),
             cache: CacheStore::default(),
+            batches: batches::BatchStore::default(),
         }
     }
 
@@ -110,6 +113,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/responses", post(responses))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/files", post(batches::upload))
+        .route("/v1/files/{id}/content", get(batches::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::get))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
         .route("/v1/messages", post(anthropic))
         .route("/v1beta/models/{*rest}", post(gemini))
         .route("/v1beta/cachedContents", post(cache_create).get(cache_list))
