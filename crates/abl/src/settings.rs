@@ -43,7 +43,7 @@ pub struct MockPlan {
 #[derive(Debug, Clone)]
 pub enum ModelChoice {
     /// The built-in mock over loopback HTTP.
-    Mock(MockPlan),
+    Mock(Box<MockPlan>),
     /// A real provider.
     Provider {
         /// `provider:model`.
@@ -356,7 +356,7 @@ fn model(a: &RunArgs) -> Result<(ModelChoice, String)> {
         err("--model is required, e.g. --model openai:gpt-4o-mini or --model mock:echo")
     })?;
     if let Some(mode) = text.strip_prefix("mock:") {
-        return Ok((ModelChoice::Mock(mock(a, mode)?), text));
+        return Ok((ModelChoice::Mock(Box::new(mock(a, mode)?)), text));
     }
     let spec: ModelSpec = text.parse().map_err(|e| err(format!("--model: {e}")))?;
     Ok((
