@@ -314,8 +314,8 @@ impl Mapping {
             for r in refs {
                 let r = r.trim();
                 if r.is_empty() {
-                    // An empty cell attaches nothing (a CSV row without a file).
-                    continue;
+                    // A call without its file would be paid for nothing.
+                    return Err(err(Some(field), "is empty (--attach names it)".into()));
                 }
                 parts.push(
                     Attachment::from_reference(r, self.base_dir.as_deref())

@@ -91,6 +91,10 @@ impl MediaType {
             "flac" => MediaType::Flac,
             "ogg" | "oga" => MediaType::Ogg,
             "aac" => MediaType::Aac,
+            "txt" | "text" => MediaType::Other("text/plain".into()),
+            "csv" => MediaType::Other("text/csv".into()),
+            "md" => MediaType::Other("text/md".into()),
+            "html" | "htm" => MediaType::Other("text/html".into()),
             _ => return None,
         })
     }

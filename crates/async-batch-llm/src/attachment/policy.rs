@@ -229,7 +229,7 @@ impl PartPolicy {
     /// Checks one part; returns its size in bytes (0 when unknown).
     fn check_one(&self, a: &Attachment) -> Result<u64, String> {
         let Some(media) = a.media_type() else {
-            return Err("its media type is unknown (its bytes are none of PNG, JPEG, WebP, GIF, PDF, WAV, MP3, FLAC, Ogg, AAC); give media_type".into());
+            return Err("its media type is unknown (its bytes are none of PNG, JPEG, WebP, GIF, PDF, WAV, MP3, FLAC, Ogg, AAC, and its name has no known extension); give media_type".into());
         };
         let kind = media.kind();
         let Some(rule) = self.rules.iter().find(|r| r.kind == kind) else {
