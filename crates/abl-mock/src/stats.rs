@@ -59,6 +59,11 @@ pub struct Stats {
     /// Batch-API jobs created.
     #[serde(default)]
     pub batches_created: u64,
+    /// Request lines in the batch jobs created (each job's input counted
+    /// once per job): a client that submits every item once keeps this at
+    /// the number of items.
+    #[serde(default)]
+    pub batch_lines_submitted: u64,
     /// Batch lines executed (each line of each job that ran).
     #[serde(default)]
     pub batch_items_executed: u64,
@@ -208,9 +213,11 @@ impl Recorder {
         self.lock().stats.batch_files_uploaded += 1;
     }
 
-    /// A batch job was created.
-    pub fn batch_created(&self) {
-        self.lock().stats.batches_created += 1;
+    /// A batch job of `lines` requests was created.
+    pub fn batch_created(&self, lines: u64) {
+        let mut g = self.lock();
+        g.stats.batches_created += 1;
+        g.stats.batch_lines_submitted += lines;
     }
 
     /// A batch line with `custom_id` was executed.

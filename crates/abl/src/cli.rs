@@ -32,6 +32,9 @@ pub enum Command {
     /// Checkpoint tools.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
+    /// Jobs of a `--via batch-api` run: their state, or cancel them.
+    #[command(subcommand)]
+    Batch(BatchCommand),
     /// Run the mock provider as a standalone server.
     MockServer(Box<abl_mock::MockConfig>),
     /// Print the summary of an output file or a checkpoint (every identity it holds).
@@ -137,6 +140,28 @@ pub enum CheckpointCommand {
     },
 }
 
+/// `abl batch …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum BatchCommand {
+    /// Every job the checkpoint recorded: state, requests, provider id,
+    /// its state at the provider (with OPENAI_API_KEY), age.
+    Status {
+        /// The run's SQLite checkpoint.
+        checkpoint: PathBuf,
+        /// The provider's base URL (https://api.openai.com/v1).
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+    /// Ask the provider to cancel every job of the run not done yet.
+    Cancel {
+        /// The run's SQLite checkpoint.
+        checkpoint: PathBuf,
+        /// The provider's base URL (https://api.openai.com/v1).
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+}
+
 /// `--stop-mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -145,6 +170,16 @@ pub enum StopModeArg {
     Drain,
     /// Calls in flight are cancelled.
     Cancel,
+}
+
+/// `--via`: how the calls are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ViaArg {
+    /// One HTTP call per item, as it is read.
+    Online,
+    /// The provider's batch API: half the price, results within 24 h.
+    BatchApi,
 }
 
 /// `--token-estimator`.
@@ -296,6 +331,18 @@ run_args! {
     /// Stop the run when an item fails for good with one of these categories (comma-separated, e.g. authentication,insufficient_balance).
     #[arg(long, env = "ABL_FAIL_FAST", value_delimiter = ',')]
     fail_fast: Option<Vec<String>>,
+    /// How calls are made: online (default), or batch-api (OpenAI's Batch
+    /// API at half the price; needs a SQLite --checkpoint).
+    #[arg(long, value_enum, env = "ABL_VIA")]
+    via: Option<ViaArg>,
+    /// With --via batch-api: seconds between status checks of a job (30;
+    /// grows 1.5x while nothing changes, up to 10 minutes).
+    #[arg(long, env = "ABL_BATCH_POLL_SECS")]
+    batch_poll_secs: Option<f64>,
+    /// With --via batch-api: most requests in one job (50000, OpenAI's
+    /// limit; jobs are also kept under 200 MB).
+    #[arg(long, env = "ABL_BATCH_JOB_ITEMS")]
+    batch_job_items: Option<usize>,
     /// When a budget or fail-fast stops the run: let calls in flight finish (drain) or cancel them.
     #[arg(long, value_enum, env = "ABL_STOP_MODE")]
     stop_mode: Option<StopModeArg>,

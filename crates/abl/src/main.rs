@@ -1,5 +1,6 @@
 //! `abl`: the command-line tool of async-batch-llm.
 
+mod batch;
 mod checkpoint;
 mod cli;
 mod embed;
@@ -60,6 +61,14 @@ fn main() {
             cli::Command::Checkpoint(cli::CheckpointCommand::Import { from, to }) => {
                 checkpoint::import(&from, &to)
             }
+            cli::Command::Batch(cli::BatchCommand::Status {
+                checkpoint,
+                base_url,
+            }) => batch::status(&checkpoint, base_url.as_deref()).await,
+            cli::Command::Batch(cli::BatchCommand::Cancel {
+                checkpoint,
+                base_url,
+            }) => batch::cancel(&checkpoint, base_url.as_deref()).await,
         };
         match result {
             Ok(code) => code,

@@ -171,6 +171,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
         _ => None,
     };
+    if plan.batch_api.is_some() {
+        let (Some(cp), Some(path)) = (checkpoint, paths.checkpoint.clone()) else {
+            return Err(usage("--via batch-api needs --checkpoint").into());
+        };
+        drop(model);
+        return crate::batch::run(plan, paths.output.clone(), path, cp, validator).await;
+    }
     let ready = Ready {
         plan,
         paths,

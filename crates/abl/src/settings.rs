@@ -161,11 +161,22 @@ impl EnginePlan {
     }
 }
 
+/// How `--via batch-api` runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchApiPlan {
+    /// The first wait between status checks.
+    pub poll: Duration,
+    /// Most requests in one job.
+    pub job_items: usize,
+}
+
 /// Everything `abl run` will do, validated.
 #[derive(Debug, Clone)]
 pub struct RunPlan {
     /// The input.
     pub input: InputSource,
+    /// `--via batch-api`: the provider's batch API instead of online calls.
+    pub batch_api: Option<BatchApiPlan>,
     /// Its format.
     pub format: Format,
     /// How records become items.
@@ -297,6 +308,67 @@ fn mapping(a: &RunArgs, input: &InputSource) -> Result<Mapping> {
         attach,
         base_dir,
     })
+}
+
+/// `--via` and the batch-API flags, checked against the rest.
+fn batch_api(
+    a: &RunArgs,
+    checkpoint: Option<&CheckpointPlan>,
+    model: &ModelChoice,
+) -> Result<Option<BatchApiPlan>> {
+    if a.via != Some(crate::cli::ViaArg::BatchApi) {
+        for (flag, given) in [
+            ("batch-poll-secs", a.batch_poll_secs.is_some()),
+            ("batch-job-items", a.batch_job_items.is_some()),
+        ] {
+            if given {
+                return Err(err(format!("--{flag} needs --via batch-api")));
+            }
+        }
+        return Ok(None);
+    }
+    let sqlite = checkpoint.is_some_and(|c| {
+        c.path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("sqlite") || e.eq_ignore_ascii_case("db"))
+    });
+    if !sqlite {
+        return Err(err(
+            "--via batch-api needs --checkpoint FILE.sqlite: the jobs submitted are recorded there, so a run that stops can reattach to them instead of paying twice",
+        ));
+    }
+    match model {
+        ModelChoice::Mock(_) => {}
+        ModelChoice::Provider { spec, .. }
+            if spec.provider == async_batch_llm::providers::Provider::OpenAi => {}
+        ModelChoice::Provider { spec, .. } => {
+            return Err(err(format!(
+                "--via batch-api: only openai: models are supported yet, not {}:",
+                spec.provider.prefix()
+            )));
+        }
+    }
+    if a.dry_run == Some(true) {
+        return Err(err(
+            "--via batch-api and --dry-run: a dry run calls nothing either way; drop --via",
+        ));
+    }
+    let poll = a.batch_poll_secs.unwrap_or(30.0);
+    if !(poll.is_finite() && (0.05..=3600.0).contains(&poll)) {
+        return Err(err(format!(
+            "--batch-poll-secs must be from 0.05 to 3600, got {poll}"
+        )));
+    }
+    let job_items = a.batch_job_items.unwrap_or(50_000);
+    if !(1..=50_000).contains(&job_items) {
+        return Err(err(format!(
+            "--batch-job-items must be from 1 to 50000, got {job_items}"
+        )));
+    }
+    Ok(Some(BatchApiPlan {
+        poll: Duration::from_secs_f64(poll),
+        job_items,
+    }))
 }
 
 fn mock(a: &RunArgs, mode: &str) -> Result<MockPlan> {
@@ -588,8 +660,10 @@ impl RunPlan {
             }
         }
         let mapping = mapping(a, &input)?;
+        let batch_api = batch_api(a, checkpoint.as_ref(), &model)?;
         Ok(Self {
             input,
+            batch_api,
             format,
             mapping,
             output: a.output.as_deref().filter(|o| *o != "-").map(PathBuf::from),

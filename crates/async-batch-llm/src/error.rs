@@ -83,6 +83,9 @@ categories! {
     ItemDeadline => "item_deadline",
     /// The batch ran past its deadline.
     BatchDeadline => "batch_deadline",
+    /// A provider batch-API job ended (its window passed, or it was
+    /// cancelled) before it ran this request.
+    BatchExpired => "batch_expired",
     /// A token or cost budget was spent.
     BudgetExceeded => "budget_exceeded",
     /// The run was stopped before this item finished.
@@ -510,7 +513,7 @@ mod tests {
             let json = serde_json::to_string(c).unwrap_or_default();
             assert_eq!(json, format!("\"{}\"", c.as_str()));
         }
-        assert_eq!(ErrorCategory::ALL.len(), 27);
+        assert_eq!(ErrorCategory::ALL.len(), 28);
         assert!("nope".parse::<ErrorCategory>().is_err());
     }
 

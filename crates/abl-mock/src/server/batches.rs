@@ -195,7 +195,7 @@ pub(super) async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Respons
     };
     let body = job.json();
     g.jobs.insert(job.id.clone(), job);
-    s.stats.batch_created();
+    s.stats.batch_created(lines);
     json_response(200, &[], &body)
 }
 

@@ -42,4 +42,7 @@ pub use gemini::{
 pub use http::{HttpOptions, parse_body, retry_hint};
 pub use key::ApiKey;
 #[cfg(feature = "openai")]
-pub use openai::{ChatFlavor, ChatModel, OpenAiConfig, OpenAiEmbeddings, OpenAiModel};
+pub use openai::{
+    BatchJob, BatchLine, BatchResults, ChatFlavor, ChatModel, JobStatus, OpenAiBatches,
+    OpenAiConfig, OpenAiEmbeddings, OpenAiModel,
+};

@@ -194,6 +194,17 @@ impl<T> Checkpoint<T> {
         self.store.note_run(settings)
     }
 
+    /// Saves the record of batch-API job `key` (see
+    /// [`CheckpointStore::note_job`]).
+    pub fn note_job(&self, key: &str, record: &str) -> Result<(), Error> {
+        self.store.note_job(key, record)
+    }
+
+    /// Every batch-API job record, by key.
+    pub fn jobs(&self) -> Vec<(String, String)> {
+        self.store.jobs()
+    }
+
     /// Whether this run can reuse anything (a resume policy and a store
     /// that held records when it was opened).
     pub(crate) fn may_replay(&self) -> bool {

@@ -168,6 +168,20 @@ pub trait CheckpointStore: Send + Sync + 'static {
     fn runs(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Saves (or replaces) the record of provider batch-API job `key`
+    /// (JSON), durably, before the caller goes on: a job is recorded before
+    /// it is submitted, and again once the provider named it. Stores that
+    /// cannot keep jobs refuse.
+    fn note_job(&self, key: &str, record: &str) -> Result<(), Error> {
+        let _ = (key, record);
+        Err(Error::config(
+            "this checkpoint cannot keep batch-API jobs: use a SQLite checkpoint (.sqlite)",
+        ))
+    }
+    /// Every job record saved, by key.
+    fn jobs(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// How many runs' settings a store keeps.

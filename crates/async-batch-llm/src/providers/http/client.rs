@@ -232,6 +232,90 @@ impl Endpoint {
         format!("{}/{}", self.base_url, path.trim_start_matches('/'))
     }
 
+    /// Uploads the file at `file` as multipart form data (`fields`, then
+    /// the file as `file`), streamed from disk; returns the JSON reply.
+    #[cfg(feature = "openai")]
+    pub(crate) async fn upload(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        file: &std::path::Path,
+    ) -> Result<Value, CallError> {
+        let local = |e: std::io::Error| {
+            CallError::new(
+                ErrorCategory::LogicError,
+                format!("cannot read {}: {e}", file.display()),
+            )
+            .with_retryable(false)
+        };
+        let f = tokio::fs::File::open(file).await.map_err(local)?;
+        let len = f.metadata().await.map_err(local)?.len();
+        let name = file.file_name().map_or_else(
+            || "input.jsonl".into(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::from(f), len)
+            .file_name(name);
+        let mut form = reqwest::multipart::Form::new();
+        for (k, v) in fields {
+            form = form.text((*k).to_owned(), (*v).to_owned());
+        }
+        let mut req = self
+            .http
+            .client
+            .post(self.url(path))
+            .multipart(form.part("file", part));
+        for (k, v) in self.headers_with(&[]) {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.map_err(transport_error)?;
+        parse_body(status, &headers, &bytes)
+    }
+
+    /// GETs `path`; the raw reply.
+    #[cfg(feature = "openai")]
+    pub(crate) async fn get_raw(
+        &self,
+        path: &str,
+    ) -> Result<(u16, HeaderMap, bytes::Bytes), CallError> {
+        self.http
+            .send(
+                self.http.client.get(self.url(path)),
+                &self.headers_with(&[]),
+                None,
+                None,
+            )
+            .await
+    }
+
+    /// GETs `path`; its body as lines, read as they arrive (a results
+    /// file of any size is never held whole).
+    #[cfg(feature = "openai")]
+    pub(crate) async fn get_lines(&self, path: &str) -> Result<Lines, CallError> {
+        let mut req = self.http.client.get(self.url(path));
+        for (k, v) in self.headers_with(&[]) {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let headers = resp.headers().clone();
+            let bytes = resp.bytes().await.map_err(transport_error)?;
+            parse_body(status, &headers, &bytes)?;
+            return Err(crate::providers::http::shape_error(&format!(
+                "HTTP {status} with a body that reads as a success"
+            )));
+        }
+        Ok(Lines {
+            resp: Some(resp),
+            pending: Vec::new(),
+            start: 0,
+        })
+    }
+
     fn headers_with<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut all: Vec<(&str, &str)> =
             self.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -299,4 +383,43 @@ fn json_bytes(body: &Value) -> Result<Vec<u8>, CallError> {
             format!("the request body cannot be serialized: {e}"),
         )
     })
+}
+
+/// The lines of a response body, read as they arrive.
+#[cfg(feature = "openai")]
+pub(crate) struct Lines {
+    resp: Option<reqwest::Response>,
+    pending: Vec<u8>,
+    start: usize,
+}
+
+#[cfg(feature = "openai")]
+impl Lines {
+    /// The next line that is not blank, without its newline.
+    pub(crate) async fn next(&mut self) -> Option<Result<Vec<u8>, CallError>> {
+        loop {
+            if let Some(nl) = self.pending[self.start..].iter().position(|b| *b == b'\n') {
+                let line = self.pending[self.start..self.start + nl].to_vec();
+                self.start += nl + 1;
+                if !line.iter().all(u8::is_ascii_whitespace) {
+                    return Some(Ok(line));
+                }
+                continue;
+            }
+            self.pending.drain(..self.start);
+            self.start = 0;
+            let Some(resp) = self.resp.as_mut() else {
+                let rest = std::mem::take(&mut self.pending);
+                return (!rest.iter().all(u8::is_ascii_whitespace)).then_some(Ok(rest));
+            };
+            match resp.chunk().await {
+                Ok(Some(c)) => self.pending.extend_from_slice(&c),
+                Ok(None) => self.resp = None,
+                Err(e) => {
+                    self.resp = None;
+                    return Some(Err(transport_error(e)));
+                }
+            }
+        }
+    }
 }

@@ -20,6 +20,8 @@ pub use classify::parse_body;
 pub(crate) use classify::shape_error;
 pub(crate) use client::Endpoint;
 pub use client::HttpOptions;
+#[cfg(feature = "openai")]
+pub(crate) use client::Lines;
 pub use hints::retry_hint;
 
 /// A header map from pairs, for the tests of header parsing.

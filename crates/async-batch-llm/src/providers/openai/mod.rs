@@ -3,10 +3,12 @@
 //! vLLM, Ollama, LiteLLM…) through Chat Completions; embeddings
 //! ([`OpenAiEmbeddings`]) on any of them that serves `/v1/embeddings`.
 
+mod batches;
 mod chat;
 mod embeddings;
 mod responses;
 
+pub use batches::{BatchJob, BatchLine, BatchResults, JobStatus, OpenAiBatches};
 pub use chat::{ChatFlavor, ChatModel};
 pub use embeddings::OpenAiEmbeddings;
 pub use responses::OpenAiModel;

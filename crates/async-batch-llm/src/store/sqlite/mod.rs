@@ -263,6 +263,33 @@ impl CheckpointStore for SqliteStore {
             .unwrap_or_default()
     }
 
+    fn note_job(&self, key: &str, record: &str) -> Result<(), Error> {
+        let Some(w) = &self.writer else {
+            return Err(Error::config("this checkpoint is open read-only"));
+        };
+        let w = w.lock().unwrap_or_else(PoisonError::into_inner);
+        w.execute(
+            "INSERT OR REPLACE INTO manifest (key, value) VALUES (?1, ?2)",
+            params![format!("job:{key}"), record],
+        )
+        .map(|_| ())
+        .map_err(|e| db(&self.path, &e))
+    }
+
+    fn jobs(&self) -> Vec<(String, String)> {
+        let r = self.reader();
+        let Ok(mut stmt) = r.prepare(
+            "SELECT substr(key, 5), value FROM manifest WHERE key LIKE 'job:%' ORDER BY key",
+        ) else {
+            return Vec::new();
+        };
+        stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default()
+    }
+
     fn identities(&self) -> Vec<KnownIdentity> {
         let r = self.reader();
         let sql = match self.layout {

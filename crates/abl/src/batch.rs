@@ -1,0 +1,800 @@
+//! `abl run … --via batch-api`: the same input, records, checkpoint and
+//! summary as an online run, through OpenAI's Batch API at half the price.
+//!
+//! The input is read once, streaming: recorded items are replayed, the
+//! rest are written as request lines into job files of at most
+//! `--batch-job-items` requests (and 200 MB) beside the checkpoint. Each
+//! job is **recorded in the checkpoint before it is submitted** (its key,
+//! its items, its file) and again once the provider named it; it carries
+//! its key in its metadata. A run that stops — Ctrl-C, a crash, SIGKILL —
+//! is resumed by the same command: it reattaches to every job recorded,
+//! finds a job whose id was never recorded by its key, and submits nothing
+//! twice. Results are recorded in the checkpoint before they are written
+//! out. Requests the provider could not run (the window passed, a server
+//! error) go into one more job; after that they fail with their category.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_batch_llm::providers::{ApiKey, BatchJob, OpenAiBatches, OpenAiConfig};
+use async_batch_llm::store::{Checkpoint, item_fingerprint};
+use async_batch_llm::{
+    CallError, ErrorCategory, Item, ItemError, ItemResult, ItemTiming, LlmResponse,
+    RequestDefaults, SummaryCollector, Termination, TerminationReason, Validator,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::exit::{self, UsageError};
+use crate::input::{IdSet, Reader};
+use crate::output::Results;
+use crate::progress::eprintln_safe;
+use crate::settings::{BatchApiPlan, InputSource, ModelChoice, RunPlan};
+
+fn usage(msg: impl Into<String>) -> UsageError {
+    UsageError(msg.into())
+}
+
+/// Where a recorded job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum JobState {
+    /// Recorded; the submission may or may not have reached the provider.
+    Preparing,
+    /// The provider accepted it under `batch_id`.
+    Submitted,
+    /// Its results are recorded.
+    Done,
+}
+
+/// A job as the checkpoint keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JobRecord {
+    key: String,
+    provider: String,
+    state: JobState,
+    #[serde(default)]
+    batch_id: Option<String>,
+    /// The custom ids of its requests.
+    items: Vec<String>,
+    /// 1 for a first submission, 2 for the resubmission of what could not run.
+    attempt: u32,
+    /// Its request lines, kept until its results are in.
+    file: PathBuf,
+    created_at: u64,
+}
+
+/// An item waiting for its result, kept small (100,000 of them wait
+/// while a job runs): its context as JSON text.
+struct Waiting {
+    id: Box<str>,
+    index: u64,
+    fp: Box<str>,
+    context: Option<Box<str>>,
+}
+
+/// The `custom_id` of an item: its id when it fits OpenAI's 64 characters,
+/// else a hash of it.
+fn custom_id(id: &str) -> String {
+    if id.len() <= 64 && !id.is_empty() {
+        id.to_owned()
+    } else {
+        use sha2::Digest as _;
+        let d = sha2::Sha256::digest(id.as_bytes());
+        let hex = d.iter().take(16).fold(String::new(), |mut h, b| {
+            use std::fmt::Write as _;
+            let _ = write!(h, "{b:02x}");
+            h
+        });
+        format!("sha256-{hex}")
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The client, and the mock serving it for `mock:` runs.
+fn client(
+    plan: &RunPlan,
+) -> Result<(OpenAiBatches, String, Option<abl_mock::MockServer>), UsageError> {
+    let (model, base_url, key, mock) = match &plan.model {
+        ModelChoice::Mock(m) => {
+            let server = abl_mock::MockServer::start_dedicated(m.config.clone(), 1)
+                .map_err(|e| usage(format!("cannot start the mock provider: {e}")))?;
+            let url = format!("{}/v1", server.base_url());
+            (
+                format!("mock-{}", m.mode),
+                url,
+                Some(ApiKey::new("mock-key")),
+                Some(server),
+            )
+        }
+        ModelChoice::Provider {
+            spec,
+            base_url,
+            api_key_file,
+        } => {
+            let key = match api_key_file {
+                Some(p) => Some(ApiKey::from_file(p).map_err(|e| usage(e.to_string()))?),
+                None => ApiKey::from_env(spec.provider.key_vars()),
+            };
+            if key.is_none() {
+                return Err(usage(
+                    "no API key: set OPENAI_API_KEY or give --api-key-file",
+                ));
+            }
+            let url = base_url
+                .clone()
+                .unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
+            (spec.model.clone(), url, key, None)
+        }
+    };
+    let c = OpenAiBatches::new(OpenAiConfig {
+        model,
+        base_url: base_url.clone(),
+        api_key: key,
+        http: async_batch_llm::providers::HttpOptions::default(),
+    })
+    .map_err(|e| usage(e.to_string()))?;
+    Ok((c, base_url, mock))
+}
+
+/// The folder of job files beside the checkpoint.
+fn jobs_dir(checkpoint: &Path) -> PathBuf {
+    let mut name = checkpoint.file_name().unwrap_or_default().to_os_string();
+    name.push(".jobs");
+    checkpoint.with_file_name(name)
+}
+
+/// A job being filled with request lines.
+struct Filling {
+    key: String,
+    file: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    items: Vec<String>,
+    bytes: u64,
+    attempt: u32,
+}
+
+/// What the run carries.
+struct Run {
+    client: OpenAiBatches,
+    checkpoint: Arc<Checkpoint<Value>>,
+    defaults: RequestDefaults,
+    validator: Option<Arc<Validator<Value>>>,
+    settings: BatchApiPlan,
+    dir: PathBuf,
+    jobs: BTreeMap<String, JobRecord>,
+    waiting: HashMap<String, Waiting>,
+    out: Results,
+    collector: SummaryCollector,
+    next_key: u64,
+    tag: String,
+}
+
+impl Run {
+    fn save(&self, job: &JobRecord) -> anyhow::Result<()> {
+        let json = serde_json::to_string(job)?;
+        self.checkpoint.note_job(&job.key, &json)?;
+        Ok(())
+    }
+
+    fn start_job(&mut self, attempt: u32) -> anyhow::Result<Filling> {
+        self.next_key += 1;
+        let key = format!("{}-{:04}", self.tag, self.next_key);
+        std::fs::create_dir_all(&self.dir)?;
+        let file = self.dir.join(format!("{key}.jsonl"));
+        let out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        Ok(Filling {
+            key,
+            file,
+            out,
+            items: Vec::new(),
+            bytes: 0,
+            attempt,
+        })
+    }
+
+    /// Records the job, then submits it, then records its id.
+    async fn submit(&mut self, f: Filling) -> anyhow::Result<()> {
+        let Filling {
+            key,
+            file,
+            mut out,
+            items,
+            attempt,
+            ..
+        } = f;
+        out.flush()?;
+        out.into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?
+            .sync_all()?;
+        if items.is_empty() {
+            let _ = std::fs::remove_file(&file);
+            return Ok(());
+        }
+        let mut job = JobRecord {
+            key,
+            provider: "openai".into(),
+            state: JobState::Preparing,
+            batch_id: None,
+            items,
+            attempt,
+            file,
+            created_at: unix_now(),
+        };
+        self.save(&job)?;
+        let id = self.upload_and_create(&job).await?;
+        job.batch_id = Some(id);
+        job.state = JobState::Submitted;
+        self.save(&job)?;
+        eprintln_safe(&format!(
+            "abl: batch-api: job {} submitted ({} requests)",
+            job.key,
+            job.items.len()
+        ));
+        self.jobs.insert(job.key.clone(), job);
+        Ok(())
+    }
+
+    async fn upload_and_create(&self, job: &JobRecord) -> anyhow::Result<String> {
+        let file_id = self.client.upload(&job.file).await.map_err(call)?;
+        let created = self.client.create(&file_id, &job.key).await.map_err(call)?;
+        Ok(created.id)
+    }
+
+    /// A recorded job whose submission may not have reached the provider:
+    /// found by its key, or submitted now from its file.
+    async fn reattach(&mut self, mut job: JobRecord) -> anyhow::Result<Option<JobRecord>> {
+        if let Some(found) = self.client.find(&job.key, 10).await.map_err(call)? {
+            job.batch_id = Some(found.id);
+        } else if job.file.exists() {
+            job.batch_id = Some(self.upload_and_create(&job).await?);
+        } else {
+            // Never submitted and its lines are gone: its items go into new jobs.
+            job.state = JobState::Done;
+            self.save(&job)?;
+            return Ok(None);
+        }
+        job.state = JobState::Submitted;
+        self.save(&job)?;
+        Ok(Some(job))
+    }
+
+    /// Writes a result out after recording it.
+    async fn finish_item(
+        &mut self,
+        cid: &str,
+        outcome: Result<(Value, Option<async_batch_llm::TokenUsage>), ItemError>,
+        attempts: u32,
+    ) -> anyhow::Result<bool> {
+        let Some(w) = self.waiting.remove(cid) else {
+            return Ok(true);
+        };
+        let (outcome, usage) = match outcome {
+            Ok((v, u)) => (Ok(v), u.unwrap_or_default()),
+            Err(e) => (Err(e), async_batch_llm::TokenUsage::default()),
+        };
+        let r = ItemResult {
+            id: w.id.into(),
+            index: w.index,
+            outcome,
+            usage,
+            attempts,
+            tries: attempts,
+            timing: ItemTiming::default(),
+            context: w.context.and_then(|c| serde_json::from_str(&c).ok()),
+            replayed: false,
+        };
+        self.checkpoint.record(&r, w.fp.into(), None).await?;
+        self.collector.add(&r);
+        self.out.write(&r)
+    }
+
+    /// The output of a response: its text, or its JSON checked against the
+    /// schema.
+    fn output(&self, r: &LlmResponse) -> Result<Value, ItemError> {
+        match &self.validator {
+            None => Ok(Value::String(r.text.clone())),
+            Some(v) => serde_json::from_str::<Value>(&r.text)
+                .map_err(|e| e.to_string())
+                .and_then(|value| v.check(value))
+                .map_err(|e| ItemError::new(ErrorCategory::ValidationError, e)),
+        }
+    }
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `.map_err(call)`
+fn call(e: CallError) -> anyhow::Error {
+    anyhow::anyhow!("batch API: {} ({})", e.message(), e.category())
+}
+
+/// Runs `plan` through the batch API; the exit code.
+pub async fn run(
+    plan: RunPlan,
+    output: Option<PathBuf>,
+    checkpoint_path: PathBuf,
+    checkpoint: Arc<Checkpoint<Value>>,
+    validator: Option<Arc<Validator<Value>>>,
+) -> anyhow::Result<i32> {
+    let Some(settings) = plan.batch_api else {
+        anyhow::bail!("not a batch-API run");
+    };
+    let (client, _base_url, _mock) = client(&plan)?;
+    let mut jobs = BTreeMap::new();
+    for (key, json) in checkpoint.jobs() {
+        match serde_json::from_str::<JobRecord>(&json) {
+            Ok(j) => {
+                jobs.insert(key, j);
+            }
+            Err(e) => anyhow::bail!("the checkpoint's record of job {key} cannot be read: {e}"),
+        }
+    }
+    let started = Instant::now();
+    let mut run = Run {
+        client,
+        checkpoint,
+        defaults: plan.request.defaults(),
+        validator,
+        settings,
+        dir: jobs_dir(&checkpoint_path),
+        jobs: BTreeMap::new(),
+        waiting: HashMap::new(),
+        out: Results::create(output.as_deref())?,
+        collector: SummaryCollector::default(),
+        next_key: 0,
+        // Unique to this run: two runs started in the same second on one
+        // checkpoint must never name a job alike.
+        tag: format!(
+            "abl-{}-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+            std::process::id()
+        ),
+    };
+    // Jobs a stopped run left: reattached first, so their items are not
+    // put in new jobs.
+    let mut in_jobs: HashSet<String> = HashSet::new();
+    for (_, job) in jobs {
+        let job = match job.state {
+            JobState::Done => continue,
+            JobState::Preparing => match run.reattach(job).await? {
+                Some(j) => j,
+                None => continue,
+            },
+            JobState::Submitted => job,
+        };
+        in_jobs.extend(job.items.iter().cloned());
+        run.jobs.insert(job.key.clone(), job);
+    }
+    if !run.jobs.is_empty() {
+        eprintln_safe(&format!(
+            "abl: batch-api: reattached to {} job(s) submitted earlier",
+            run.jobs.len()
+        ));
+    }
+    remove_stale_files(&run);
+    read_input(&plan, &mut run, &in_jobs).await?;
+    let interrupted = wait_for_jobs(&mut run).await?;
+    let write_failure = run.out.finish()?;
+    if let Some(crate::output::WriteFailure::Io(e)) = write_failure {
+        anyhow::bail!("cannot write the output: {e}");
+    }
+    let termination = if interrupted {
+        Termination {
+            message: Some("detached: the jobs keep running at the provider".into()),
+            ..Termination::new(TerminationReason::Aborted)
+        }
+    } else {
+        Termination::completed()
+    };
+    let summary = run.collector.finish(termination, started.elapsed());
+    // Batch requests cost half the list price.
+    let prices = plan.prices.map(|p| async_batch_llm::Prices {
+        input_per_million: p.input_per_million / 2.0,
+        output_per_million: p.output_per_million / 2.0,
+        cached_input_per_million: p.cached_input_per_million.map(|c| c / 2.0),
+        cache_write_input_per_million: p.cache_write_input_per_million.map(|c| c / 2.0),
+    });
+    crate::summary::print_end(&summary, prices.as_ref());
+    if prices.is_some() {
+        eprintln_safe("Prices: batch-API rate (half the list price)");
+    }
+    if interrupted {
+        return Ok(exit::INTERRUPTED);
+    }
+    Ok(exit::of_run(
+        summary.termination.reason,
+        summary.stats.failed,
+        false,
+    ))
+}
+
+/// Reads the input: replays what is recorded, keeps the rest waiting, and
+/// puts each item not already in a job into a new one.
+async fn read_input(
+    plan: &RunPlan,
+    run: &mut Run,
+    in_jobs: &HashSet<String>,
+) -> anyhow::Result<()> {
+    let path = match &plan.input {
+        InputSource::Stdin => "-".to_owned(),
+        InputSource::File(p) => p.display().to_string(),
+    };
+    let mut reader =
+        Reader::open(&path, plan.format, plan.mapping.clone()).map_err(|e| usage(e.to_string()))?;
+    let mut ids = IdSet::default();
+    let mut filling: Option<Filling> = None;
+    let mut index = 0u64;
+    while let Some(next) = tokio::task::block_in_place(|| reader.next_item()) {
+        let item: Item = next.map_err(|e| usage(e.to_string()))?;
+        if plan.shard.is_some_and(|s| !s.contains(&item.id)) {
+            continue;
+        }
+        if !ids.insert(&item.id) {
+            return Err(usage(format!("{path}: id {:?} is used twice", item.id)).into());
+        }
+        let at = index;
+        index += 1;
+        let fp = item_fingerprint(&item);
+        if let Some(r) = run
+            .checkpoint
+            .replay(&item, &fp, at)
+            .map_err(|e| usage(e.to_string()))?
+        {
+            run.collector.add(&r);
+            run.out.write(&r)?;
+            continue;
+        }
+        let cid = custom_id(&item.id);
+        let line = run.client.line(
+            &cid,
+            &run.defaults
+                .request(item.prompt.clone(), Duration::from_secs(86_400)),
+        );
+        run.waiting.insert(
+            cid.clone(),
+            Waiting {
+                id: item.id.into(),
+                index: at,
+                fp: fp.into(),
+                context: item.context.map(|c| c.to_string().into()),
+            },
+        );
+        if in_jobs.contains(&cid) {
+            continue;
+        }
+        let line = match line {
+            Ok(l) => l.to_string(),
+            Err(e) => {
+                run.finish_item(&cid, Err(ItemError::new(e.category(), e.message())), 0)
+                    .await?;
+                continue;
+            }
+        };
+        let full = filling.as_ref().is_some_and(|f| {
+            f.items.len() >= run.settings.job_items
+                || f.bytes + line.len() as u64 + 1 > OpenAiBatches::MAX_FILE_BYTES
+        });
+        if full && let Some(f) = filling.take() {
+            run.submit(f).await?;
+        }
+        if filling.is_none() {
+            filling = Some(run.start_job(1)?);
+        }
+        if let Some(f) = filling.as_mut() {
+            f.out.write_all(line.as_bytes())?;
+            f.out.write_all(b"\n")?;
+            f.bytes += line.len() as u64 + 1;
+            f.items.push(cid);
+        }
+    }
+    if let Some(f) = filling.take() {
+        run.submit(f).await?;
+    }
+    Ok(())
+}
+
+/// Polls every job until all are done (or Ctrl-C detaches); true when
+/// interrupted.
+async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
+    let mut wait = run.settings.poll;
+    let most = Duration::from_secs(600);
+    loop {
+        let open: Vec<String> = run
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Submitted)
+            .map(|j| j.key.clone())
+            .collect();
+        if open.is_empty() {
+            return Ok(false);
+        }
+        let mut changed = false;
+        let mut retry: Vec<String> = Vec::new();
+        for key in open {
+            let Some(job) = run.jobs.get(&key).cloned() else {
+                continue;
+            };
+            let Some(id) = job.batch_id.clone() else {
+                continue;
+            };
+            let status = run.client.get(&id).await.map_err(call)?;
+            if status.status.is_running() {
+                continue;
+            }
+            changed = true;
+            retry.extend(collect(run, &job, &status).await?);
+            let mut done = job;
+            done.state = JobState::Done;
+            run.save(&done)?;
+            let _ = std::fs::remove_file(&done.file);
+            run.jobs.insert(key, done);
+        }
+        if !retry.is_empty() {
+            resubmit(run, &retry).await?;
+        }
+        let running = run
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Submitted)
+            .count();
+        eprintln_safe(&format!(
+            "abl: batch-api: {running} job(s) running, {} item(s) waiting",
+            run.waiting.len()
+        ));
+        if running == 0 {
+            return Ok(false);
+        }
+        wait = if changed {
+            run.settings.poll
+        } else {
+            (wait.mul_f64(1.5)).min(most)
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = tokio::signal::ctrl_c() => {
+                eprintln_safe(&format!(
+                    "abl: detached: {running} job(s) keep running at the provider; rerun the same command to reattach and collect their results, or `abl batch cancel CHECKPOINT` to cancel them"
+                ));
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// Reads a finished job's output and error files; returns the custom ids to
+/// submit once more.
+async fn collect(run: &mut Run, job: &JobRecord, status: &BatchJob) -> anyhow::Result<Vec<String>> {
+    let mut retry = Vec::new();
+    let mut seen = HashSet::new();
+    for file in [&status.output_file_id, &status.error_file_id]
+        .into_iter()
+        .flatten()
+    {
+        let mut lines = run.client.results(file).await.map_err(call)?;
+        while let Some(l) = lines.next().await {
+            let l = l.map_err(call)?;
+            if !handle_line(run, job, l, &mut seen, &mut retry).await? {
+                anyhow::bail!("the output could not be written");
+            }
+        }
+    }
+    // A request the provider left out of both files did not run.
+    for cid in &job.items {
+        if !seen.contains(cid) && run.waiting.contains_key(cid) {
+            if job.attempt < 2 {
+                retry.push(cid.clone());
+            } else {
+                let e = ItemError::new(
+                    ErrorCategory::BatchExpired,
+                    format!(
+                        "job {} ended ({}) without running this request",
+                        job.key, status.status_text
+                    ),
+                );
+                run.finish_item(cid, Err(e), job.attempt).await?;
+            }
+        }
+    }
+    if !retry.is_empty() {
+        // Keep the lines to send again before the job's file goes.
+        copy_lines(
+            &job.file,
+            &retry,
+            &run.dir.join(format!("{}-retry.jsonl", job.key)),
+        )?;
+    }
+    Ok(retry)
+}
+
+/// One result line: recorded and written, or kept to send once more.
+/// False when the output could not be written.
+async fn handle_line(
+    run: &mut Run,
+    job: &JobRecord,
+    l: async_batch_llm::providers::BatchLine,
+    seen: &mut HashSet<String>,
+    retry: &mut Vec<String>,
+) -> anyhow::Result<bool> {
+    seen.insert(l.custom_id.clone());
+    let outcome = match &l.result {
+        Ok(r) => run.output(r).map(|v| (v, r.token_usage())),
+        Err(e) if e.is_retryable() && job.attempt < 2 => {
+            retry.push(l.custom_id);
+            return Ok(true);
+        }
+        Err(e) => Err(ItemError::new(e.category(), e.message())),
+    };
+    run.finish_item(&l.custom_id, outcome, job.attempt).await
+}
+
+/// Job files no open job needs (a run stopped while filling one): removed.
+/// Lines kept for a resubmission stay until it is made.
+fn remove_stale_files(run: &Run) {
+    let Ok(entries) = std::fs::read_dir(&run.dir) else {
+        return;
+    };
+    let needed: HashSet<&Path> = run.jobs.values().map(|j| j.file.as_path()).collect();
+    for p in entries.filter_map(Result::ok).map(|e| e.path()) {
+        let retry = p.to_string_lossy().ends_with("-retry.jsonl");
+        if !retry && !needed.contains(p.as_path()) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Copies the lines of `ids` from `from` into `to`.
+fn copy_lines(from: &Path, ids: &[String], to: &Path) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(to)?);
+    for line in std::io::BufReader::new(std::fs::File::open(from)?).lines() {
+        let line = line?;
+        let cid = serde_json::from_str::<Value>(&line).ok().and_then(|v| {
+            v.get("custom_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        });
+        if cid.as_deref().is_some_and(|c| want.contains(c)) {
+            out.write_all(line.as_bytes())?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Submits the requests of `ids` once more, in one new job (attempt 2).
+async fn resubmit(run: &mut Run, ids: &[String]) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let mut f = run.start_job(2)?;
+    let retry_files: Vec<PathBuf> = std::fs::read_dir(&run.dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with("-retry.jsonl"))
+        .collect();
+    let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let mut added: HashSet<String> = HashSet::new();
+    for p in &retry_files {
+        for line in std::io::BufReader::new(std::fs::File::open(p)?).lines() {
+            let line = line?;
+            let cid = serde_json::from_str::<Value>(&line).ok().and_then(|v| {
+                v.get("custom_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
+            if let Some(c) = cid.filter(|c| want.contains(c.as_str()) && !added.contains(c)) {
+                added.insert(c.clone());
+                f.out.write_all(line.as_bytes())?;
+                f.out.write_all(b"\n")?;
+                f.bytes += line.len() as u64 + 1;
+                f.items.push(c);
+            }
+        }
+    }
+    eprintln_safe(&format!(
+        "abl: batch-api: {} request(s) the provider could not run go into one more job",
+        f.items.len()
+    ));
+    run.submit(f).await?;
+    for p in retry_files {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+/// `abl batch status CHECKPOINT`: every job recorded, with its state at
+/// the provider when a key is at hand.
+pub async fn status(checkpoint: &Path, base_url: Option<&str>) -> anyhow::Result<i32> {
+    let (store, jobs) = recorded(checkpoint)?;
+    drop(store);
+    if jobs.is_empty() {
+        println!("no batch-API jobs in {}", checkpoint.display());
+        return Ok(exit::OK);
+    }
+    let client = provider_client(base_url);
+    println!(
+        "{:<24} {:<10} {:>8} {:<28} {:<12} {:>10}",
+        "job", "state", "requests", "provider id", "at provider", "age"
+    );
+    for j in jobs {
+        let live = match (&client, &j.batch_id) {
+            (Some(c), Some(id)) if j.state != JobState::Done => match c.get(id).await {
+                Ok(b) => format!(
+                    "{} {}/{}",
+                    b.status_text,
+                    b.counts.1 + b.counts.2,
+                    b.counts.0
+                ),
+                Err(e) => format!("? ({})", e.category()),
+            },
+            _ => "-".into(),
+        };
+        let age = unix_now().saturating_sub(j.created_at);
+        println!(
+            "{:<24} {:<10} {:>8} {:<28} {:<12} {:>9}s",
+            j.key,
+            format!("{:?}", j.state).to_lowercase(),
+            j.items.len(),
+            j.batch_id.as_deref().unwrap_or("-"),
+            live,
+            age
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// `abl batch cancel CHECKPOINT`: asks the provider to cancel every job
+/// not done.
+pub async fn cancel(checkpoint: &Path, base_url: Option<&str>) -> anyhow::Result<i32> {
+    let (_store, jobs) = recorded(checkpoint)?;
+    let Some(client) = provider_client(base_url) else {
+        return Err(usage("no API key: set OPENAI_API_KEY to cancel the jobs").into());
+    };
+    let mut n = 0;
+    for j in jobs.into_iter().filter(|j| j.state != JobState::Done) {
+        let Some(id) = j.batch_id else { continue };
+        let b = client.cancel(&id).await.map_err(call)?;
+        println!("{} ({id}): {}", j.key, b.status_text);
+        n += 1;
+    }
+    println!("{n} job(s) asked to cancel; rerun the run's command to collect what they finished");
+    Ok(exit::OK)
+}
+
+fn recorded(
+    checkpoint: &Path,
+) -> Result<
+    (
+        Box<dyn async_batch_llm::store::CheckpointStore>,
+        Vec<JobRecord>,
+    ),
+    UsageError,
+> {
+    let store = crate::checkpoint::open_read_only(checkpoint)?;
+    let jobs = store
+        .jobs()
+        .into_iter()
+        .filter_map(|(_, j)| serde_json::from_str(&j).ok())
+        .collect();
+    Ok((store, jobs))
+}
+
+fn provider_client(base_url: Option<&str>) -> Option<OpenAiBatches> {
+    let key = ApiKey::from_env(&["OPENAI_API_KEY"])?;
+    OpenAiBatches::new(OpenAiConfig {
+        model: String::new(),
+        base_url: base_url.unwrap_or("https://api.openai.com/v1").to_owned(),
+        api_key: Some(key),
+        http: async_batch_llm::providers::HttpOptions::default(),
+    })
+    .ok()
+}
