@@ -740,7 +740,7 @@ pub async fn status(checkpoint: &Path, base_url: Option<&str>) -> anyhow::Result
         };
         let age = unix_now().saturating_sub(j.created_at);
         println!(
-            "{:<24} {:<10} {:>8} {:<28} {:<12} {:>9}s",
+            "{:<34} {:<10} {:>8} {:<28} {:<20} {:>7}s",
             j.key,
             format!("{:?}", j.state).to_lowercase(),
             j.items.len(),
