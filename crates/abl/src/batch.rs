@@ -651,6 +651,15 @@ fn remove_stale_files(run: &Run) {
     }
 }
 
+/// The `custom_id` of a request line.
+fn line_custom_id(line: &str) -> Option<String> {
+    serde_json::from_str::<Value>(line)
+        .ok()?
+        .get("custom_id")?
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// Copies the lines of `ids` from `from` into `to`.
 fn copy_lines(from: &Path, ids: &[String], to: &Path) -> anyhow::Result<()> {
     use std::io::BufRead as _;
@@ -658,12 +667,7 @@ fn copy_lines(from: &Path, ids: &[String], to: &Path) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(to)?);
     for line in std::io::BufReader::new(std::fs::File::open(from)?).lines() {
         let line = line?;
-        let cid = serde_json::from_str::<Value>(&line).ok().and_then(|v| {
-            v.get("custom_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
-        if cid.as_deref().is_some_and(|c| want.contains(c)) {
+        if line_custom_id(&line).is_some_and(|c| want.contains(c.as_str())) {
             out.write_all(line.as_bytes())?;
             out.write_all(b"\n")?;
         }
@@ -686,11 +690,7 @@ async fn resubmit(run: &mut Run, ids: &[String]) -> anyhow::Result<()> {
     for p in &retry_files {
         for line in std::io::BufReader::new(std::fs::File::open(p)?).lines() {
             let line = line?;
-            let cid = serde_json::from_str::<Value>(&line).ok().and_then(|v| {
-                v.get("custom_id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            });
+            let cid = line_custom_id(&line);
             if let Some(c) = cid.filter(|c| want.contains(c.as_str()) && !added.contains(c)) {
                 added.insert(c.clone());
                 f.out.write_all(line.as_bytes())?;
