@@ -176,6 +176,9 @@ struct Run {
     collector: SummaryCollector,
     next_key: u64,
     tag: String,
+    /// Custom ids to finish online (`--batch-fallback online`), with the
+    /// job attempts they had.
+    online: HashMap<String, u32>,
 }
 
 impl Run {
@@ -315,6 +318,14 @@ fn call(e: CallError) -> anyhow::Error {
     anyhow::anyhow!("batch API: {} ({})", e.message(), e.category())
 }
 
+/// The online pipeline, for `--batch-fallback online`.
+pub struct Online {
+    /// The model online calls go to.
+    pub model: Arc<dyn async_batch_llm::DynModel>,
+    /// The run's engine settings.
+    pub config: async_batch_llm::BatchConfig,
+}
+
 /// Runs `plan` through the batch API; the exit code.
 pub async fn run(
     plan: RunPlan,
@@ -322,6 +333,7 @@ pub async fn run(
     checkpoint_path: PathBuf,
     checkpoint: Arc<Checkpoint<Value>>,
     validator: Option<Arc<Validator<Value>>>,
+    online: Online,
 ) -> anyhow::Result<i32> {
     let Some(settings) = plan.batch_api else {
         anyhow::bail!("not a batch-API run");
@@ -349,6 +361,7 @@ pub async fn run(
         out: Results::create(output.as_deref())?,
         collector: SummaryCollector::default(),
         next_key: 0,
+        online: HashMap::new(),
         // Unique to this run: two runs started in the same second on one
         // checkpoint must never name a job alike.
         tag: format!(
@@ -383,6 +396,9 @@ pub async fn run(
     remove_stale_files(&run);
     read_input(&plan, &mut run, &in_jobs).await?;
     let interrupted = wait_for_jobs(&mut run).await?;
+    if !interrupted && !run.online.is_empty() {
+        finish_online(&plan, &mut run, online).await?;
+    }
     let write_failure = run.out.finish()?;
     if let Some(crate::output::WriteFailure::Io(e)) = write_failure {
         anyhow::bail!("cannot write the output: {e}");
@@ -590,7 +606,9 @@ async fn collect(run: &mut Run, job: &JobRecord, status: &BatchJob) -> anyhow::R
     // A request the provider left out of both files did not run.
     for cid in &job.items {
         if !seen.contains(cid) && run.waiting.contains_key(cid) {
-            if job.attempt < 2 {
+            if run.settings.fallback_online {
+                run.online.insert(cid.clone(), job.attempt);
+            } else if job.attempt < 2 {
                 retry.push(cid.clone());
             } else {
                 let e = ItemError::new(
@@ -615,6 +633,49 @@ async fn collect(run: &mut Run, job: &JobRecord, status: &BatchJob) -> anyhow::R
     Ok(retry)
 }
 
+/// `--batch-fallback online`: the requests no job could run go through
+/// the online pipeline (read again from the input), recorded and written.
+async fn finish_online(plan: &RunPlan, run: &mut Run, online: Online) -> anyhow::Result<()> {
+    let path = match &plan.input {
+        InputSource::Stdin => {
+            anyhow::bail!("--batch-fallback online needs an input file, not stdin")
+        }
+        InputSource::File(p) => p.display().to_string(),
+    };
+    let mut reader =
+        Reader::open(&path, plan.format, plan.mapping.clone()).map_err(|e| usage(e.to_string()))?;
+    let mut items = Vec::with_capacity(run.online.len());
+    while let Some(next) = tokio::task::block_in_place(|| reader.next_item()) {
+        let item = next.map_err(|e| usage(e.to_string()))?;
+        if run.online.contains_key(&custom_id(&item.id)) {
+            items.push(item);
+        }
+    }
+    eprintln_safe(&format!(
+        "abl: batch-api: finishing {} request(s) online that no job could run",
+        items.len()
+    ));
+    let defaults = run.defaults.clone();
+    let batch = if let Some(v) = &run.validator {
+        let s = async_batch_llm::StructuredStrategy::with_validator(online.model, Arc::clone(v))
+            .with_defaults(defaults);
+        async_batch_llm::process_prompts(s, items, &online.config).await?
+    } else {
+        let text: crate::run::TextOut = |r| Ok(Value::String(r.text.clone()));
+        let s = async_batch_llm::ModelStrategy::new(online.model, text).with_defaults(defaults);
+        async_batch_llm::process_prompts(s, items, &online.config).await?
+    };
+    for r in batch.results {
+        let cid = custom_id(&r.id);
+        let before = run.online.remove(&cid).unwrap_or(0);
+        let outcome = r.outcome.map(|v| (v, Some(r.usage)));
+        if !run.finish_item(&cid, outcome, before + r.attempts).await? {
+            anyhow::bail!("the output could not be written");
+        }
+    }
+    Ok(())
+}
+
 /// One result line: recorded and written, or kept to send once more.
 /// False when the output could not be written.
 async fn handle_line(
@@ -627,6 +688,10 @@ async fn handle_line(
     seen.insert(l.custom_id.clone());
     let outcome = match &l.result {
         Ok(r) => run.output(r).map(|v| (v, r.token_usage())),
+        Err(e) if e.is_retryable() && run.settings.fallback_online => {
+            run.online.insert(l.custom_id, job.attempt);
+            return Ok(true);
+        }
         Err(e) if e.is_retryable() && job.attempt < 2 => {
             retry.push(l.custom_id);
             return Ok(true);

@@ -182,6 +182,16 @@ pub enum ViaArg {
     BatchApi,
 }
 
+/// `--batch-fallback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchFallbackArg {
+    /// One more job, then the item fails with its category.
+    Resubmit,
+    /// The online pipeline (full price, with its retries).
+    Online,
+}
+
 /// `--token-estimator`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -343,6 +353,11 @@ run_args! {
     /// limit; jobs are also kept under 200 MB).
     #[arg(long, env = "ABL_BATCH_JOB_ITEMS")]
     batch_job_items: Option<usize>,
+    /// With --via batch-api: what becomes of requests a job could not run
+    /// (expired, cancelled, a server error): resubmit once in a later job,
+    /// then fail (resubmit, the default), or finish them online (online).
+    #[arg(long, value_enum, env = "ABL_BATCH_FALLBACK")]
+    batch_fallback: Option<BatchFallbackArg>,
     /// When a budget or fail-fast stops the run: let calls in flight finish (drain) or cancel them.
     #[arg(long, value_enum, env = "ABL_STOP_MODE")]
     stop_mode: Option<StopModeArg>,

@@ -175,8 +175,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         let (Some(cp), Some(path)) = (checkpoint, paths.checkpoint.clone()) else {
             return Err(usage("--via batch-api needs --checkpoint").into());
         };
-        drop(model);
-        return crate::batch::run(plan, paths.output.clone(), path, cp, validator).await;
+        let online = crate::batch::Online { model, config };
+        return crate::batch::run(plan, paths.output.clone(), path, cp, validator, online).await;
     }
     let ready = Ready {
         plan,
@@ -200,7 +200,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 }
 
 /// The output of a run without a schema: the reply's text.
-type TextOut = fn(&LlmResponse) -> Result<Value, std::convert::Infallible>;
+pub(crate) type TextOut = fn(&LlmResponse) -> Result<Value, std::convert::Infallible>;
 
 /// A failure record for an item that was never processed.
 fn rejected(item: Item, index: u64, error: ItemError) -> ItemResult<Value> {

@@ -168,6 +168,8 @@ pub struct BatchApiPlan {
     pub poll: Duration,
     /// Most requests in one job.
     pub job_items: usize,
+    /// Requests a job could not run finish online (else one more job).
+    pub fallback_online: bool,
 }
 
 /// Everything `abl run` will do, validated.
@@ -320,6 +322,7 @@ fn batch_api(
         for (flag, given) in [
             ("batch-poll-secs", a.batch_poll_secs.is_some()),
             ("batch-job-items", a.batch_job_items.is_some()),
+            ("batch-fallback", a.batch_fallback.is_some()),
         ] {
             if given {
                 return Err(err(format!("--{flag} needs --via batch-api")));
@@ -368,6 +371,7 @@ fn batch_api(
     Ok(Some(BatchApiPlan {
         poll: Duration::from_secs_f64(poll),
         job_items,
+        fallback_online: a.batch_fallback == Some(crate::cli::BatchFallbackArg::Online),
     }))
 }
 

@@ -306,3 +306,39 @@ fn settings_that_cannot_work_are_refused_before_anything_runs() {
         stderr(&o)
     );
 }
+
+#[test]
+fn with_fallback_online_what_a_job_could_not_run_finishes_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(&["--batch-processing-ms", "100"]);
+    let (inp, out, cp) = (
+        dir.path().join("in.jsonl"),
+        dir.path().join("out.jsonl"),
+        dir.path().join("run.sqlite"),
+    );
+    input(&inp, 50, &[(7, " [[mock:expire]]"), (9, " [[mock:400]]")]);
+    let o = batch_run(&mock, &inp, &out, &cp, &["--batch-fallback", "online"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("finishing 1 request(s) online"),
+        "{}",
+        stderr(&o)
+    );
+    let recs = records(&out);
+    assert_eq!(recs.len(), 50);
+    let by_id = |id: &str| recs.iter().find(|r| r["id"] == id).unwrap();
+    // The expired request ran online (the marker only means something to a job).
+    assert_eq!(by_id("q00007")["output"], "question 7 [[mock:expire]]");
+    assert_eq!(
+        by_id("q00007")["attempts"],
+        2,
+        "one job, then one online attempt"
+    );
+    // A 400 is not something another way of calling fixes: it fails at once.
+    assert_eq!(by_id("q00009")["error"]["category"], "client_error");
+    let stats = mock.get("/stats");
+    assert_eq!(stats["batches_created"], 1, "no second job");
+    assert_eq!(stats["by_route"]["responses"]["ok"], 1, "one online call");
+}
