@@ -787,7 +787,7 @@ pub async fn status(checkpoint: &Path, base_url: Option<&str>) -> anyhow::Result
     }
     let client = provider_client(base_url);
     println!(
-        "{:<24} {:<10} {:>8} {:<28} {:<12} {:>10}",
+        "{:<34} {:<10} {:>8} {:<28} {:<20} {:>8}",
         "job", "state", "requests", "provider id", "at provider", "age"
     );
     for j in jobs {
