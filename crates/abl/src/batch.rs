@@ -179,6 +179,8 @@ struct Run {
     /// Custom ids to finish online (`--batch-fallback online`), with the
     /// job attempts they had.
     online: HashMap<String, u32>,
+    /// Items written out so far (replayed or recorded).
+    recorded: u64,
 }
 
 impl Run {
@@ -297,6 +299,7 @@ impl Run {
         };
         self.checkpoint.record(&r, w.fp.into(), None).await?;
         self.collector.add(&r);
+        self.recorded += 1;
         self.out.write(&r)
     }
 
@@ -362,6 +365,7 @@ pub async fn run(
         collector: SummaryCollector::default(),
         next_key: 0,
         online: HashMap::new(),
+        recorded: 0,
         // Unique to this run: two runs started in the same second on one
         // checkpoint must never name a job alike.
         tag: format!(
@@ -466,6 +470,7 @@ async fn read_input(
             .map_err(|e| usage(e.to_string()))?
         {
             run.collector.add(&r);
+            run.recorded += 1;
             run.out.write(&r)?;
             continue;
         }
@@ -535,6 +540,8 @@ async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
         }
         let mut changed = false;
         let mut retry: Vec<String> = Vec::new();
+        // What the provider says of the jobs still running: requests done, in all.
+        let mut progress = (0u64, 0u64);
         for key in open {
             let Some(job) = run.jobs.get(&key).cloned() else {
                 continue;
@@ -544,6 +551,9 @@ async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
             };
             let status = run.client.get(&id).await.map_err(call)?;
             if status.status.is_running() {
+                let (total, completed, failed) = status.counts;
+                progress.0 += completed + failed;
+                progress.1 += total;
                 continue;
             }
             changed = true;
@@ -562,10 +572,6 @@ async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
             .values()
             .filter(|j| j.state == JobState::Submitted)
             .count();
-        eprintln_safe(&format!(
-            "abl: batch-api: {running} job(s) running, {} item(s) waiting",
-            run.waiting.len()
-        ));
         if running == 0 {
             return Ok(false);
         }
@@ -574,6 +580,18 @@ async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
         } else {
             (wait.mul_f64(1.5)).min(most)
         };
+        eprintln_safe(&format!(
+            "abl: batch-api: {running} job(s) running ({} of {} requests done at the provider), {} item(s) recorded, {} waiting; next check in {}",
+            progress.0,
+            progress.1,
+            run.recorded,
+            run.waiting.len(),
+            if wait < Duration::from_secs(60) {
+                format!("{:.1} s", wait.as_secs_f64())
+            } else {
+                async_batch_llm::human_duration(wait)
+            }
+        ));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = tokio::signal::ctrl_c() => {
