@@ -45,6 +45,15 @@ async fn get(url: &str) -> reqwest::Response {
         .unwrap()
 }
 
+/// The JSON lines of a results file.
+async fn file_lines(base: &str, file_id: &Value) -> Vec<Value> {
+    let url = format!("{base}/v1/files/{}/content", file_id.as_str().unwrap());
+    let text = get(&url).await.text().await.unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 async fn create(base: &str, file: &str, key: &str) -> Value {
     reqwest::Client::new()
         .post(format!("{base}/v1/batches"))
@@ -106,18 +115,7 @@ async fn a_job_answers_every_line_once_with_failures_and_expiry_in_the_error_fil
         j["request_counts"],
         json!({"total": 4, "completed": 2, "failed": 2})
     );
-    let out = get(&format!(
-        "{base}/v1/files/{}/content",
-        j["output_file_id"].as_str().unwrap()
-    ))
-    .await
-    .text()
-    .await
-    .unwrap();
-    let out: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let out = file_lines(&base, &j["output_file_id"]).await;
     assert_eq!(out.len(), 2);
     assert_eq!(out[0]["custom_id"], "a");
     assert_eq!(out[0]["response"]["status_code"], 200);
@@ -125,18 +123,7 @@ async fn a_job_answers_every_line_once_with_failures_and_expiry_in_the_error_fil
         out[0]["response"]["body"]["output"][0]["content"][0]["text"],
         "hello"
     );
-    let errs = get(&format!(
-        "{base}/v1/files/{}/content",
-        j["error_file_id"].as_str().unwrap()
-    ))
-    .await
-    .text()
-    .await
-    .unwrap();
-    let errs: Vec<Value> = errs
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let errs = file_lines(&base, &j["error_file_id"]).await;
     assert_eq!(errs[0]["custom_id"], "b");
     assert_eq!(errs[0]["response"]["status_code"], 500);
     assert_eq!(errs[1]["custom_id"], "c");

@@ -475,11 +475,6 @@ async fn read_input(
             continue;
         }
         let cid = custom_id(&item.id);
-        let line = run.client.line(
-            &cid,
-            &run.defaults
-                .request(item.prompt.clone(), Duration::from_secs(86_400)),
-        );
         run.waiting.insert(
             cid.clone(),
             Waiting {
@@ -489,9 +484,14 @@ async fn read_input(
                 context: item.context.map(|c| c.to_string().into()),
             },
         );
+        // Already in a job a stopped run submitted: no line to build.
         if in_jobs.contains(&cid) {
             continue;
         }
+        let request = run
+            .defaults
+            .request(item.prompt, Duration::from_secs(86_400));
+        let line = run.client.line(&cid, &request);
         let line = match line {
             Ok(l) => l.to_string(),
             Err(e) => {

@@ -25,29 +25,24 @@ fn input(path: &Path, n: usize, marked: &[(usize, &str)]) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
+/// `abl run INPUT --model openai:gpt-4o-mini --via batch-api` against
+/// `mock` with `--checkpoint CP` and `extra` flags.
 fn batch_run(mock: &Mock, input: &Path, out: &Path, cp: &Path, extra: &[&str]) -> Command {
-    let mut c = abl();
-    c.env("OPENAI_API_KEY", TEST_KEY)
-        .args([
-            "run",
-            input.to_str().unwrap(),
-            "--model",
-            "openai:gpt-4o-mini",
-        ])
-        .args([
-            "--base-url",
-            &format!("{}/v1", mock.url),
+    let cp = cp.to_str().unwrap();
+    let mut c = common::run_against(
+        mock,
+        input,
+        out,
+        &[
             "--via",
             "batch-api",
-        ])
-        .args([
             "--checkpoint",
-            cp.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .args(["--batch-poll-secs", "0.1"])
-        .args(extra);
+            cp,
+            "--batch-poll-secs",
+            "0.1",
+        ],
+    );
+    c.args(extra);
     c
 }
 
