@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_batch_llm::providers::{ApiKey, BatchJob, OpenAiBatches, OpenAiConfig};
+use async_batch_llm::batch_api::{BatchClient, BatchJob, BatchLine, BatchProvider, JobHint};
+use async_batch_llm::providers::{ApiKey, ModelOptions};
 use async_batch_llm::store::{Checkpoint, item_fingerprint};
 use async_batch_llm::{
     CallError, ErrorCategory, Item, ItemError, ItemResult, ItemTiming, LlmResponse,
@@ -76,73 +77,49 @@ struct Waiting {
     context: Option<Box<str>>,
 }
 
-/// The `custom_id` of an item: its id when it fits OpenAI's 64 characters,
-/// else a hash of it.
-fn custom_id(id: &str) -> String {
-    if id.len() <= 64 && !id.is_empty() {
-        id.to_owned()
-    } else {
-        use sha2::Digest as _;
-        let d = sha2::Sha256::digest(id.as_bytes());
-        let hex = d.iter().take(16).fold(String::new(), |mut h, b| {
-            use std::fmt::Write as _;
-            let _ = write!(h, "{b:02x}");
-            h
-        });
-        format!("sha256-{hex}")
-    }
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-/// The client, and the mock serving it for `mock:` runs.
-fn client(
-    plan: &RunPlan,
-) -> Result<(OpenAiBatches, String, Option<abl_mock::MockServer>), UsageError> {
-    let (model, base_url, key, mock) = match &plan.model {
+/// The client, and the mock serving it for `mock:` runs (OpenAI's
+/// batch API).
+fn client(plan: &RunPlan) -> Result<(BatchClient, Option<abl_mock::MockServer>), UsageError> {
+    let (spec, options, mock) = match &plan.model {
         ModelChoice::Mock(m) => {
             let server = abl_mock::MockServer::start_dedicated(m.config.clone(), 1)
                 .map_err(|e| usage(format!("cannot start the mock provider: {e}")))?;
-            let url = format!("{}/v1", server.base_url());
-            (
-                format!("mock-{}", m.mode),
-                url,
-                Some(ApiKey::new("mock-key")),
-                Some(server),
-            )
+            let options = ModelOptions {
+                api_key: Some(ApiKey::new("mock-key")),
+                base_url: Some(format!("{}/v1", server.base_url())),
+                ..ModelOptions::default()
+            };
+            (format!("openai:mock-{}", m.mode), options, Some(server))
         }
         ModelChoice::Provider {
             spec,
             base_url,
             api_key_file,
         } => {
-            let key = match api_key_file {
+            let api_key = match api_key_file {
                 Some(p) => Some(ApiKey::from_file(p).map_err(|e| usage(e.to_string()))?),
-                None => ApiKey::from_env(spec.provider.key_vars()),
+                None => None,
             };
-            if key.is_none() {
-                return Err(usage(
-                    "no API key: set OPENAI_API_KEY or give --api-key-file",
-                ));
-            }
-            let url = base_url
-                .clone()
-                .unwrap_or_else(|| "https://api.openai.com/v1".to_owned());
-            (spec.model.clone(), url, key, None)
+            let options = ModelOptions {
+                api_key,
+                base_url: base_url.clone(),
+                ..ModelOptions::default()
+            };
+            (
+                format!("{}:{}", spec.provider.prefix(), spec.model),
+                options,
+                None,
+            )
         }
     };
-    let c = OpenAiBatches::new(OpenAiConfig {
-        model,
-        base_url: base_url.clone(),
-        api_key: key,
-        http: async_batch_llm::providers::HttpOptions::default(),
-    })
-    .map_err(|e| usage(e.to_string()))?;
-    Ok((c, base_url, mock))
+    let c = BatchClient::new(&spec, options).map_err(|e| usage(e.to_string()))?;
+    Ok((c, mock))
 }
 
 /// The folder of job files beside the checkpoint.
@@ -164,7 +141,7 @@ struct Filling {
 
 /// What the run carries.
 struct Run {
-    client: OpenAiBatches,
+    client: BatchClient,
     checkpoint: Arc<Checkpoint<Value>>,
     defaults: RequestDefaults,
     validator: Option<Arc<Validator<Value>>>,
@@ -226,7 +203,7 @@ impl Run {
         }
         let mut job = JobRecord {
             key,
-            provider: "openai".into(),
+            provider: self.client.provider().name().into(),
             state: JobState::Preparing,
             batch_id: None,
             items,
@@ -249,15 +226,27 @@ impl Run {
     }
 
     async fn upload_and_create(&self, job: &JobRecord) -> anyhow::Result<String> {
-        let file_id = self.client.upload(&job.file).await.map_err(call)?;
-        let created = self.client.create(&file_id, &job.key).await.map_err(call)?;
+        let created = self
+            .client
+            .submit(&job.file, &job.key)
+            .await
+            .map_err(call)?;
         Ok(created.id)
     }
 
     /// A recorded job whose submission may not have reached the provider:
     /// found by its key, or submitted now from its file.
     async fn reattach(&mut self, mut job: JobRecord) -> anyhow::Result<Option<JobRecord>> {
-        if let Some(found) = self.client.find(&job.key, 10).await.map_err(call)? {
+        let hint = JobHint {
+            recorded_at: job.created_at,
+            requests: job.items.len() as u64,
+            claimed: self
+                .jobs
+                .values()
+                .filter_map(|j| j.batch_id.clone())
+                .collect(),
+        };
+        if let Some(found) = self.client.find(&job.key, &hint).await.map_err(call)? {
             job.batch_id = Some(found.id);
         } else if job.file.exists() {
             job.batch_id = Some(self.upload_and_create(&job).await?);
@@ -303,6 +292,23 @@ impl Run {
         self.out.write(&r)
     }
 
+    /// Every item accepted ends with one record: one no job answered for
+    /// (a bug, or a provider that lost it) fails with a message rather
+    /// than vanishing from the output.
+    async fn fail_unanswered(&mut self) -> anyhow::Result<()> {
+        let lost: Vec<String> = self.waiting.keys().cloned().collect();
+        for cid in lost {
+            let e = ItemError::new(
+                ErrorCategory::ProviderResponseError,
+                "no job returned a result for this request",
+            );
+            if !self.finish_item(&cid, Err(e), 1).await? {
+                anyhow::bail!("the output could not be written");
+            }
+        }
+        Ok(())
+    }
+
     /// The output of a response: its text, or its JSON checked against the
     /// schema.
     fn output(&self, r: &LlmResponse) -> Result<Value, ItemError> {
@@ -341,16 +347,12 @@ pub async fn run(
     let Some(settings) = plan.batch_api else {
         anyhow::bail!("not a batch-API run");
     };
-    let (client, _base_url, _mock) = client(&plan)?;
-    let mut jobs = BTreeMap::new();
-    for (key, json) in checkpoint.jobs() {
-        match serde_json::from_str::<JobRecord>(&json) {
-            Ok(j) => {
-                jobs.insert(key, j);
-            }
-            Err(e) => anyhow::bail!("the checkpoint's record of job {key} cannot be read: {e}"),
-        }
-    }
+    let (client, _mock) = client(&plan)?;
+    let settings = BatchApiPlan {
+        job_items: settings.job_items.min(client.limits().max_requests),
+        ..settings
+    };
+    let jobs = parse_jobs(checkpoint.jobs())?;
     let started = Instant::now();
     let mut run = Run {
         client,
@@ -402,6 +404,9 @@ pub async fn run(
     let interrupted = wait_for_jobs(&mut run).await?;
     if !interrupted && !run.online.is_empty() {
         finish_online(&plan, &mut run, online).await?;
+    }
+    if !interrupted {
+        run.fail_unanswered().await?;
     }
     let write_failure = run.out.finish()?;
     if let Some(crate::output::WriteFailure::Io(e)) = write_failure {
@@ -474,7 +479,7 @@ async fn read_input(
             run.out.write(&r)?;
             continue;
         }
-        let cid = custom_id(&item.id);
+        let cid = run.client.custom_id(&item.id);
         run.waiting.insert(
             cid.clone(),
             Waiting {
@@ -502,7 +507,7 @@ async fn read_input(
         };
         let full = filling.as_ref().is_some_and(|f| {
             f.items.len() >= run.settings.job_items
-                || f.bytes + line.len() as u64 + 1 > OpenAiBatches::MAX_FILE_BYTES
+                || f.bytes + line.len() as u64 + 1 > run.client.limits().max_bytes
         });
         if full && let Some(f) = filling.take() {
             run.submit(f).await?;
@@ -528,6 +533,7 @@ async fn read_input(
 async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
     let mut wait = run.settings.poll;
     let most = Duration::from_secs(600);
+    let mut pace = Pace::default();
     loop {
         let open: Vec<String> = run
             .jobs
@@ -540,8 +546,10 @@ async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
         }
         let mut changed = false;
         let mut retry: Vec<String> = Vec::new();
-        // What the provider says of the jobs still running: requests done, in all.
+        // What the provider says of the jobs still running: requests done,
+        // in all, and the earliest deadline.
         let mut progress = (0u64, 0u64);
+        let mut deadline: Option<u64> = None;
         for key in open {
             let Some(job) = run.jobs.get(&key).cloned() else {
                 continue;
@@ -551,9 +559,12 @@ async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
             };
             let status = run.client.get(&id).await.map_err(call)?;
             if status.status.is_running() {
-                let (total, completed, failed) = status.counts;
-                progress.0 += completed + failed;
-                progress.1 += total;
+                progress.0 += status.counts.done;
+                progress.1 += status.counts.total;
+                deadline = match (deadline, status.expires_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 continue;
             }
             changed = true;
@@ -580,17 +591,25 @@ async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
         } else {
             (wait.mul_f64(1.5)).min(most)
         };
+        let finished = run.recorded + progress.0;
+        let left = (run.waiting.len() as u64).saturating_sub(progress.0);
+        let eta = pace.expected(finished, left);
+        let submitted = run.jobs.len();
         eprintln_safe(&format!(
-            "abl: batch-api: {running} job(s) running ({} of {} requests done at the provider), {} item(s) recorded, {} waiting; next check in {}",
+            "abl: batch-api: jobs {submitted} submitted, {running} running · requests done at the provider {} of {} · items recorded {}, waiting {} · {}{} · next check in {}",
             progress.0,
             progress.1,
             run.recorded,
             run.waiting.len(),
-            if wait < Duration::from_secs(60) {
-                format!("{:.1} s", wait.as_secs_f64())
-            } else {
-                async_batch_llm::human_duration(wait)
-            }
+            eta.map_or_else(
+                || "expected finish: not known yet".to_owned(),
+                |d| format!("expected finish in ~{}", short(d))
+            ),
+            deadline.map_or_else(String::new, |at| format!(
+                " (the provider's deadline in {})",
+                short(Duration::from_secs(at.saturating_sub(unix_now())))
+            )),
+            short(wait),
         ));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -604,21 +623,44 @@ async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
     }
 }
 
+/// A wait as people say it: seconds with a tenth below a minute.
+fn short(d: Duration) -> String {
+    if d < Duration::from_secs(60) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        async_batch_llm::human_duration(d)
+    }
+}
+
+/// How fast requests finish at the provider, measured from the first
+/// poll: the expected time to finish the rest at that pace.
+#[derive(Default)]
+struct Pace {
+    first: Option<(Instant, u64)>,
+}
+
+impl Pace {
+    /// With `finished` requests done so far and `left` to go.
+    fn expected(&mut self, finished: u64, left: u64) -> Option<Duration> {
+        let (t0, n0) = *self.first.get_or_insert((Instant::now(), finished));
+        let done = finished.checked_sub(n0).filter(|d| *d > 0)?;
+        let per = t0.elapsed().as_secs_f64() / done as f64;
+        Some(Duration::from_secs_f64(
+            (per * left as f64).min(86_400.0 * 7.0),
+        ))
+    }
+}
+
 /// Reads a finished job's output and error files; returns the custom ids to
 /// submit once more.
 async fn collect(run: &mut Run, job: &JobRecord, status: &BatchJob) -> anyhow::Result<Vec<String>> {
     let mut retry = Vec::new();
     let mut seen = HashSet::new();
-    for file in [&status.output_file_id, &status.error_file_id]
-        .into_iter()
-        .flatten()
-    {
-        let mut lines = run.client.results(file).await.map_err(call)?;
-        while let Some(l) = lines.next().await {
-            let l = l.map_err(call)?;
-            if !handle_line(run, job, l, &mut seen, &mut retry).await? {
-                anyhow::bail!("the output could not be written");
-            }
+    let mut lines = run.client.results(status, &job.items).await.map_err(call)?;
+    while let Some(l) = lines.next().await {
+        let l = l.map_err(call)?;
+        if !handle_line(run, job, l, &mut seen, &mut retry).await? {
+            anyhow::bail!("the output could not be written");
         }
     }
     // A request the provider left out of both files did not run.
@@ -665,7 +707,7 @@ async fn finish_online(plan: &RunPlan, run: &mut Run, online: Online) -> anyhow:
     let mut items = Vec::with_capacity(run.online.len());
     while let Some(next) = tokio::task::block_in_place(|| reader.next_item()) {
         let item = next.map_err(|e| usage(e.to_string()))?;
-        if run.online.contains_key(&custom_id(&item.id)) {
+        if run.online.contains_key(&run.client.custom_id(&item.id)) {
             items.push(item);
         }
     }
@@ -684,7 +726,7 @@ async fn finish_online(plan: &RunPlan, run: &mut Run, online: Online) -> anyhow:
         async_batch_llm::process_prompts(s, items, &online.config).await?
     };
     for r in batch.results {
-        let cid = custom_id(&r.id);
+        let cid = run.client.custom_id(&r.id);
         let before = run.online.remove(&cid).unwrap_or(0);
         let outcome = r.outcome.map(|v| (v, Some(r.usage)));
         if !run.finish_item(&cid, outcome, before + r.attempts).await? {
@@ -699,7 +741,7 @@ async fn finish_online(plan: &RunPlan, run: &mut Run, online: Online) -> anyhow:
 async fn handle_line(
     run: &mut Run,
     job: &JobRecord,
-    l: async_batch_llm::providers::BatchLine,
+    l: BatchLine,
     seen: &mut HashSet<String>,
     retry: &mut Vec<String>,
 ) -> anyhow::Result<bool> {
@@ -735,10 +777,11 @@ fn remove_stale_files(run: &Run) {
 }
 
 /// The `custom_id` of a request line.
+/// (`custom_id` for OpenAI and Anthropic, `key` for Gemini).
 fn line_custom_id(line: &str) -> Option<String> {
-    serde_json::from_str::<Value>(line)
-        .ok()?
-        .get("custom_id")?
+    let v = serde_json::from_str::<Value>(line).ok()?;
+    v.get("custom_id")
+        .or_else(|| v.get("key"))?
         .as_str()
         .map(str::to_owned)
 }
@@ -788,6 +831,17 @@ async fn resubmit(run: &mut Run, ids: &[String]) -> anyhow::Result<()> {
         f.items.len()
     ));
     run.submit(f).await?;
+    // A request whose line was not kept cannot be sent again: it fails
+    // now, with one record, instead of waiting for a job that has it.
+    for cid in ids.iter().filter(|c| !added.contains(*c)) {
+        let e = ItemError::new(
+            ErrorCategory::LogicError,
+            "its request line was not kept for the resubmission",
+        );
+        if !run.finish_item(cid, Err(e), 1).await? {
+            anyhow::bail!("the output could not be written");
+        }
+    }
     for p in retry_files {
         let _ = std::fs::remove_file(p);
     }
@@ -803,21 +857,19 @@ pub async fn status(checkpoint: &Path, base_url: Option<&str>) -> anyhow::Result
         println!("no batch-API jobs in {}", checkpoint.display());
         return Ok(exit::OK);
     }
-    let client = provider_client(base_url);
+    let mut clients = Clients::new(base_url);
     println!(
         "{:<34} {:<10} {:>8} {:<28} {:<20} {:>8}",
         "job", "state", "requests", "provider id", "at provider", "age"
     );
     for j in jobs {
-        let live = match (&client, &j.batch_id) {
-            (Some(c), Some(id)) if j.state != JobState::Done => match c.get(id).await {
-                Ok(b) => format!(
-                    "{} {}/{}",
-                    b.status_text,
-                    b.counts.1 + b.counts.2,
-                    b.counts.0
-                ),
-                Err(e) => format!("? ({})", e.category()),
+        let live = match &j.batch_id {
+            Some(id) if j.state != JobState::Done => match clients.get(&j.provider) {
+                Ok(c) => match c.get(id).await {
+                    Ok(b) => format!("{} {}/{}", b.status_text, b.counts.done, b.counts.total),
+                    Err(e) => format!("? ({})", e.category()),
+                },
+                Err(e) => format!("? ({e})"),
             },
             _ => "-".into(),
         };
@@ -839,18 +891,34 @@ pub async fn status(checkpoint: &Path, base_url: Option<&str>) -> anyhow::Result
 /// not done.
 pub async fn cancel(checkpoint: &Path, base_url: Option<&str>) -> anyhow::Result<i32> {
     let (_store, jobs) = recorded(checkpoint)?;
-    let Some(client) = provider_client(base_url) else {
-        return Err(usage("no API key: set OPENAI_API_KEY to cancel the jobs").into());
-    };
+    let mut clients = Clients::new(base_url);
     let mut n = 0;
     for j in jobs.into_iter().filter(|j| j.state != JobState::Done) {
         let Some(id) = j.batch_id else { continue };
+        let client = clients
+            .get(&j.provider)
+            .map_err(|e| usage(format!("cannot cancel job {}: {e}", j.key)))?;
         let b = client.cancel(&id).await.map_err(call)?;
         println!("{} ({id}): {}", j.key, b.status_text);
         n += 1;
     }
     println!("{n} job(s) asked to cancel; rerun the run's command to collect what they finished");
     Ok(exit::OK)
+}
+
+/// The job records of a checkpoint, by key.
+fn parse_jobs(pairs: Vec<(String, String)>) -> anyhow::Result<BTreeMap<String, JobRecord>> {
+    pairs
+        .into_iter()
+        .map(
+            |(key, json)| match serde_json::from_str::<JobRecord>(&json) {
+                Ok(j) => Ok((key, j)),
+                Err(e) => Err(anyhow::anyhow!(
+                    "the checkpoint's record of job {key} cannot be read: {e}"
+                )),
+            },
+        )
+        .collect()
 }
 
 fn recorded(
@@ -863,21 +931,46 @@ fn recorded(
     UsageError,
 > {
     let store = crate::checkpoint::open_read_only(checkpoint)?;
-    let jobs = store
-        .jobs()
-        .into_iter()
-        .filter_map(|(_, j)| serde_json::from_str(&j).ok())
+    let jobs = parse_jobs(store.jobs())
+        .map_err(|e| usage(e.to_string()))?
+        .into_values()
         .collect();
     Ok((store, jobs))
 }
 
-fn provider_client(base_url: Option<&str>) -> Option<OpenAiBatches> {
-    let key = ApiKey::from_env(&["OPENAI_API_KEY"])?;
-    OpenAiBatches::new(OpenAiConfig {
-        model: String::new(),
-        base_url: base_url.unwrap_or("https://api.openai.com/v1").to_owned(),
-        api_key: Some(key),
-        http: async_batch_llm::providers::HttpOptions::default(),
-    })
-    .ok()
+/// The batch clients of `abl batch status|cancel`, one per provider the
+/// checkpoint's jobs name, each with its key from the environment.
+struct Clients<'a> {
+    base_url: Option<&'a str>,
+    made: HashMap<String, Result<BatchClient, String>>,
+}
+
+impl<'a> Clients<'a> {
+    fn new(base_url: Option<&'a str>) -> Self {
+        Self {
+            base_url,
+            made: HashMap::new(),
+        }
+    }
+
+    /// The client of a recorded provider name, or why there is none.
+    fn get(&mut self, provider: &str) -> Result<&BatchClient, &str> {
+        let base_url = self.base_url;
+        self.made
+            .entry(provider.to_owned())
+            .or_insert_with(|| {
+                let p = BatchProvider::from_name(provider)
+                    .ok_or_else(|| format!("unknown provider {provider:?}"))?;
+                BatchClient::new(
+                    &format!("{}:batch-status", p.name()),
+                    ModelOptions {
+                        base_url: base_url.map(str::to_owned),
+                        ..ModelOptions::default()
+                    },
+                )
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
 }

@@ -144,11 +144,12 @@ pub enum CheckpointCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum BatchCommand {
     /// Every job the checkpoint recorded: state, requests, provider id,
-    /// its state at the provider (with OPENAI_API_KEY), age.
+    /// its state at the provider (with the provider's key in the
+    /// environment: OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY), age.
     Status {
         /// The run's SQLite checkpoint.
         checkpoint: PathBuf,
-        /// The provider's base URL (https://api.openai.com/v1).
+        /// The provider's base URL (default: the provider's own).
         #[arg(long)]
         base_url: Option<String>,
     },
@@ -156,7 +157,7 @@ pub enum BatchCommand {
     Cancel {
         /// The run's SQLite checkpoint.
         checkpoint: PathBuf,
-        /// The provider's base URL (https://api.openai.com/v1).
+        /// The provider's base URL (default: the provider's own).
         #[arg(long)]
         base_url: Option<String>,
     },
@@ -341,16 +342,18 @@ run_args! {
     /// Stop the run when an item fails for good with one of these categories (comma-separated, e.g. authentication,insufficient_balance).
     #[arg(long, env = "ABL_FAIL_FAST", value_delimiter = ',')]
     fail_fast: Option<Vec<String>>,
-    /// How calls are made: online (default), or batch-api (OpenAI's Batch
-    /// API at half the price; needs a SQLite --checkpoint).
+    /// How calls are made: online (default), or batch-api (the provider's
+    /// batch API at half the price — openai:, anthropic:, gemini: models;
+    /// needs a SQLite --checkpoint).
     #[arg(long, value_enum, env = "ABL_VIA")]
     via: Option<ViaArg>,
     /// With --via batch-api: seconds between status checks of a job (30;
     /// grows 1.5x while nothing changes, up to 10 minutes).
     #[arg(long, env = "ABL_BATCH_POLL_SECS")]
     batch_poll_secs: Option<f64>,
-    /// With --via batch-api: most requests in one job (50000, OpenAI's
-    /// limit; jobs are also kept under 200 MB).
+    /// With --via batch-api: most requests in one job (the provider's
+    /// limit: openai 50000, anthropic and gemini 100000; jobs are also kept
+    /// under the provider's size limit).
     #[arg(long, env = "ABL_BATCH_JOB_ITEMS")]
     batch_job_items: Option<usize>,
     /// With --via batch-api: what becomes of requests a job could not run

@@ -340,17 +340,19 @@ fn batch_api(
             "--via batch-api needs --checkpoint FILE.sqlite: the jobs submitted are recorded there, so a run that stops can reattach to them instead of paying twice",
         ));
     }
-    match model {
-        ModelChoice::Mock(_) => {}
-        ModelChoice::Provider { spec, .. }
-            if spec.provider == async_batch_llm::providers::Provider::OpenAi => {}
-        ModelChoice::Provider { spec, .. } => {
-            return Err(err(format!(
-                "--via batch-api: only openai: models are supported yet, not {}:",
+    let provider = match model {
+        // The mock serves OpenAI's batch API.
+        ModelChoice::Mock(_) => async_batch_llm::batch_api::BatchProvider::OpenAi,
+        ModelChoice::Provider { spec, .. } => async_batch_llm::batch_api::BatchProvider::of(
+            spec.provider,
+        )
+        .ok_or_else(|| {
+            err(format!(
+                "--via batch-api: {}: has no batch API (openai:, anthropic: and gemini: have one)",
                 spec.provider.prefix()
-            )));
-        }
-    }
+            ))
+        })?,
+    };
     if a.dry_run == Some(true) {
         return Err(err(
             "--via batch-api and --dry-run: a dry run calls nothing either way; drop --via",
@@ -362,10 +364,12 @@ fn batch_api(
             "--batch-poll-secs must be from 0.05 to 3600, got {poll}"
         )));
     }
-    let job_items = a.batch_job_items.unwrap_or(50_000);
-    if !(1..=50_000).contains(&job_items) {
+    let most = provider.limits().max_requests;
+    let job_items = a.batch_job_items.unwrap_or(most);
+    if !(1..=most).contains(&job_items) {
         return Err(err(format!(
-            "--batch-job-items must be from 1 to 50000, got {job_items}"
+            "--batch-job-items must be from 1 to {most} ({}'s limit), got {job_items}",
+            provider.name()
         )));
     }
     Ok(Some(BatchApiPlan {

@@ -281,12 +281,12 @@ fn settings_that_cannot_work_are_refused_before_anything_runs() {
     }
     let o = abl()
         .current_dir(dir.path())
-        .env("ANTHROPIC_API_KEY", TEST_KEY)
+        .env("DEEPSEEK_API_KEY", TEST_KEY)
         .args([
             "run",
             inp.to_str().unwrap(),
             "--model",
-            "anthropic:claude-3-5-haiku",
+            "deepseek:deepseek-chat",
             "--via",
             "batch-api",
             "--checkpoint",
@@ -296,7 +296,7 @@ fn settings_that_cannot_work_are_refused_before_anything_runs() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("only openai: models are supported yet"),
+        stderr(&o).contains("deepseek: has no batch API"),
         "{}",
         stderr(&o)
     );

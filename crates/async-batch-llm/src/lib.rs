@@ -171,6 +171,8 @@
 //! share a [`ScopeRegistry`].
 
 pub mod attachment;
+#[cfg(any(feature = "openai", feature = "anthropic", feature = "gemini"))]
+pub mod batch_api;
 pub mod embed;
 mod engine;
 mod error;

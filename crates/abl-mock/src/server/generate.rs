@@ -60,6 +60,9 @@ pub(super) async fn gemini(
         Some((model, "generateContent")) => {
             handle(&s, Format::Gemini, Some(model), &headers, &q, &body).await
         }
+        Some((model, "batchGenerateContent")) => {
+            super::batches::gemini::create(&s, model, &headers, &q, &body)
+        }
         Some((_, "batchEmbedContents")) => {
             super::embeddings::gemini_batch(&s, &headers, &q, &body).await
         }

@@ -1,6 +1,7 @@
 //! The mock's HTTP server: shared state, the router, and helpers every
 //! route uses. The model routes are in [`generate`], Gemini caches in
-//! [`caches`], OpenAI embeddings in [`embeddings`].
+//! [`caches`], OpenAI embeddings in [`embeddings`], the three batch APIs
+//! in [`batches`].
 
 mod batches;
 mod caches;
@@ -24,6 +25,7 @@ use crate::config::{Fault, MockConfig};
 use crate::quota::Quota;
 use crate::stats::Recorder;
 use crate::wire::Format;
+use batches::{anthropic as anthropic_batches, gemini as gemini_batches, openai as openai_batches};
 use caches::{cache_create, cache_delete, cache_get, cache_list, cache_patch};
 use generate::{anthropic, chat, gemini, responses};
 
@@ -113,11 +115,35 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/responses", post(responses))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/embeddings", post(embeddings::embeddings))
-        .route("/v1/files", post(batches::upload))
-        .route("/v1/files/{id}/content", get(batches::content))
-        .route("/v1/batches", post(batches::create).get(batches::list))
-        .route("/v1/batches/{id}", get(batches::get))
-        .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .route("/v1/files", post(openai_batches::upload))
+        .route("/v1/files/{id}/content", get(openai_batches::content))
+        .route(
+            "/v1/batches",
+            post(openai_batches::create).get(openai_batches::list),
+        )
+        .route("/v1/batches/{id}", get(openai_batches::get))
+        .route("/v1/batches/{id}/cancel", post(openai_batches::cancel))
+        .route(
+            "/v1/messages/batches",
+            post(anthropic_batches::create).get(anthropic_batches::list),
+        )
+        .route("/v1/messages/batches/{id}", get(anthropic_batches::get))
+        .route(
+            "/v1/messages/batches/{id}/cancel",
+            post(anthropic_batches::cancel),
+        )
+        .route(
+            "/v1/messages/batches/{id}/results",
+            get(anthropic_batches::results),
+        )
+        .route("/v1beta/batches", get(gemini_batches::list))
+        .route(
+            "/v1beta/batches/{id}",
+            get(gemini_batches::get).post(gemini_batches::cancel),
+        )
+        .route("/upload/v1beta/files", post(gemini_batches::upload))
+        .route("/v1beta/files/{id}", get(gemini_batches::download))
+        .route("/download/v1beta/files/{id}", get(gemini_batches::download))
         .route("/v1/messages", post(anthropic))
         .route("/v1beta/models/{*rest}", post(gemini))
         .route("/v1beta/cachedContents", post(cache_create).get(cache_list))

@@ -169,23 +169,22 @@ pub fn llm(spec: &str) -> Result<Arc<dyn DynModel>, Error> {
     llm_with(spec, ModelOptions::default())
 }
 
-/// Builds a model from `"provider:model"` with `options`.
-pub fn llm_with(spec: &str, options: ModelOptions) -> Result<Arc<dyn DynModel>, Error> {
+/// A `"provider:model"` text with its key and base URL found.
+pub(crate) struct Resolved {
+    pub(crate) spec: ModelSpec,
+    pub(crate) key: Option<ApiKey>,
+    pub(crate) base_url: String,
+}
+
+/// Parses `spec` and finds its key (given, else the provider's
+/// environment variables) and base URL (given, else the provider's).
+pub(crate) fn resolve(spec: &str, options: &ModelOptions) -> Result<Resolved, Error> {
     let spec: ModelSpec = spec.parse()?;
     let p = spec.provider;
     let key = options
         .api_key
         .clone()
         .or_else(|| ApiKey::from_env(p.key_vars()));
-    let require_key = || {
-        key.clone().ok_or_else(|| {
-            Error::config(format!(
-                "no API key for {}: set {} (or pass a key)",
-                p.prefix(),
-                p.key_vars().join(" or ")
-            ))
-        })
-    };
     let base_url = match options
         .base_url
         .clone()
@@ -198,6 +197,33 @@ pub fn llm_with(spec: &str, options: ModelOptions) -> Result<Arc<dyn DynModel>, 
             )
         })?,
     };
+    Ok(Resolved {
+        spec,
+        key,
+        base_url,
+    })
+}
+
+/// The key, or the error that names where it is looked for.
+pub(crate) fn require(p: Provider, key: Option<ApiKey>) -> Result<ApiKey, Error> {
+    key.ok_or_else(|| {
+        Error::config(format!(
+            "no API key for {}: set {} (or pass a key)",
+            p.prefix(),
+            p.key_vars().join(" or ")
+        ))
+    })
+}
+
+/// Builds a model from `"provider:model"` with `options`.
+pub fn llm_with(spec: &str, options: ModelOptions) -> Result<Arc<dyn DynModel>, Error> {
+    let Resolved {
+        spec,
+        key,
+        base_url,
+    } = resolve(spec, &options)?;
+    let p = spec.provider;
+    let require_key = || require(p, key.clone());
     #[allow(unreachable_code)] // with no provider family built in, every arm returns
     Ok(match p {
         #[cfg(feature = "openai")]

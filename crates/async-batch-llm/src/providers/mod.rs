@@ -21,10 +21,10 @@
 
 #[cfg(feature = "anthropic")]
 mod anthropic;
-mod factory;
+pub(crate) mod factory;
 #[cfg(feature = "gemini")]
 mod gemini;
-mod http;
+pub(crate) mod http;
 mod key;
 #[cfg(feature = "openai")]
 mod openai;
@@ -42,7 +42,4 @@ pub use gemini::{
 pub use http::{HttpOptions, parse_body, retry_hint};
 pub use key::ApiKey;
 #[cfg(feature = "openai")]
-pub use openai::{
-    BatchJob, BatchLine, BatchResults, ChatFlavor, ChatModel, JobStatus, OpenAiBatches,
-    OpenAiConfig, OpenAiEmbeddings, OpenAiModel,
-};
+pub use openai::{ChatFlavor, ChatModel, OpenAiConfig, OpenAiEmbeddings, OpenAiModel};

@@ -85,6 +85,12 @@ impl AnthropicModel {
         })
     }
 
+    /// The way to the provider (shared with its batch client).
+    #[cfg_attr(not(feature = "anthropic"), allow(dead_code))]
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     /// A turn's content: its text, or `image` / `document` blocks then a
     /// `text` block; `cache` marks the last block as a cache breakpoint.
     fn content(m: &Message, cache: bool) -> Result<Value, CallError> {

@@ -276,7 +276,6 @@ impl Endpoint {
     }
 
     /// GETs `path`; the raw reply.
-    #[cfg(feature = "openai")]
     pub(crate) async fn get_raw(
         &self,
         path: &str,
@@ -293,7 +292,6 @@ impl Endpoint {
 
     /// GETs `path`; its body as lines, read as they arrive (a results
     /// file of any size is never held whole).
-    #[cfg(feature = "openai")]
     pub(crate) async fn get_lines(&self, path: &str) -> Result<Lines, CallError> {
         let mut req = self.http.client.get(self.url(path));
         for (k, v) in self.headers_with(&[]) {
@@ -314,6 +312,48 @@ impl Endpoint {
             pending: Vec::new(),
             start: 0,
         })
+    }
+
+    /// Sends `method` to `target` — a path under the base URL, or an
+    /// absolute URL on the base URL's own origin (an upload URL the
+    /// provider handed out; the key is never sent elsewhere) — with
+    /// `extra` headers and a body streamed with its length and type.
+    #[cfg_attr(not(any(feature = "anthropic", feature = "gemini")), allow(dead_code))]
+    pub(crate) async fn send_stream(
+        &self,
+        method: reqwest::Method,
+        target: &str,
+        extra: &[(&str, &str)],
+        body: Option<(reqwest::Body, u64, &str)>,
+        timeout: Duration,
+    ) -> Result<(u16, HeaderMap, bytes::Bytes), CallError> {
+        let url = if target.starts_with("http://") || target.starts_with("https://") {
+            if origin(target) != origin(&self.base_url) {
+                return Err(CallError::new(
+                    ErrorCategory::ProviderResponseError,
+                    "the provider named a URL on another host; the key is not sent there",
+                )
+                .with_retryable(false));
+            }
+            target.to_owned()
+        } else {
+            self.url(target)
+        };
+        let mut req = self.http.client.request(method, url).timeout(timeout);
+        for (k, v) in self.headers_with(extra) {
+            req = req.header(k, v);
+        }
+        if let Some((b, len, content_type)) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .body(b);
+        }
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.map_err(transport_error)?;
+        Ok((status, headers, bytes))
     }
 
     fn headers_with<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
@@ -374,6 +414,14 @@ impl Endpoint {
     }
 }
 
+/// `scheme://host[:port]` of a URL.
+#[cfg_attr(not(any(feature = "anthropic", feature = "gemini")), allow(dead_code))]
+fn origin(url: &str) -> &str {
+    let rest = url.find("://").map_or(0, |i| i + 3);
+    let end = url[rest..].find('/').map_or(url.len(), |i| rest + i);
+    &url[..end]
+}
+
 /// A JSON body as bytes (a body that cannot be serialized is the caller's
 /// bug, reported as such).
 fn json_bytes(body: &Value) -> Result<Vec<u8>, CallError> {
@@ -386,14 +434,12 @@ fn json_bytes(body: &Value) -> Result<Vec<u8>, CallError> {
 }
 
 /// The lines of a response body, read as they arrive.
-#[cfg(feature = "openai")]
 pub(crate) struct Lines {
     resp: Option<reqwest::Response>,
     pending: Vec<u8>,
     start: usize,
 }
 
-#[cfg(feature = "openai")]
 impl Lines {
     /// The next line that is not blank, without its newline.
     pub(crate) async fn next(&mut self) -> Option<Result<Vec<u8>, CallError>> {

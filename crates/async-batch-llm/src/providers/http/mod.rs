@@ -20,7 +20,6 @@ pub use classify::parse_body;
 pub(crate) use classify::shape_error;
 pub(crate) use client::Endpoint;
 pub use client::HttpOptions;
-#[cfg(feature = "openai")]
 pub(crate) use client::Lines;
 pub use hints::retry_hint;
 

@@ -3,12 +3,10 @@
 //! vLLM, Ollama, LiteLLM…) through Chat Completions; embeddings
 //! ([`OpenAiEmbeddings`]) on any of them that serves `/v1/embeddings`.
 
-mod batches;
 mod chat;
 mod embeddings;
 mod responses;
 
-pub use batches::{BatchJob, BatchLine, BatchResults, JobStatus, OpenAiBatches};
 pub use chat::{ChatFlavor, ChatModel};
 pub use embeddings::OpenAiEmbeddings;
 pub use responses::OpenAiModel;
@@ -52,7 +50,7 @@ pub struct OpenAiConfig {
 impl OpenAiConfig {
     /// The endpoint of `provider` for this configuration: bearer auth when
     /// a key is given.
-    fn endpoint(&self, provider: &str) -> Result<Endpoint, Error> {
+    pub(crate) fn endpoint(&self, provider: &str) -> Result<Endpoint, Error> {
         let key = self.api_key.as_ref().map_or("", ApiKey::expose);
         let headers = self
             .api_key

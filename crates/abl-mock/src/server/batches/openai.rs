@@ -1,48 +1,21 @@
 //! OpenAI's Files and Batches APIs: a JSONL of requests uploaded, a job
-//! made of it, its results after `--batch-processing-ms` in an output and
-//! an error file. Each line is answered as the online route would answer
-//! it (the same deterministic replies and markers); `[[mock:expire]]` in a
-//! line's prompt leaves that line unexecuted when the job ends, as a job
-//! whose completion window passed. `/stats` counts jobs and executed lines,
-//! so a test can prove no job was submitted twice and no item ran twice.
+//! made of it, its results in an output and an error file.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::response::{IntoResponse as _, Response};
 use serde_json::{Value, json};
 
-use super::generate::{compose, pick_fault};
-use super::{Shared, json_response, lock};
-use crate::config::Fault;
-use crate::wire::{self, Ending, Format};
-
-/// Files and jobs of the batch API.
-#[derive(Debug, Default)]
-pub(crate) struct BatchStore {
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    files: HashMap<String, StoredFile>,
-    jobs: BTreeMap<String, Job>,
-    next: u64,
-}
-
-#[derive(Debug)]
-struct StoredFile {
-    filename: String,
-    purpose: String,
-    bytes: Arc<Vec<u8>>,
-    created_at: u64,
-}
+use super::{Inner, Ran, StoredFile, due, lines, run, unix_now};
+use crate::server::{Shared, json_response, lock};
+use crate::wire::Format;
 
 #[derive(Debug, Clone)]
-struct Job {
+pub(super) struct Job {
     id: String,
     input_file_id: String,
     endpoint: String,
@@ -84,12 +57,6 @@ impl Job {
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn error(status: u16, message: &str) -> Response {
     json_response(
         status,
@@ -99,7 +66,10 @@ fn error(status: u16, message: &str) -> Response {
 }
 
 /// `POST /v1/files`: a multipart upload (`purpose`, `file`).
-pub(super) async fn upload(State(s): State<Arc<Shared>>, mut form: Multipart) -> Response {
+pub(in crate::server) async fn upload(
+    State(s): State<Arc<Shared>>,
+    mut form: Multipart,
+) -> Response {
     let (mut purpose, mut file) = (None, None);
     loop {
         match form.next_field().await {
@@ -125,8 +95,7 @@ pub(super) async fn upload(State(s): State<Arc<Shared>>, mut form: Multipart) ->
         return error(400, "'purpose' and 'file' are required");
     };
     let mut g = lock(&s.batches.inner);
-    g.next += 1;
-    let id = format!("file-mock{:08}", g.next);
+    let id = format!("file-mock{:08}", g.next_id());
     let f = StoredFile {
         filename,
         purpose,
@@ -145,7 +114,10 @@ fn file_json(id: &str, f: &StoredFile) -> Value {
 }
 
 /// `GET /v1/files/{id}/content`.
-pub(super) async fn content(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+pub(in crate::server) async fn content(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Response {
     let bytes = lock(&s.batches.inner)
         .files
         .get(&id)
@@ -161,7 +133,7 @@ pub(super) async fn content(State(s): State<Arc<Shared>>, Path(id): Path<String>
 }
 
 /// `POST /v1/batches`.
-pub(super) async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+pub(in crate::server) async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return error(400, "the body is not JSON");
     };
@@ -173,20 +145,19 @@ pub(super) async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Respons
         return error(400, &format!("endpoint {endpoint} is not supported"));
     }
     let mut g = lock(&s.batches.inner);
-    let Some(lines) = g.files.get(&input).map(|f| count_lines(&f.bytes)) else {
+    let Some(n) = g.files.get(&input).map(|f| lines(&f.bytes).count() as u64) else {
         return error(404, &format!("No such File object: {input}"));
     };
-    g.next += 1;
     let job = Job {
-        id: format!("batch_mock{:08}", g.next),
+        id: format!("batch_mock{:08}", g.next_id()),
         input_file_id: input,
         endpoint,
         window: field("completion_window").unwrap_or_else(|| "24h".into()),
         metadata: req.get("metadata").cloned().unwrap_or(Value::Null),
         created_at: unix_now(),
-        ready_at: Instant::now() + Duration::from_millis(s.config.batch_processing_ms),
+        ready_at: due(&s),
         status: "in_progress",
-        total: lines,
+        total: n,
         completed: 0,
         failed: 0,
         output_file_id: None,
@@ -194,19 +165,16 @@ pub(super) async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Respons
         ended_at: None,
     };
     let body = job.json();
-    g.jobs.insert(job.id.clone(), job);
-    s.stats.batch_created(lines);
+    g.openai.insert(job.id.clone(), job);
+    s.stats.batch_created(n);
     json_response(200, &[], &body)
 }
 
-fn count_lines(b: &[u8]) -> u64 {
-    b.split(|c| *c == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-        .count() as u64
-}
-
 /// `GET /v1/batches/{id}`: the job, its results made once it is due.
-pub(super) async fn get(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+pub(in crate::server) async fn get(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Response {
     match advance(&s, &id) {
         Some(j) => json_response(200, &[], &j.json()),
         None => error(404, &format!("No such Batch object: {id}")),
@@ -214,7 +182,7 @@ pub(super) async fn get(State(s): State<Arc<Shared>>, Path(id): Path<String>) ->
 }
 
 /// `GET /v1/batches?limit=N&after=ID`: newest first.
-pub(super) async fn list(
+pub(in crate::server) async fn list(
     State(s): State<Arc<Shared>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -223,7 +191,12 @@ pub(super) async fn list(
         .and_then(|l| l.parse::<usize>().ok())
         .unwrap_or(20)
         .clamp(1, 100);
-    let ids: Vec<String> = lock(&s.batches.inner).jobs.keys().rev().cloned().collect();
+    let ids: Vec<String> = lock(&s.batches.inner)
+        .openai
+        .keys()
+        .rev()
+        .cloned()
+        .collect();
     let start = q
         .get("after")
         .and_then(|a| ids.iter().position(|i| i == a).map(|p| p + 1))
@@ -245,9 +218,12 @@ pub(super) async fn list(
 
 /// `POST /v1/batches/{id}/cancel`: a job not finished ends cancelled with
 /// nothing executed.
-pub(super) async fn cancel(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+pub(in crate::server) async fn cancel(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Response {
     let mut g = lock(&s.batches.inner);
-    let Some(job) = g.jobs.get_mut(&id) else {
+    let Some(job) = g.openai.get_mut(&id) else {
         return error(404, &format!("No such Batch object: {id}"));
     };
     if job.status == "in_progress" && Instant::now() < job.ready_at {
@@ -262,12 +238,14 @@ pub(super) async fn cancel(State(s): State<Arc<Shared>>, Path(id): Path<String>)
 /// The job `id`, run to its end first if it is due.
 fn advance(s: &Shared, id: &str) -> Option<Job> {
     let (job, input) = {
-        let g = lock(&s.batches.inner);
-        let job = g.jobs.get(id)?.clone();
+        let mut g = lock(&s.batches.inner);
+        let job = g.openai.get(id)?.clone();
         if job.status != "in_progress" || Instant::now() < job.ready_at {
             return Some(job);
         }
         let input = Arc::clone(&g.files.get(&job.input_file_id)?.bytes);
+        // Run once: a poll arriving meanwhile sees it finalizing.
+        g.openai.get_mut(id)?.status = "finalizing";
         (job, input)
     };
     let format = if job.endpoint == "/v1/responses" {
@@ -277,10 +255,7 @@ fn advance(s: &Shared, id: &str) -> Option<Job> {
     };
     let (mut out, mut errs, mut completed, mut failed, mut expired) =
         (Vec::new(), Vec::new(), 0, 0, false);
-    for line in input.split(|c| *c == b'\n') {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
+    for line in lines(&input) {
         let (ok, record) = execute(s, format, line, &mut expired);
         let target = if ok { &mut out } else { &mut errs };
         target.extend_from_slice(record.to_string().as_bytes());
@@ -292,13 +267,8 @@ fn advance(s: &Shared, id: &str) -> Option<Job> {
         }
     }
     let mut g = lock(&s.batches.inner);
-    // Another request may have finished it meanwhile: keep the first.
-    if g.jobs.get(id)?.status != "in_progress" {
-        return g.jobs.get(id).cloned();
-    }
     let store = |bytes: Vec<u8>, g: &mut Inner| {
-        g.next += 1;
-        let fid = format!("file-mock{:08}", g.next);
+        let fid = format!("file-mock{:08}", g.next_id());
         g.files.insert(
             fid.clone(),
             StoredFile {
@@ -312,7 +282,7 @@ fn advance(s: &Shared, id: &str) -> Option<Job> {
     };
     let output_file_id = (!out.is_empty()).then(|| store(out, &mut g));
     let error_file_id = (!errs.is_empty()).then(|| store(errs, &mut g));
-    let job = g.jobs.get_mut(id)?;
+    let job = g.openai.get_mut(id)?;
     job.status = if expired { "expired" } else { "completed" };
     job.completed = completed;
     job.failed = failed;
@@ -339,55 +309,31 @@ fn execute(s: &Shared, format: Format, line: &[u8], expired: &mut bool) -> (bool
             fail("missing_required_parameter", "'body' is required".into()),
         );
     };
-    let parsed = match wire::parse(format, body, None) {
-        Ok(p) => p,
-        Err(e) => return (false, fail("invalid_request", e)),
+    let seq = s.seq.load(std::sync::atomic::Ordering::Relaxed);
+    let reply = |status: u16, b: Value| {
+        json!({"id": format!("batch_req_{seq:08}"), "custom_id": custom_id,
+        "response": {"status_code": status, "request_id": format!("req_mock{seq:08}"), "body": b}, "error": null})
     };
-    if parsed.user_text.contains("[[mock:expire]]") {
-        *expired = true;
-        return (
-            false,
-            fail(
-                "batch_expired",
-                "This request could not be executed before the completion window expired.".into(),
-            ),
-        );
-    }
-    let seq = s.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    s.stats
-        .batch_item_executed(custom_id.as_str().unwrap_or_default());
-    let (fault, marks) = pick_fault(s, &parsed, seq);
-    let request_id = format!("req_mock{seq:08}");
-    match fault {
-        None
-        | Some(
-            Fault::Empty | Fault::Safety | Fault::Refusal | Fault::InvalidOutput | Fault::Hang,
-        ) => {
-            let (content, usage) = compose(s, format, &parsed, fault, &marks, 0);
-            let ending = match fault {
-                Some(Fault::Empty) => Ending::Empty,
-                Some(Fault::Safety) => Ending::Safety,
-                Some(Fault::Refusal) => Ending::Refusal,
-                _ => Ending::Normal,
-            };
-            let b = wire::success(format, &parsed, &content, usage, ending, seq);
-            (
-                true,
-                json!({"id": format!("batch_req_{seq:08}"), "custom_id": custom_id,
-                "response": {"status_code": 200, "request_id": request_id, "body": b}, "error": null}),
-            )
-        }
-        Some(f) => {
-            let (status, _, b) = wire::error(
-                format,
-                f,
-                "The server had an error while processing your request.",
-            );
+    match run(
+        s,
+        format,
+        body,
+        None,
+        custom_id.as_str().unwrap_or_default(),
+    ) {
+        Ran::Answer(b) => (true, reply(200, b)),
+        Ran::Failed(status, b) => (false, reply(status, b)),
+        Ran::Expired => {
+            *expired = true;
             (
                 false,
-                json!({"id": format!("batch_req_{seq:08}"), "custom_id": custom_id,
-                "response": {"status_code": status, "request_id": request_id, "body": b}, "error": null}),
+                fail(
+                    "batch_expired",
+                    "This request could not be executed before the completion window expired."
+                        .into(),
+                ),
             )
         }
+        Ran::Invalid(e) => (false, fail("invalid_request", e)),
     }
 }

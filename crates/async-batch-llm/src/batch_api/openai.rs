@@ -10,108 +10,62 @@
 
 use serde_json::{Value, json};
 
-use super::{OpenAiConfig, OpenAiModel};
+use super::job::count;
+use super::{BatchJob, BatchLine, BatchResults, JobCounts, JobStatus};
 use crate::error::{CallError, Error, ErrorCategory};
-use crate::model::{LlmRequest, LlmResponse};
+use crate::model::LlmRequest;
 use crate::providers::http::{Endpoint, parse_body, shape_error};
+use crate::providers::{OpenAiConfig, OpenAiModel};
 
 /// The metadata key that carries the caller's job key.
 const JOB_KEY: &str = "abl_job";
 
-/// Where a job is at the provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobStatus {
-    /// Validating, in progress or finalizing: results to come.
-    Running,
-    /// Every request ran; results are in the files.
-    Completed,
-    /// The window passed: what ran is in the files, the rest expired.
-    Expired,
-    /// Cancelled (or cancelling): what ran is in the files.
-    Cancelled,
-    /// The input was refused as a whole (`failed`).
-    Failed,
-}
-
-impl JobStatus {
-    fn parse(s: &str) -> Self {
-        match s {
-            "completed" => JobStatus::Completed,
-            "expired" => JobStatus::Expired,
-            "cancelled" => JobStatus::Cancelled,
-            "failed" => JobStatus::Failed,
-            // validating, in_progress, finalizing, cancelling
-            _ => JobStatus::Running,
-        }
-    }
-
-    /// Whether results will still come.
-    pub fn is_running(self) -> bool {
-        self == JobStatus::Running
+fn status(s: &str) -> JobStatus {
+    match s {
+        "completed" => JobStatus::Completed,
+        "expired" => JobStatus::Expired,
+        "cancelled" => JobStatus::Cancelled,
+        "failed" => JobStatus::Failed,
+        // validating, in_progress, finalizing, cancelling
+        _ => JobStatus::Running,
     }
 }
 
-/// A job as the provider reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatchJob {
-    /// The provider's id (`batch_…`).
-    pub id: String,
-    /// Its state.
-    pub status: JobStatus,
-    /// The status word as sent.
-    pub status_text: String,
-    /// Requests in it, done, failed.
-    pub counts: (u64, u64, u64),
-    /// The file of successful results.
-    pub output_file_id: Option<String>,
-    /// The file of failed requests.
-    pub error_file_id: Option<String>,
-    /// The caller's key from its metadata.
-    pub key: Option<String>,
-    /// When it was created (Unix seconds).
-    pub created_at: Option<u64>,
-}
-
-impl BatchJob {
-    fn from_json(v: &Value) -> Result<Self, CallError> {
-        let id = v
-            .get("id")
+/// A batch object.
+fn job(v: &Value) -> Result<BatchJob, CallError> {
+    let id = v
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| shape_error("a batch without 'id'"))?;
+    let status_text = v
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("in_progress");
+    let n = |k: &str| count(v.pointer(&format!("/request_counts/{k}")));
+    let (completed, failed) = (n("completed"), n("failed"));
+    let results = ["output_file_id", "error_file_id"]
+        .iter()
+        .filter_map(|k| v.get(*k).and_then(Value::as_str))
+        .map(|f| format!("files/{f}/content"))
+        .collect();
+    Ok(BatchJob {
+        id: id.to_owned(),
+        status: status(status_text),
+        status_text: status_text.to_owned(),
+        counts: JobCounts {
+            total: n("total"),
+            done: completed.saturating_add(failed),
+            failed,
+        },
+        key: v
+            .pointer(&format!("/metadata/{JOB_KEY}"))
             .and_then(Value::as_str)
-            .ok_or_else(|| shape_error("a batch without 'id'"))?;
-        let status = v
-            .get("status")
-            .and_then(Value::as_str)
-            .unwrap_or("in_progress");
-        let count = |k: &str| {
-            v.pointer(&format!("/request_counts/{k}"))
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-        };
-        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-        Ok(Self {
-            id: id.to_owned(),
-            status: JobStatus::parse(status),
-            status_text: status.to_owned(),
-            counts: (count("total"), count("completed"), count("failed")),
-            output_file_id: s("output_file_id"),
-            error_file_id: s("error_file_id"),
-            key: v
-                .pointer(&format!("/metadata/{JOB_KEY}"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            created_at: v.get("created_at").and_then(Value::as_u64),
-        })
-    }
-}
-
-/// One result line: the request's `custom_id` and its answer or error,
-/// classified as the online route classifies it.
-#[derive(Debug)]
-pub struct BatchLine {
-    /// The request's `custom_id`.
-    pub custom_id: String,
-    /// The answer, or the error in the online path's categories.
-    pub result: Result<LlmResponse, CallError>,
+            .map(str::to_owned),
+        created_at: v.get("created_at").and_then(Value::as_u64),
+        expires_at: v.get("expires_at").and_then(Value::as_u64),
+        results,
+        inline_results: false,
+    })
 }
 
 /// The Batch API client of one OpenAI account (any base URL).
@@ -129,12 +83,6 @@ impl std::fmt::Debug for OpenAiBatches {
 }
 
 impl OpenAiBatches {
-    /// Requests per input file OpenAI takes.
-    pub const MAX_REQUESTS: usize = 50_000;
-
-    /// Bytes per input file OpenAI takes (200 MB).
-    pub const MAX_FILE_BYTES: u64 = 200 * 1_000_000;
-
     /// A client for `config` (its model is the one every line asks for).
     pub fn new(config: OpenAiConfig) -> Result<Self, Error> {
         Ok(Self {
@@ -146,17 +94,7 @@ impl OpenAiBatches {
     /// The request line for `request`: the same body the online route
     /// (`/v1/responses`) sends.
     pub fn line(&self, custom_id: &str, request: &LlmRequest) -> Result<Value, CallError> {
-        if request
-            .prompt
-            .as_ref()
-            .is_some_and(crate::item::Prompt::has_attachments)
-        {
-            return Err(CallError::new(
-                ErrorCategory::ClientError,
-                "attachments are not sent through the batch API yet; run this item online",
-            )
-            .with_retryable(false));
-        }
+        super::refuse_attachments(request)?;
         Ok(json!({
             "custom_id": custom_id,
             "method": "POST",
@@ -177,6 +115,13 @@ impl OpenAiBatches {
             .ok_or_else(|| shape_error("an uploaded file without 'id'"))
     }
 
+    /// Uploads the job file at `path` and makes a job of it labelled
+    /// with the caller's `key`.
+    pub async fn submit(&self, path: &std::path::Path, key: &str) -> Result<BatchJob, CallError> {
+        let file_id = self.upload(path).await?;
+        self.create(&file_id, key).await
+    }
+
     /// Makes a job of an uploaded file, labelled with the caller's `key`.
     pub async fn create(&self, input_file_id: &str, key: &str) -> Result<BatchJob, CallError> {
         let body = json!({
@@ -186,13 +131,13 @@ impl OpenAiBatches {
             "metadata": {JOB_KEY: key},
         });
         let reply = self.endpoint.post_json("batches", &body, &[], None).await?;
-        BatchJob::from_json(&reply.body)
+        job(&reply.body)
     }
 
     /// The job `id` as it stands.
     pub async fn get(&self, id: &str) -> Result<BatchJob, CallError> {
         let (status, headers, bytes) = self.endpoint.get_raw(&format!("batches/{id}")).await?;
-        BatchJob::from_json(&parse_body(status, &headers, &bytes)?)
+        job(&parse_body(status, &headers, &bytes)?)
     }
 
     /// The newest job labelled `key`, looking through the newest `pages`
@@ -212,9 +157,9 @@ impl OpenAiBatches {
                 .cloned()
                 .unwrap_or_default();
             for j in &data {
-                let job = BatchJob::from_json(j)?;
-                if job.key.as_deref() == Some(key) {
-                    return Ok(Some(job));
+                let found = job(j)?;
+                if found.key.as_deref() == Some(key) {
+                    return Ok(Some(found));
                 }
             }
             if page.get("has_more").and_then(Value::as_bool) != Some(true) {
@@ -237,44 +182,24 @@ impl OpenAiBatches {
             .endpoint
             .post_json(&format!("batches/{id}/cancel"), &json!({}), &[], None)
             .await?;
-        BatchJob::from_json(&reply.body)
+        job(&reply.body)
     }
 
-    /// A results file (output or errors), read line by line as it
-    /// downloads.
-    pub async fn results(&self, file_id: &str) -> Result<BatchResults, CallError> {
-        Ok(BatchResults {
-            lines: self
-                .endpoint
-                .get_lines(&format!("files/{file_id}/content"))
-                .await?,
-        })
-    }
-}
-
-/// The lines of a results file, read as they download.
-pub struct BatchResults {
-    lines: crate::providers::http::Lines,
-}
-
-impl std::fmt::Debug for BatchResults {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BatchResults").finish_non_exhaustive()
-    }
-}
-
-impl BatchResults {
-    /// The next result line, or `None` at the end of the file.
-    pub async fn next(&mut self) -> Option<Result<BatchLine, CallError>> {
-        let line = self.lines.next().await?;
-        Some(line.and_then(|l| read_line(&l)))
+    /// The results of `job` (its output file, then its error file), read
+    /// as they download.
+    pub fn results(&self, job: &BatchJob) -> BatchResults {
+        BatchResults::new(
+            self.endpoint.clone(),
+            read_line,
+            job.results.clone(),
+            Vec::new(),
+            &[],
+        )
     }
 }
 
 /// One line of an output or error file.
-fn read_line(l: &[u8]) -> Result<BatchLine, CallError> {
-    let v: Value = serde_json::from_slice(l)
-        .map_err(|e| shape_error(&format!("a results line is not JSON: {e}")))?;
+fn read_line(v: &Value, _: Option<&str>) -> Result<BatchLine, CallError> {
     let custom_id = v
         .get("custom_id")
         .and_then(Value::as_str)
@@ -286,19 +211,12 @@ fn read_line(l: &[u8]) -> Result<BatchLine, CallError> {
             .and_then(Value::as_u64)
             .and_then(|s| u16::try_from(s).ok())
             .unwrap_or(0);
-        let body = r.get("body").cloned().unwrap_or(Value::Null);
+        let body = r.get("body").unwrap_or(&Value::Null);
         let request_id = r
             .get("request_id")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        match parse_body(
-            status,
-            &reqwest::header::HeaderMap::new(),
-            body.to_string().as_bytes(),
-        ) {
-            Ok(b) => OpenAiModel::parse_response(&b, request_id),
-            Err(e) => Err(e),
-        }
+        super::classify(status, body).and_then(|b| OpenAiModel::parse_response(&b, request_id))
     } else {
         let code = v
             .pointer("/error/code")
@@ -322,10 +240,15 @@ fn read_line(l: &[u8]) -> Result<BatchLine, CallError> {
 mod tests {
     use super::*;
 
+    fn read(line: &[u8]) -> Result<BatchLine, CallError> {
+        let v: Value = serde_json::from_slice(line).map_err(|e| shape_error(&e.to_string()))?;
+        read_line(&v, None)
+    }
+
     #[test]
     fn result_lines_become_answers_or_categorized_errors() {
         let ok = br#"{"id":"r1","custom_id":"a","response":{"status_code":200,"request_id":"req_1","body":{"id":"resp_1","model":"gpt-4o-mini","output":[{"type":"message","role":"assistant","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":5,"output_tokens":2,"total_tokens":7}}},"error":null}"#;
-        let l = read_line(ok).unwrap();
+        let l = read(ok).unwrap();
         assert_eq!(l.custom_id, "a");
         let r = l.result.unwrap();
         assert_eq!(
@@ -333,13 +256,13 @@ mod tests {
             ("hi", Some(5), Some(2))
         );
         let server = br#"{"custom_id":"b","response":{"status_code":500,"body":{"error":{"message":"boom","type":"server_error"}}},"error":null}"#;
-        let e = read_line(server).unwrap().result.unwrap_err();
+        let e = read(server).unwrap().result.unwrap_err();
         assert_eq!(e.category(), ErrorCategory::ServerError);
         assert!(e.is_retryable());
         let expired = br#"{"custom_id":"c","response":null,"error":{"code":"batch_expired","message":"late"}}"#;
-        let e = read_line(expired).unwrap().result.unwrap_err();
+        let e = read(expired).unwrap().result.unwrap_err();
         assert_eq!(e.category(), ErrorCategory::BatchExpired);
         assert!(e.is_retryable());
-        assert!(read_line(b"not json").is_err());
+        assert!(read(b"not json").is_err());
     }
 }
