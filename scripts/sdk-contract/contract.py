@@ -134,6 +134,7 @@ def main():
         run_openai(mock, tight[0], rpm, tpm)
         run_anthropic(mock, tight[1], rpm, tpm)
         run_gemini(mock)
+        run_batches(mock)
     finally:
         for m in [mock, *tight]:
             m.close()
@@ -433,6 +434,95 @@ def run_gemini(mock):
                 if prompt == "[[mock:429-gemini:7]]":
                     delays = [d["retryDelay"] for d in err["details"] if d["@type"].endswith("RetryInfo")]
                     expect(delays == ["7s"], delays)
+
+
+# --- Batch APIs: Anthropic Message Batches, Gemini Batch Mode ----------------
+
+
+def run_batches(mock):
+    """The batch routes abl uses, driven by the SDKs (the mock's jobs end at
+    once: --batch-processing-ms defaults to 0)."""
+    import tempfile
+    import time
+
+    from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
+
+    client = anthropic.Anthropic(api_key=KEY, base_url=mock.url, max_retries=0)
+    params = lambda text: {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": text}]}
+
+    @check("anthropic message batches: create, retrieve, list, results, cancel through the SDK; MessageBatch and result lines validate")
+    def _():
+        raw = client.messages.batches.with_raw_response.create(
+            requests=[{"custom_id": "ok-1", "params": params("hello batch")}, {"custom_id": "bad-2", "params": params("[[mock:400]] no")}]
+        )
+        batch = MessageBatch.model_validate(raw.http_response.json())
+        expect(batch.request_counts.processing == 2, batch.request_counts)
+        done = MessageBatch.model_validate(client.messages.batches.with_raw_response.retrieve(batch.id).http_response.json())
+        expect(done.processing_status == "ended" and done.results_url, done)
+        expect((done.request_counts.succeeded, done.request_counts.errored) == (1, 1), done.request_counts)
+        results = {r.custom_id: r for r in client.messages.batches.results(batch.id)}
+        for r in results.values():
+            MessageBatchIndividualResponse.model_validate(r.model_dump())
+        expect(results["ok-1"].result.type == "succeeded" and results["ok-1"].result.message.content[0].text == "hello batch", results["ok-1"])
+        expect(results["bad-2"].result.type == "errored" and results["bad-2"].result.error.error.type == "invalid_request_error", results["bad-2"])
+        expect(batch.id in [b.id for b in client.messages.batches.list(limit=100)], "listed")
+        slow = Mock("--batch-processing-ms", "600000")
+        try:
+            c = anthropic.Anthropic(api_key=KEY, base_url=slow.url, max_retries=0)
+            b = c.messages.batches.create(requests=[{"custom_id": "c-1", "params": params("later")}])
+            cancelled = c.messages.batches.cancel(b.id)
+            expect(cancelled.cancel_initiated_at is not None and cancelled.request_counts.canceled == 1, cancelled)
+            expect([r.result.type for r in c.messages.batches.results(b.id)] == ["canceled"], "canceled result")
+        finally:
+            slow.close()
+
+    gclient = genai.Client(api_key=KEY, http_options=gtypes.HttpOptions(base_url=mock.url, api_version="v1beta"))
+    model = "gemini-2.5-flash"
+
+    def until_done(name):
+        for _ in range(50):
+            job = gclient.batches.get(name=name)
+            if job.done:
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"{name} never ended")
+
+    @check("gemini batch mode: inline job create, get, list, cancel through the SDK; BatchJob and its inline responses")
+    def _():
+        job = gclient.batches.create(
+            model=model,
+            src=[{"contents": [{"role": "user", "parts": [{"text": "hello inline"}]}]}, {"contents": [{"parts": [{"text": "[[mock:400]] no"}]}]}],
+            config={"display_name": "contract-inline"},
+        )
+        expect(job.name.startswith("batches/") and job.display_name == "contract-inline", job)
+        done = until_done(job.name)
+        expect(done.state.name == "JOB_STATE_SUCCEEDED", done.state)
+        inline = done.dest.inlined_responses
+        expect(inline[0].response.text == "hello inline", inline[0])
+        expect(inline[1].error is not None and inline[1].error.code == 3, inline[1])
+        expect(job.name in [j.name for j in gclient.batches.list(config={"page_size": 100})], "listed")
+        slow = Mock("--batch-processing-ms", "600000")
+        try:
+            c = genai.Client(api_key=KEY, http_options=gtypes.HttpOptions(base_url=slow.url, api_version="v1beta"))
+            j = c.batches.create(model=model, src=[{"contents": [{"parts": [{"text": "later"}]}]}])
+            c.batches.cancel(name=j.name)
+            expect(c.batches.get(name=j.name).state.name == "JOB_STATE_CANCELLED", "cancelled")
+        finally:
+            slow.close()
+
+    @check("gemini batch mode: a JSONL uploaded through the SDK's resumable upload, the job's responses file downloaded")
+    def _():
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+            for i in range(3):
+                f.write(json.dumps({"key": f"k{i}", "request": {"contents": [{"parts": [{"text": f"file {i}"}]}]}}) + "\n")
+        uploaded = gclient.files.upload(file=f.name, config={"mime_type": "application/jsonl", "display_name": "contract-file"})
+        expect(uploaded.name.startswith("files/"), uploaded)
+        job = gclient.batches.create(model=model, src=uploaded.name, config={"display_name": "contract-file"})
+        done = until_done(job.name)
+        expect(done.state.name == "JOB_STATE_SUCCEEDED" and done.dest.file_name, done)
+        lines = [json.loads(l) for l in gclient.files.download(file=done.dest.file_name).decode().splitlines()]
+        by_key = {l["key"]: gtypes.GenerateContentResponse.model_validate(l["response"]) for l in lines}
+        expect(sorted(by_key) == ["k0", "k1", "k2"] and by_key["k1"].text == "file 1", by_key)
 
 
 if __name__ == "__main__":

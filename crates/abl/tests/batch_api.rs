@@ -1,8 +1,8 @@
-//! `abl run --via batch-api` against the mock's OpenAI Batch API: every
-//! item one record, failures resubmitted once then failed with their
-//! category, SIGKILL at random points resumed with nothing submitted or
-//! executed twice, `abl batch status` and `abl batch cancel`, and the
-//! settings refused before anything runs.
+//! `abl run --via batch-api` against the mock's batch APIs of OpenAI,
+//! Anthropic and Gemini: every item one record, failures resubmitted once
+//! then failed with their category, SIGKILL at 20 points resumed with
+//! nothing submitted or executed twice, `abl batch status` and `abl batch
+//! cancel`, and the settings refused before anything runs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -25,29 +25,86 @@ fn input(path: &Path, n: usize, marked: &[(usize, &str)]) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
-/// `abl run INPUT --model openai:gpt-4o-mini --via batch-api` against
-/// `mock` with `--checkpoint CP` and `extra` flags.
-fn batch_run(mock: &Mock, input: &Path, out: &Path, cp: &Path, extra: &[&str]) -> Command {
-    let cp = cp.to_str().unwrap();
-    let mut c = common::run_against(
-        mock,
-        input,
-        out,
-        &[
+/// A provider's batch API as a run reaches it on the mock.
+#[derive(Clone, Copy)]
+struct Via {
+    model: &'static str,
+    key_var: &'static str,
+    /// The base URL's path after the mock's address.
+    path: &'static str,
+}
+
+const OPENAI: Via = Via {
+    model: "openai:gpt-4o-mini",
+    key_var: "OPENAI_API_KEY",
+    path: "/v1",
+};
+const ANTHROPIC: Via = Via {
+    model: "anthropic:claude-3-5-haiku-latest",
+    key_var: "ANTHROPIC_API_KEY",
+    path: "",
+};
+const GEMINI: Via = Via {
+    model: "gemini:gemini-2.5-flash",
+    key_var: "GEMINI_API_KEY",
+    path: "",
+};
+
+/// `abl run INPUT --model M --via batch-api` against `mock` with
+/// `--checkpoint CP` and `extra` flags.
+fn run_via(via: Via, mock: &Mock, input: &Path, out: &Path, cp: &Path, extra: &[&str]) -> Command {
+    let mut c = abl();
+    c.env(via.key_var, TEST_KEY)
+        .args([
+            "run",
+            input.to_str().unwrap(),
+            "--model",
+            via.model,
+            "--base-url",
+            &format!("{}{}", mock.url, via.path),
+            "-o",
+            out.to_str().unwrap(),
             "--via",
             "batch-api",
             "--checkpoint",
-            cp,
+            cp.to_str().unwrap(),
             "--batch-poll-secs",
             "0.1",
-        ],
-    );
-    c.args(extra);
+        ])
+        .args(extra);
     c
+}
+
+fn batch_run(mock: &Mock, input: &Path, out: &Path, cp: &Path, extra: &[&str]) -> Command {
+    run_via(OPENAI, mock, input, out, cp, extra)
+}
+
+/// Each id once, and how many there are.
+fn distinct_ids(recs: &[serde_json::Value]) -> usize {
+    let mut ids: Vec<&str> = recs.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.len()
 }
 
 #[test]
 fn every_item_gets_one_record_and_what_could_not_run_is_resubmitted_once() {
+    one_record_each_and_one_resubmission(OPENAI, 4);
+}
+
+#[test]
+fn anthropic_batches_give_one_record_each_and_resubmit_once() {
+    one_record_each_and_one_resubmission(ANTHROPIC, 0);
+}
+
+#[test]
+fn gemini_batches_give_one_record_each_and_resubmit_once() {
+    one_record_each_and_one_resubmission(GEMINI, 0);
+}
+
+/// 1,200 items in jobs of 500 with a server error, an expired request and
+/// a 400 among them; `uploads` is how many files the provider's API takes.
+fn one_record_each_and_one_resubmission(via: Via, uploads: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start(&["--batch-processing-ms", "200"]);
     let (inp, out, cp) = (
@@ -64,16 +121,13 @@ fn every_item_gets_one_record_and_what_could_not_run_is_resubmitted_once() {
             (9, " [[mock:400]]"),
         ],
     );
-    let o = batch_run(&mock, &inp, &out, &cp, &["--batch-job-items", "500"])
+    let o = run_via(via, &mock, &inp, &out, &cp, &["--batch-job-items", "500"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "three items fail: {}", stderr(&o));
     let recs = records(&out);
     assert_eq!(recs.len(), 1_200);
-    let mut ids: Vec<&str> = recs.iter().map(|r| r["id"].as_str().unwrap()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 1_200, "every id once");
+    assert_eq!(distinct_ids(&recs), 1_200, "every id once");
     let by_id = |id: &str| recs.iter().find(|r| r["id"] == id).unwrap();
     assert_eq!(by_id("q00000")["output"], "question 0");
     assert_eq!(by_id("q00000")["usage"]["input_tokens"], 3);
@@ -89,7 +143,7 @@ fn every_item_gets_one_record_and_what_could_not_run_is_resubmitted_once() {
     let stats = mock.get("/stats");
     // 1,200 in jobs of 500 (3 jobs), then one job for the two retryable failures.
     assert_eq!(stats["batches_created"], 4, "{}", stderr(&o));
-    assert_eq!(stats["batch_files_uploaded"], 4);
+    assert_eq!(stats["batch_files_uploaded"], uploads);
     assert_eq!(
         stats["batch_items_executed"],
         1_200 - 1 + 1,
@@ -111,7 +165,8 @@ fn every_item_gets_one_record_and_what_could_not_run_is_resubmitted_once() {
     );
     // Run again with --resume all: everything is replayed, nothing
     // submitted (by default the three failures would be tried again).
-    let again = batch_run(
+    let again = run_via(
+        via,
         &mock,
         &inp,
         &dir.path().join("again.jsonl"),
@@ -126,6 +181,22 @@ fn every_item_gets_one_record_and_what_could_not_run_is_resubmitted_once() {
 
 #[test]
 fn sigkill_at_random_points_then_resume_submits_and_executes_nothing_twice() {
+    kills_then_resume(OPENAI);
+}
+
+#[test]
+fn anthropic_sigkill_at_20_points_then_resume_submits_and_executes_nothing_twice() {
+    kills_then_resume(ANTHROPIC);
+}
+
+#[test]
+fn gemini_sigkill_at_20_points_then_resume_submits_and_executes_nothing_twice() {
+    kills_then_resume(GEMINI);
+}
+
+/// 2,000 items in jobs of 250; the run is killed 20 times at points
+/// spread over submission, polling and download, then resumed.
+fn kills_then_resume(via: Via) {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start(&["--batch-processing-ms", "400"]);
     let (inp, out, cp) = (
@@ -134,12 +205,9 @@ fn sigkill_at_random_points_then_resume_submits_and_executes_nothing_twice() {
         dir.path().join("run.sqlite"),
     );
     input(&inp, 2_000, &[]);
-    // Kill points spread over upload, submission, polling and download.
-    for (k, ms) in [40u64, 150, 300, 520, 700, 90, 1_100, 260]
-        .into_iter()
-        .enumerate()
-    {
-        let mut child = batch_run(&mock, &inp, &out, &cp, &["--batch-job-items", "250"])
+    // Kill points spread from 30 ms to 1.2 s (every 173 ms, wrapped).
+    for (k, ms) in (0..20u64).map(|k| 30 + (k * 173) % 1_170).enumerate() {
+        let mut child = run_via(via, &mock, &inp, &out, &cp, &["--batch-job-items", "250"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -151,16 +219,13 @@ fn sigkill_at_random_points_then_resume_submits_and_executes_nothing_twice() {
             eprintln!("run {k} finished before its kill");
         }
     }
-    let o = batch_run(&mock, &inp, &out, &cp, &["--batch-job-items", "250"])
+    let o = run_via(via, &mock, &inp, &out, &cp, &["--batch-job-items", "250"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let recs = records(&out);
     assert_eq!(recs.len(), 2_000);
-    let mut ids: Vec<&str> = recs.iter().map(|r| r["id"].as_str().unwrap()).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 2_000);
+    assert_eq!(distinct_ids(&recs), 2_000);
     assert!(recs.iter().all(|r| r["ok"] == true));
     let stats = mock.get("/stats");
     assert_eq!(
@@ -180,6 +245,22 @@ fn sigkill_at_random_points_then_resume_submits_and_executes_nothing_twice() {
 
 #[test]
 fn status_lists_the_jobs_and_cancel_cancels_them() {
+    status_and_cancel(OPENAI, "in_progress", "cancelled");
+}
+
+#[test]
+fn anthropic_status_lists_the_jobs_and_cancel_cancels_them() {
+    status_and_cancel(ANTHROPIC, "in_progress", "ended");
+}
+
+#[test]
+fn gemini_status_lists_the_jobs_and_cancel_cancels_them() {
+    status_and_cancel(GEMINI, "BATCH_STATE_PENDING", "BATCH_STATE_CANCELLED");
+}
+
+/// Three jobs submitted and left running: `abl batch status` shows each
+/// as `running` says, `abl batch cancel` leaves each as `cancelled` says.
+fn status_and_cancel(via: Via, running: &str, cancelled: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mock = Mock::start(&["--batch-processing-ms", "600000"]);
     let (inp, out, cp) = (
@@ -188,7 +269,7 @@ fn status_lists_the_jobs_and_cancel_cancels_them() {
         dir.path().join("run.sqlite"),
     );
     input(&inp, 30, &[]);
-    let mut child = batch_run(&mock, &inp, &out, &cp, &["--batch-job-items", "10"])
+    let mut child = run_via(via, &mock, &inp, &out, &cp, &["--batch-job-items", "10"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -201,9 +282,9 @@ fn status_lists_the_jobs_and_cancel_cancels_them() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let url = format!("{}/v1", mock.url);
+    let url = format!("{}{}", mock.url, via.path);
     let o = abl()
-        .env("OPENAI_API_KEY", TEST_KEY)
+        .env(via.key_var, TEST_KEY)
         .args(["batch", "status", cp.to_str().unwrap(), "--base-url", &url])
         .output()
         .unwrap();
@@ -211,20 +292,20 @@ fn status_lists_the_jobs_and_cancel_cancels_them() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert_eq!(
         text.lines()
-            .filter(|l| l.contains("submitted") && l.contains("in_progress 0/10"))
+            .filter(|l| l.contains("submitted") && l.contains(&format!("{running} 0/10")))
             .count(),
         3,
         "{text}"
     );
     let o = abl()
-        .env("OPENAI_API_KEY", TEST_KEY)
+        .env(via.key_var, TEST_KEY)
         .args(["batch", "cancel", cp.to_str().unwrap(), "--base-url", &url])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         String::from_utf8_lossy(&o.stdout)
-            .matches(": cancelled")
+            .matches(&format!(": {cancelled}"))
             .count(),
         3
     );
@@ -336,4 +417,34 @@ fn with_fallback_online_what_a_job_could_not_run_finishes_online() {
     let stats = mock.get("/stats");
     assert_eq!(stats["batches_created"], 1, "no second job");
     assert_eq!(stats["by_route"]["responses"]["ok"], 1, "one online call");
+}
+
+#[test]
+fn a_gemini_job_above_the_inline_size_is_uploaded_as_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(&["--batch-processing-ms", "100"]);
+    let (inp, out, cp) = (
+        dir.path().join("in.jsonl"),
+        dir.path().join("out.jsonl"),
+        dir.path().join("run.sqlite"),
+    );
+    // 40 prompts of 60 KB: one job of 2.4 MB, above the 2 MB sent inline.
+    let filler = "x".repeat(60_000);
+    let lines: Vec<String> = (0..40)
+        .map(|i| format!("{{\"id\":\"big{i}\",\"prompt\":\"q{i} {filler}\"}}"))
+        .collect();
+    std::fs::write(&inp, lines.join("\n") + "\n").unwrap();
+    let o = run_via(GEMINI, &mock, &inp, &out, &cp, &[])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recs = records(&out);
+    assert_eq!(recs.len(), 40);
+    assert!(recs.iter().all(|r| r["ok"] == true), "{:?}", recs[0]);
+    let first = recs.iter().find(|r| r["id"] == "big0").unwrap();
+    assert!(first["output"].as_str().unwrap().starts_with("q0 xxx"));
+    let stats = mock.get("/stats");
+    assert_eq!(stats["batch_files_uploaded"], 1, "sent as a file");
+    assert_eq!(stats["batches_created"], 1);
+    assert_eq!(stats["batch_items_executed"], 40);
 }

@@ -272,13 +272,15 @@ pub(in crate::server) async fn upload(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = refuse_unauthenticated(&headers, &q) {
-        return r;
-    }
     let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
     let command = header("x-goog-upload-command").to_ascii_lowercase();
     let mut g = lock(&s.batches.inner);
     if command == "start" {
+        // The start needs the key; the upload URL it hands out carries its
+        // own upload id (the SDK sends no key there).
+        if let Some(r) = refuse_unauthenticated(&headers, &q) {
+            return r;
+        }
         if header("x-goog-upload-protocol") != "resumable" {
             return error(
                 400,
