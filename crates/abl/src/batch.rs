@@ -142,6 +142,8 @@ struct Filling {
 /// What the run carries.
 struct Run {
     client: BatchClient,
+    /// Turns true on Ctrl-C: stop submitting and waiting, detach.
+    detach: tokio::sync::watch::Receiver<bool>,
     checkpoint: Arc<Checkpoint<Value>>,
     defaults: RequestDefaults,
     validator: Option<Arc<Validator<Value>>>,
@@ -368,6 +370,7 @@ pub async fn run(
         next_key: 0,
         online: HashMap::new(),
         recorded: 0,
+        detach: watch_ctrl_c(),
         // Unique to this run: two runs started in the same second on one
         // checkpoint must never name a job alike.
         tag: format!(
@@ -401,7 +404,7 @@ pub async fn run(
     }
     remove_stale_files(&run);
     read_input(&plan, &mut run, &in_jobs).await?;
-    let interrupted = wait_for_jobs(&mut run).await?;
+    let interrupted = *run.detach.borrow() || wait_for_jobs(&mut run).await?;
     if !interrupted && !run.online.is_empty() {
         finish_online(&plan, &mut run, online).await?;
     }
@@ -511,6 +514,10 @@ async fn read_input(
         });
         if full && let Some(f) = filling.take() {
             run.submit(f).await?;
+            if *run.detach.borrow() {
+                // Items not in a job yet are read again by the rerun.
+                return Ok(());
+            }
         }
         if filling.is_none() {
             filling = Some(run.start_job(1)?);
@@ -551,10 +558,7 @@ async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
         let mut progress = (0u64, 0u64);
         let mut deadline: Option<u64> = None;
         for key in open {
-            let Some(job) = run.jobs.get(&key).cloned() else {
-                continue;
-            };
-            let Some(id) = job.batch_id.clone() else {
+            let Some(id) = run.jobs.get(&key).and_then(|j| j.batch_id.clone()) else {
                 continue;
             };
             let status = run.client.get(&id).await.map_err(call)?;
@@ -568,6 +572,11 @@ async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
                 continue;
             }
             changed = true;
+            // Out of the map while its results are read (100,000 ids are
+            // not copied).
+            let Some(job) = run.jobs.remove(&key) else {
+                continue;
+            };
             retry.extend(collect(run, &job, &status).await?);
             let mut done = job;
             done.state = JobState::Done;
@@ -611,16 +620,38 @@ async fn wait_for_jobs(run: &mut Run) -> anyhow::Result<bool> {
             )),
             short(wait),
         ));
+        if *run.detach.borrow() {
+            return Ok(true);
+        }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
-            _ = tokio::signal::ctrl_c() => {
-                eprintln_safe(&format!(
-                    "abl: detached: {running} job(s) keep running at the provider; rerun the same command to reattach and collect their results, or `abl batch cancel CHECKPOINT` to cancel them"
-                ));
-                return Ok(true);
-            }
+            _ = run.detach.changed() => return Ok(true),
         }
     }
+}
+
+/// Ctrl-C while jobs are submitted or waited for: the first detaches once
+/// the step under way (a submission, a results file) is recorded; the
+/// second at once. Either way every job is in the checkpoint and keeps
+/// running at the provider; the rerun reattaches.
+fn watch_ctrl_c() -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln_safe(
+            "abl: detaching: the jobs keep running at the provider; rerun the same command to reattach and collect their results, or `abl batch cancel CHECKPOINT` to cancel them (Ctrl-C again detaches at once)",
+        );
+        let _ = tx.send(true);
+        if tokio::signal::ctrl_c().await.is_ok() {
+            // What is recorded is safe; a submission cut short is found
+            // by its key on the rerun.
+            eprintln_safe("abl: detached at once");
+            std::process::exit(exit::INTERRUPTED);
+        }
+    });
+    rx
 }
 
 /// A wait as people say it: seconds with a tenth below a minute.

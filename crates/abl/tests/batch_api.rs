@@ -448,3 +448,65 @@ fn a_gemini_job_above_the_inline_size_is_uploaded_as_a_file() {
     assert_eq!(stats["batches_created"], 1);
     assert_eq!(stats["batch_items_executed"], 40);
 }
+
+#[test]
+fn ctrl_c_detaches_and_the_rerun_reattaches_without_submitting_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(&["--batch-processing-ms", "2000"]);
+    let (inp, out, cp) = (
+        dir.path().join("in.jsonl"),
+        dir.path().join("out.jsonl"),
+        dir.path().join("run.sqlite"),
+    );
+    input(&inp, 40, &[]);
+    let child = run_via(
+        ANTHROPIC,
+        &mock,
+        &inp,
+        &out,
+        &cp,
+        &["--batch-job-items", "20"],
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    for _ in 0..200 {
+        if mock.get("/stats")["batches_created"] == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("abl: detaching"), "{err}");
+    assert!(err.contains("rerun the same command to reattach"), "{err}");
+    assert!(err.contains("Stop: detached"), "{err}");
+    // The jobs keep running; the rerun reattaches and collects them.
+    let o = run_via(
+        ANTHROPIC,
+        &mock,
+        &inp,
+        &out,
+        &cp,
+        &["--batch-job-items", "20"],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("reattached to 2 job(s)"),
+        "{}",
+        stderr(&o)
+    );
+    let recs = records(&out);
+    assert_eq!(recs.len(), 40);
+    assert_eq!(distinct_ids(&recs), 40);
+    let stats = mock.get("/stats");
+    assert_eq!(stats["batches_created"], 2, "nothing submitted again");
+    assert_eq!(stats["batch_items_executed"], 40);
+}

@@ -151,7 +151,7 @@ impl AnthropicBatches {
     }
 
     /// The results of `job`, read as they download.
-    pub fn results(&self, job: &BatchJob) -> BatchResults {
+    pub fn results(&self, job: &BatchJob) -> BatchResults<'static> {
         BatchResults::new(
             self.endpoint.clone(),
             read_line,

@@ -262,11 +262,11 @@ impl BatchClient {
     /// The results of an ended `job`, read as they download; `order` is
     /// its custom ids in the order submitted.
     #[allow(clippy::unused_async)] // awaits only with gemini built in
-    pub async fn results(
+    pub async fn results<'a>(
         &self,
         job: &BatchJob,
-        order: &[String],
-    ) -> Result<BatchResults, CallError> {
+        order: &'a [String],
+    ) -> Result<BatchResults<'a>, CallError> {
         let _ = (job, order);
         if job.results.is_empty() && !job.inline_results {
             return Ok(BatchResults::empty());

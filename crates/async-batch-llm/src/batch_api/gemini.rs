@@ -207,11 +207,11 @@ impl GeminiBatches {
     /// The results of `job`: its results file read as it downloads, or
     /// its inline responses. `order` is the job's custom ids in the order
     /// submitted (a response that names no key is matched by position).
-    pub async fn results(
+    pub async fn results<'a>(
         &self,
         job: &BatchJob,
-        order: &[String],
-    ) -> Result<BatchResults, CallError> {
+        order: &'a [String],
+    ) -> Result<BatchResults<'a>, CallError> {
         let inline = if job.inline_results {
             let v = self.get_value(&job.id).await?;
             output(&v)

@@ -187,7 +187,7 @@ impl OpenAiBatches {
 
     /// The results of `job` (its output file, then its error file), read
     /// as they download.
-    pub fn results(&self, job: &BatchJob) -> BatchResults {
+    pub fn results(&self, job: &BatchJob) -> BatchResults<'static> {
         BatchResults::new(
             self.endpoint.clone(),
             read_line,

@@ -24,18 +24,19 @@ pub struct BatchLine {
 /// of the request at the line's position (for a line that names none).
 pub(crate) type ReadLine = fn(&Value, Option<&str>) -> Result<BatchLine, CallError>;
 
-/// The results of one job, read as they download.
-pub struct BatchResults {
-    inner: Inner,
+/// The results of one job, read as they download (borrowing the job's
+/// custom ids, for responses that name none).
+pub struct BatchResults<'a> {
+    inner: Inner<'a>,
 }
 
-enum Inner {
+enum Inner<'a> {
     /// Nothing to read (a job that ended before any request ran).
     Empty,
-    Read(Box<Reader>),
+    Read(Box<Reader<'a>>),
 }
 
-struct Reader {
+struct Reader<'a> {
     endpoint: crate::providers::http::Endpoint,
     read: ReadLine,
     /// Paths still to open.
@@ -45,18 +46,18 @@ struct Reader {
     /// Results carried inline in the job.
     inline: std::vec::IntoIter<Value>,
     /// The job's custom ids in submission order.
-    order: Vec<String>,
+    order: &'a [String],
     /// Position of the next line in its source.
     position: usize,
 }
 
-impl std::fmt::Debug for BatchResults {
+impl std::fmt::Debug for BatchResults<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchResults").finish_non_exhaustive()
     }
 }
 
-impl BatchResults {
+impl<'a> BatchResults<'a> {
     /// No results at all.
     pub(crate) fn empty() -> Self {
         Self {
@@ -71,7 +72,7 @@ impl BatchResults {
         read: ReadLine,
         paths: Vec<String>,
         inline: Vec<Value>,
-        order: &[String],
+        order: &'a [String],
     ) -> Self {
         Self {
             inner: Inner::Read(Box::new(Reader {
@@ -80,7 +81,7 @@ impl BatchResults {
                 paths: paths.into(),
                 lines: None,
                 inline: inline.into_iter(),
-                order: order.to_vec(),
+                order,
                 position: 0,
             })),
         }
@@ -95,7 +96,7 @@ impl BatchResults {
     }
 }
 
-impl Reader {
+impl Reader<'_> {
     async fn next(&mut self) -> Option<Result<BatchLine, CallError>> {
         if let Some(v) = self.inline.next() {
             return Some(self.read_value(&v));
