@@ -21,9 +21,10 @@
 //!    line mapped back to its `custom_id` and classified into the same
 //!    [`ErrorCategory`](crate::ErrorCategory) values as an online call.
 //!
-//! Recording jobs and results, splitting input into jobs and resubmitting
-//! what could not run is the caller's part (the `abl` CLI does it against
-//! a checkpoint).
+//! [`BatchHost`] runs a whole batch on it: items in, one recorded result
+//! out per item, every job recorded in the [`Checkpoint`](crate::store::Checkpoint)
+//! before it is submitted so a stopped run reattaches instead of paying
+//! twice (the `abl` CLI's `--via batch-api` is a thin layer over it).
 
 #[cfg(feature = "anthropic")]
 mod anthropic;
@@ -32,9 +33,11 @@ mod body;
 mod client;
 #[cfg(feature = "gemini")]
 mod gemini;
+mod host;
 mod job;
 #[cfg(feature = "openai")]
 mod openai;
+mod record;
 mod results;
 
 #[cfg(feature = "anthropic")]
@@ -42,9 +45,11 @@ pub use anthropic::AnthropicBatches;
 pub use client::{BatchClient, BatchProvider};
 #[cfg(feature = "gemini")]
 pub use gemini::GeminiBatches;
+pub use host::{BatchEvent, BatchHost, BatchRunConfig, Ending, Fallback, Parse, PollStatus, Sink};
 pub use job::{BatchJob, JobCounts, JobHint, JobLimits, JobStatus};
 #[cfg(feature = "openai")]
 pub use openai::OpenAiBatches;
+pub use record::{JobRecord, JobState, jobs_dir, parse_jobs};
 pub use results::{BatchLine, BatchResults};
 
 use crate::error::{CallError, ErrorCategory};
