@@ -119,6 +119,10 @@
 //!   millions of items; input order on request with a bounded window.
 //! - [`call`] / [`call_result`]: one resilient call.
 //! - [`CallPool`]: a long-lived shared executor for services.
+//! - `batch_api::BatchHost`: the same items through a provider's batch API
+//!   (OpenAI, Anthropic, Gemini) at half the price, every job recorded in
+//!   the checkpoint before it is submitted so a stopped run reattaches
+//!   instead of paying twice.
 //!
 //! ## Many processes, one quota; embeddings
 //!
@@ -160,11 +164,11 @@
 //!
 //! ## What is where
 //!
-//! Everything a program names is at the crate root, except five groups
+//! Everything a program names is at the crate root, except six groups
 //! that keep their own module: [`providers`] (the HTTP models and the
-//! `provider:model` factory), [`store`] (checkpoints), [`embed`]
-//! (embeddings), [`testing`] (fakes for your own tests) and [`secret`]
-//! (keeping keys out of messages).
+//! `provider:model` factory), `batch_api` (provider batch APIs), [`store`]
+//! (checkpoints), [`embed`] (embeddings), [`testing`] (fakes for your own
+//! tests) and [`secret`] (keeping keys out of messages).
 //!
 //! Quota scopes are names ([`default_scope_name`]): runs whose strategies
 //! resolve to the same provider, key and model share one cooldown when they

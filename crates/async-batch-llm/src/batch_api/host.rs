@@ -1,30 +1,4 @@
-//! [`BatchHost`]: items in, one recorded [`ItemResult`] out per item,
-//! through a provider's batch API instead of the online pipeline.
-//!
-//! It reuses what the online hosts use — items and prompts, the request
-//! builder ([`RequestDefaults`]), the providers' bodies and parsers,
-//! usage, results and the [`Checkpoint`] — and none of the per-attempt
-//! machinery: a batch job has no admission, no cooldown and no retry
-//! loop of ours. What it adds is the job's life:
-//!
-//! 1. [`BatchHost::add`] replays an item the checkpoint holds, or writes
-//!    its request line into the job being filled (a JSONL beside the
-//!    checkpoint); a full job (the provider's request and size limits, or
-//!    [`BatchRunConfig::job_items`]) is submitted at once, so a
-//!    2-million-line input never sits in memory;
-//! 2. every job is **recorded in the checkpoint before it is submitted**
-//!    and again once the provider named it; [`BatchHost::open`] reattaches
-//!    to the jobs a stopped run left, finding one whose id was never saved
-//!    by its label (or, at Anthropic, its time and size) rather than
-//!    submitting it twice;
-//! 3. [`BatchHost::wait`] polls with backoff (×1.5 while nothing changes,
-//!    up to 10 minutes), reads results as they download, records each in
-//!    the checkpoint, then hands it to the sink; requests the provider
-//!    could not run (expired, cancelled, a retryable error) go into one
-//!    more job ([`Fallback::Resubmit`]) or are handed back to be finished
-//!    online ([`Fallback::Online`]);
-//! 4. a Ctrl-C (the `detach` signal) stops it between steps: the jobs keep
-//!    running at the provider and the next run collects them.
+//! [`BatchHost`]: a whole batch through a provider's batch API.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
@@ -153,7 +127,34 @@ struct Filling {
     attempt: u32,
 }
 
-/// The batch-API host of one run. See the [module docs](self).
+/// The batch-API host of one run: items in, one recorded [`ItemResult`]
+/// out per item, through a provider's batch API instead of the online
+/// pipeline.
+///
+/// It reuses what the online hosts use — items and prompts, the request
+/// builder ([`RequestDefaults`]), the providers' bodies and parsers,
+/// usage, results and the [`Checkpoint`] — and none of the per-attempt
+/// machinery: a batch job has no admission, no cooldown and no retry
+/// loop of ours. What it adds is the job's life:
+///
+/// 1. [`add`](Self::add) replays an item the checkpoint holds, or writes
+///    its request line into the job being filled (a JSONL beside the
+///    checkpoint); a full job (the provider's request and size limits, or
+///    [`BatchRunConfig::job_items`]) is submitted at once, so a
+///    2-million-line input never sits in memory;
+/// 2. every job is **recorded in the checkpoint before it is submitted**
+///    and again once the provider named it; [`open`](Self::open) reattaches
+///    to the jobs a stopped run left, finding one whose id was never saved
+///    by its label (or, at Anthropic, its time and size) rather than
+///    submitting it twice;
+/// 3. [`wait`](Self::wait) polls with backoff (×1.5 while nothing changes,
+///    up to 10 minutes), reads results as they download, records each in
+///    the checkpoint, then hands it to the sink; requests the provider
+///    could not run (expired, cancelled, a retryable error) go into one
+///    more job ([`Fallback::Resubmit`]) or are handed back to be finished
+///    online ([`Fallback::Online`]);
+/// 4. a Ctrl-C (the `detach` signal) stops it between steps: the jobs keep
+///    running at the provider and the next run collects them.
 pub struct BatchHost<T> {
     client: BatchClient,
     checkpoint: Arc<Checkpoint<T>>,

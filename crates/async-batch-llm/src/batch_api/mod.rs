@@ -8,7 +8,7 @@
 //! the shape of the work. [`BatchClient`] is that shape, one value for
 //! any of the three:
 //!
-//! 1. [`BatchClient::line`] turns an [`LlmRequest`] into the provider's
+//! 1. [`BatchClient::line`] turns an [`LlmRequest`](crate::LlmRequest) into the provider's
 //!    request line (the same body the online route sends, so system
 //!    text, schemas, temperature and token limits carry over), to be
 //!    written into a JSONL job file;
@@ -19,7 +19,7 @@
 //! 3. [`BatchClient::get`] polls, [`BatchClient::cancel`] cancels;
 //! 4. [`BatchClient::results`] reads the results as they download, each
 //!    line mapped back to its `custom_id` and classified into the same
-//!    [`ErrorCategory`](crate::ErrorCategory) values as an online call.
+//!    [`ErrorCategory`] values as an online call.
 //!
 //! [`BatchHost`] runs a whole batch on it: items in, one recorded result
 //! out per item, every job recorded in the [`Checkpoint`](crate::store::Checkpoint)
