@@ -11,6 +11,7 @@
 //! and `abl batch cancel`.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ use serde_json::Value;
 use crate::exit::{self, UsageError};
 use crate::input::{IdSet, Reader};
 use crate::output::Results;
-use crate::progress::eprintln_safe;
+use crate::progress::{eprintln_safe, print_safe};
 use crate::settings::{InputSource, ModelChoice, RunPlan};
 
 fn usage(msg: impl Into<String>) -> UsageError {
@@ -231,7 +232,12 @@ pub async fn run(
             Fallback::Resubmit
         },
         jobs_dir: jobs_dir(&checkpoint_path),
-        defaults: plan.request.defaults(),
+        // With --schema the request asks for it, as the online path's
+        // StructuredStrategy does.
+        defaults: async_batch_llm::RequestDefaults {
+            response_schema: validator.as_ref().map(|v| Arc::clone(v.schema())),
+            ..plan.request.defaults()
+        },
     };
     let mut host = BatchHost::open(
         client,
@@ -391,28 +397,41 @@ pub async fn status(checkpoint: &Path, base_url: Option<&str>) -> anyhow::Result
     let (store, jobs) = recorded(checkpoint)?;
     drop(store);
     if jobs.is_empty() {
-        println!("no batch-API jobs in {}", checkpoint.display());
+        print_safe(&format!("no batch-API jobs in {}\n", checkpoint.display()));
         return Ok(exit::OK);
     }
     let mut clients = Clients::new(base_url);
-    println!(
-        "{:<34} {:<10} {:>8} {:<28} {:<20} {:>8}",
+    let mut table = format!(
+        "{:<34} {:<10} {:>8} {:<28} {:<24} {:>8}\n",
         "job", "state", "requests", "provider id", "at provider", "age"
     );
+    let mut unreachable: Vec<String> = Vec::new();
     for j in jobs {
         let live = match &j.batch_id {
             Some(id) if j.state != JobState::Done => match clients.get(&j.provider) {
                 Ok(c) => match c.get(id).await {
-                    Ok(b) => format!("{} {}/{}", b.status_text, b.counts.done, b.counts.total),
+                    Ok(b) => format!(
+                        "{} {}/{}",
+                        word(&b.status_text),
+                        b.counts.done,
+                        b.counts.total
+                    ),
                     Err(e) => format!("? ({})", e.category()),
                 },
-                Err(e) => format!("? ({e})"),
+                Err(e) => {
+                    let note = format!("{}: {e}", j.provider);
+                    if !unreachable.contains(&note) {
+                        unreachable.push(note);
+                    }
+                    "? (no client)".into()
+                }
             },
             _ => "-".into(),
         };
         let age = unix_now().saturating_sub(j.created_at);
-        println!(
-            "{:<34} {:<10} {:>8} {:<28} {:<20} {:>7}s",
+        let _ = writeln!(
+            table,
+            "{:<34} {:<10} {:>8} {:<28} {:<24} {:>7}s",
             j.key,
             format!("{:?}", j.state).to_lowercase(),
             j.items.len(),
@@ -420,6 +439,12 @@ pub async fn status(checkpoint: &Path, base_url: Option<&str>) -> anyhow::Result
             live,
             age
         );
+    }
+    print_safe(&table);
+    for note in unreachable {
+        eprintln_safe(&format!(
+            "abl: the provider's state is not shown for {note}"
+        ));
     }
     Ok(exit::OK)
 }
@@ -436,11 +461,22 @@ pub async fn cancel(checkpoint: &Path, base_url: Option<&str>) -> anyhow::Result
             .get(&j.provider)
             .map_err(|e| usage(format!("cannot cancel job {}: {e}", j.key)))?;
         let b = client.cancel(&id).await.map_err(call)?;
-        println!("{} ({id}): {}", j.key, b.status_text);
+        print_safe(&format!("{} ({id}): {}\n", j.key, word(&b.status_text)));
         n += 1;
     }
-    println!("{n} job(s) asked to cancel; rerun the run's command to collect what they finished");
+    print_safe(&format!(
+        "{n} job(s) asked to cancel; rerun the run's command to collect what they finished\n"
+    ));
     Ok(exit::OK)
+}
+
+/// A provider's status word as people read it (`BATCH_STATE_RUNNING` is
+/// `running`; OpenAI's and Anthropic's words are already so).
+fn word(status: &str) -> String {
+    status
+        .trim_start_matches("BATCH_STATE_")
+        .trim_start_matches("JOB_STATE_")
+        .to_lowercase()
 }
 
 fn recorded(

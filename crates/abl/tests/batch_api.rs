@@ -255,7 +255,7 @@ fn anthropic_status_lists_the_jobs_and_cancel_cancels_them() {
 
 #[test]
 fn gemini_status_lists_the_jobs_and_cancel_cancels_them() {
-    status_and_cancel(GEMINI, "BATCH_STATE_PENDING", "BATCH_STATE_CANCELLED");
+    status_and_cancel(GEMINI, "pending", "cancelled");
 }
 
 /// Three jobs submitted and left running: `abl batch status` shows each
@@ -509,4 +509,51 @@ fn ctrl_c_detaches_and_the_rerun_reattaches_without_submitting_again() {
     let stats = mock.get("/stats");
     assert_eq!(stats["batches_created"], 2, "nothing submitted again");
     assert_eq!(stats["batch_items_executed"], 40);
+}
+
+#[test]
+fn schema_and_system_carry_over_to_every_providers_batch_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = Mock::start(&["--batch-processing-ms", "50"]);
+    let inp = dir.path().join("in.jsonl");
+    input(&inp, 6, &[]);
+    let schema = dir.path().join("s.json");
+    std::fs::write(
+        &schema,
+        r#"{"type":"object","properties":{"summary":{"type":"string"}},"required":["summary"]}"#,
+    )
+    .unwrap();
+    for via in [OPENAI, ANTHROPIC, GEMINI] {
+        let name = via.model.split(':').next().unwrap();
+        let (out, cp) = (
+            dir.path().join(format!("{name}.jsonl")),
+            dir.path().join(format!("{name}.sqlite")),
+        );
+        let o = run_via(
+            via,
+            &mock,
+            &inp,
+            &out,
+            &cp,
+            &[
+                "--schema",
+                schema.to_str().unwrap(),
+                "--system",
+                "Answer in one word, please.",
+            ],
+        )
+        .output()
+        .unwrap();
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let recs = records(&out);
+        assert_eq!(recs.len(), 6);
+        for r in &recs {
+            assert!(r["output"]["summary"].is_string(), "{name}: {r}");
+            // "question N" is 3 tokens; the system text adds 7.
+            assert!(
+                r["usage"]["input_tokens"].as_u64().unwrap() >= 10,
+                "{name}: {r}"
+            );
+        }
+    }
 }
