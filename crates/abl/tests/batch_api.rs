@@ -557,3 +557,92 @@ fn schema_and_system_carry_over_to_every_providers_batch_requests() {
         }
     }
 }
+
+#[test]
+fn images_and_pdfs_reach_every_providers_batch_and_a_refused_part_fails_first() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/attachments");
+    let hash = |p: &str| {
+        let d = sha2::Sha256::digest(std::fs::read(examples.join(p)).unwrap());
+        d.iter().fold(String::new(), |mut h, b| {
+            use std::fmt::Write as _;
+            let _ = write!(h, "{b:02x}");
+            h
+        })
+    };
+    let mut wav = b"RIFF\0\0\0\0WAVEfmt \x10\0\0\0\x01\0\x01\0\x80\x3e\0\0\0\x7d\0\0".to_vec();
+    wav.resize(2_000, 0);
+    std::fs::write(dir.path().join("n.wav"), &wav).unwrap();
+    let inp = dir.path().join("in.csv");
+    std::fs::write(
+        &inp,
+        format!(
+            "id,file\ninvoice,{}\nphoto,{}\naudio,n.wav\n",
+            examples.join("scans/0001.pdf").display(),
+            examples.join("photos/red.png").display()
+        ),
+    )
+    .unwrap();
+    let mock = Mock::start(&["--batch-processing-ms", "50"]);
+    for via in [OPENAI, ANTHROPIC, GEMINI] {
+        let name = via.model.split(':').next().unwrap();
+        let (out, cp) = (
+            dir.path().join(format!("{name}.jsonl")),
+            dir.path().join(format!("{name}.sqlite")),
+        );
+        let before = mock.get("/stats")["batch_lines_submitted"]
+            .as_u64()
+            .unwrap();
+        let o = run_via(
+            via,
+            &mock,
+            &inp,
+            &out,
+            &cp,
+            &["--template", "What is it?", "--attach", "file"],
+        )
+        .output()
+        .unwrap();
+        let recs = records(&out);
+        assert_eq!(recs.len(), 3, "{name}: {}", stderr(&o));
+        let by = |id: &str| recs.iter().find(|r| r["id"] == id).unwrap();
+        let said = |id: &str| by(id)["output"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            said("invoice").contains(&format!(
+                "application/pdf sha256:{}",
+                hash("scans/0001.pdf")
+            )),
+            "{name}: {}",
+            by("invoice")
+        );
+        assert!(
+            said("photo").contains(&format!("image/png sha256:{}", hash("photos/red.png"))),
+            "{name}: {}",
+            by("photo")
+        );
+        let submitted = mock.get("/stats")["batch_lines_submitted"]
+            .as_u64()
+            .unwrap()
+            - before;
+        if name == "gemini" {
+            // Gemini takes audio.
+            assert_eq!(by("audio")["ok"], true, "{name}: {}", by("audio"));
+            assert_eq!(submitted, 3);
+        } else {
+            // Neither OpenAI's Responses nor Anthropic takes a WAV: refused
+            // before the job, which holds the two others only.
+            assert_eq!(by("audio")["error"]["category"], "client_error", "{name}");
+            assert!(
+                by("audio")["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("item audio"),
+                "{name}: {}",
+                by("audio")
+            );
+            assert_eq!(submitted, 2, "{name}");
+            assert_eq!(o.status.code(), Some(1), "{name}: {}", stderr(&o));
+        }
+    }
+}

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::job::{count, unix_secs};
 use super::{BatchJob, BatchLine, BatchResults, JobCounts, JobHint, JobStatus};
 use crate::error::{CallError, Error, ErrorCategory};
-use crate::model::LlmRequest;
+use crate::model::{LlmRequest, Model as _};
 use crate::providers::http::{Endpoint, parse_body, shape_error};
 use crate::providers::{AnthropicConfig, AnthropicModel};
 
@@ -59,10 +59,12 @@ impl AnthropicBatches {
     }
 
     /// The request line for `request`: the same body the online route
-    /// (`/v1/messages`) sends, as `params`.
-    pub fn line(&self, custom_id: &str, request: &LlmRequest) -> Result<Value, CallError> {
-        super::refuse_attachments(request)?;
-        Ok(json!({"custom_id": custom_id, "params": self.model.request_body(request)?}))
+    /// (`/v1/messages`) sends, as `params`, attachments included.
+    pub async fn line(&self, custom_id: &str, request: &LlmRequest) -> Result<Vec<u8>, CallError> {
+        super::line_bytes(request, self.model.part_policy(), |r| {
+            Ok(json!({"custom_id": custom_id, "params": self.model.request_body(r)?}))
+        })
+        .await
     }
 
     /// Sends the job file at `path` (one request line per line) as one

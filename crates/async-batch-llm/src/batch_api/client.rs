@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-
 use super::{BatchJob, BatchResults, JobHint, JobLimits};
 use crate::error::{CallError, Error};
 use crate::model::LlmRequest;
@@ -193,15 +191,17 @@ impl BatchClient {
         }
     }
 
-    /// The job-file line of `request` (the online route's body).
-    pub fn line(&self, custom_id: &str, request: &LlmRequest) -> Result<Value, CallError> {
+    /// The job-file line of `request` (the online route's body, with the
+    /// bytes of its file attachments), serialized without its newline.
+    pub async fn line(&self, custom_id: &str, request: &LlmRequest) -> Result<Vec<u8>, CallError> {
+        let _ = (custom_id, request);
         match *self {
             #[cfg(feature = "openai")]
-            BatchClient::OpenAi(ref c) => c.line(custom_id, request),
+            BatchClient::OpenAi(ref c) => c.line(custom_id, request).await,
             #[cfg(feature = "anthropic")]
-            BatchClient::Anthropic(ref c) => c.line(custom_id, request),
+            BatchClient::Anthropic(ref c) => c.line(custom_id, request).await,
             #[cfg(feature = "gemini")]
-            BatchClient::Gemini(ref c) => c.line(custom_id, request),
+            BatchClient::Gemini(ref c) => c.line(custom_id, request).await,
         }
     }
 

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::job::{count, unix_secs};
 use super::{BatchJob, BatchLine, BatchResults, JobCounts, JobStatus};
 use crate::error::{CallError, Error, ErrorCategory};
-use crate::model::LlmRequest;
+use crate::model::{LlmRequest, Model as _};
 use crate::providers::http::{Endpoint, parse_body, shape_error};
 use crate::providers::{GeminiConfig, GeminiModel};
 
@@ -54,10 +54,13 @@ impl GeminiBatches {
     }
 
     /// The request line for `request`: the same body the online route
-    /// (`generateContent`) sends, under the caller's key.
-    pub fn line(&self, custom_id: &str, request: &LlmRequest) -> Result<Value, CallError> {
-        super::refuse_attachments(request)?;
-        Ok(json!({"key": custom_id, "request": self.model.request_body(request, None)?}))
+    /// (`generateContent`) sends, under the caller's key, attachments
+    /// included.
+    pub async fn line(&self, custom_id: &str, request: &LlmRequest) -> Result<Vec<u8>, CallError> {
+        super::line_bytes(request, self.model.part_policy(), |r| {
+            Ok(json!({"key": custom_id, "request": self.model.request_body(r, None)?}))
+        })
+        .await
     }
 
     /// Sends the job file at `path` as one job named `key`: inline when it

@@ -303,10 +303,11 @@ impl<T: Send + Sync + 'static> BatchHost<T> {
             .config
             .defaults
             .request(item.prompt, Duration::from_secs(86_400));
-        let line = match self.client.line(&cid, &request) {
-            Ok(l) => l.to_string(),
+        let line = match self.client.line(&cid, &request).await {
+            Ok(l) => l,
             Err(e) => {
-                let e = ItemError::new(e.category(), e.message());
+                let id = self.waiting.get(&cid).map_or("", |w| &w.id);
+                let e = ItemError::new(e.category(), format!("item {id}, {}", e.message()));
                 return self.finish_item(&cid, Err(e), 0).await;
             }
         };
@@ -326,7 +327,7 @@ impl<T: Send + Sync + 'static> BatchHost<T> {
         };
         let f = self.filling.insert(f);
         let write = |out: &mut std::io::BufWriter<std::fs::File>| {
-            out.write_all(line.as_bytes())?;
+            out.write_all(&line)?;
             out.write_all(b"\n")
         };
         write(&mut f.out).map_err(io(&f.file))?;

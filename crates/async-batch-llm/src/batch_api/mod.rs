@@ -54,21 +54,23 @@ pub use results::{BatchLine, BatchResults};
 
 use crate::error::{CallError, ErrorCategory};
 
-/// The error of a request that carries attachments: their bytes would be
-/// copied into every job file, so such items run online for now.
-fn refuse_attachments(request: &crate::model::LlmRequest) -> Result<(), CallError> {
-    if request
-        .prompt
-        .as_ref()
-        .is_some_and(crate::item::Prompt::has_attachments)
-    {
-        return Err(CallError::new(
-            ErrorCategory::ClientError,
-            "attachments are not sent through the batch API yet; run this item online",
-        )
-        .with_retryable(false));
+/// A request line as the job file holds it: `build` makes the line from
+/// the request, whose file attachments are probed and checked against the
+/// provider's `policy` first (a refused part is a `client_error`, as
+/// online) and whose bytes are encoded into the line straight from disk.
+async fn line_bytes(
+    request: &crate::model::LlmRequest,
+    policy: &crate::attachment::PartPolicy,
+    build: impl FnOnce(&crate::model::LlmRequest) -> Result<serde_json::Value, CallError>,
+) -> Result<Vec<u8>, CallError> {
+    if let Some(p) = request.prompt.as_ref().filter(|p| p.has_attachments()) {
+        crate::attachment::probe_all(p)
+            .await
+            .map_err(|m| CallError::new(ErrorCategory::ClientError, m).with_retryable(false))?;
     }
-    Ok(())
+    let staged = crate::providers::wire::with_parts(request, policy)?;
+    let line = build(&staged.request)?;
+    staged.body(&line).await
 }
 
 /// A result's status and body classified as the online route classifies

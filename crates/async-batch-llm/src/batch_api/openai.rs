@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::job::count;
 use super::{BatchJob, BatchLine, BatchResults, JobCounts, JobStatus};
 use crate::error::{CallError, Error, ErrorCategory};
-use crate::model::LlmRequest;
+use crate::model::{LlmRequest, Model as _};
 use crate::providers::http::{Endpoint, parse_body, shape_error};
 use crate::providers::{OpenAiConfig, OpenAiModel};
 
@@ -92,15 +92,17 @@ impl OpenAiBatches {
     }
 
     /// The request line for `request`: the same body the online route
-    /// (`/v1/responses`) sends.
-    pub fn line(&self, custom_id: &str, request: &LlmRequest) -> Result<Value, CallError> {
-        super::refuse_attachments(request)?;
-        Ok(json!({
-            "custom_id": custom_id,
-            "method": "POST",
-            "url": "/v1/responses",
-            "body": self.model.request_body(request)?,
-        }))
+    /// (`/v1/responses`) sends, attachments included.
+    pub async fn line(&self, custom_id: &str, request: &LlmRequest) -> Result<Vec<u8>, CallError> {
+        super::line_bytes(request, self.model.part_policy(), |r| {
+            Ok(json!({
+                "custom_id": custom_id,
+                "method": "POST",
+                "url": "/v1/responses",
+                "body": self.model.request_body(r)?,
+            }))
+        })
+        .await
     }
 
     /// Uploads a JSONL of request lines (streamed from disk); its file id.

@@ -29,7 +29,7 @@ mod key;
 #[cfg(feature = "openai")]
 mod openai;
 #[cfg(any(feature = "openai", feature = "gemini", feature = "anthropic"))]
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(feature = "anthropic")]
 pub use anthropic::{ANTHROPIC_VERSION, AnthropicConfig, AnthropicModel, OUTPUT_TOOL, PromptCache};
