@@ -244,6 +244,10 @@ pub struct MockConfig {
     /// milliseconds.
     #[arg(long, default_value_t = 0)]
     pub batch_processing_ms: u64,
+    /// The first N requests to the batch-API job routes (create, get,
+    /// results) answer 500, as a provider's bad minute does.
+    #[arg(long, default_value_t = 0)]
+    pub batch_api_errors: u64,
     /// Strict requests-per-minute quota over a rolling window (fractions allowed).
     #[arg(long, value_parser = parse_positive)]
     pub rpm: Option<f64>,
@@ -306,6 +310,7 @@ impl Default for MockConfig {
             fault_refusal: 0.0,
             hang_secs: 600,
             batch_processing_ms: 0,
+            batch_api_errors: 0,
             rpm: None,
             tpm: None,
             quota_window_secs: None,

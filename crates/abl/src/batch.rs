@@ -133,6 +133,9 @@ fn tell(e: &BatchEvent) {
             "abl: batch-api: {requests} request(s) the provider could not run go into one more job"
         ),
         BatchEvent::Polled(p) => poll_line(p),
+        BatchEvent::Retrying { what, error } => {
+            format!("abl: batch-api: {what} failed: {error}; trying again")
+        }
         _ => return,
     };
     eprintln_safe(&line);

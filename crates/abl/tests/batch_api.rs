@@ -646,3 +646,37 @@ fn images_and_pdfs_reach_every_providers_batch_and_a_refused_part_fails_first() 
         }
     }
 }
+
+#[test]
+fn a_submission_whose_answer_was_lost_is_found_not_sent_again_and_failed_checks_are_retried() {
+    for via in [OPENAI, ANTHROPIC, GEMINI] {
+        // The mock's first four job-route requests answer 500: the create
+        // (after making the job), then status checks.
+        let mock = Mock::start(&["--batch-processing-ms", "50", "--batch-api-errors", "4"]);
+        let dir = tempfile::tempdir().unwrap();
+        let (inp, out, cp) = (
+            dir.path().join("in.jsonl"),
+            dir.path().join("out.jsonl"),
+            dir.path().join("run.sqlite"),
+        );
+        input(&inp, 30, &[]);
+        let before = mock.get("/stats");
+        let o = run_via(via, &mock, &inp, &out, &cp, &[]).output().unwrap();
+        assert!(o.status.success(), "{}: {}", via.model, stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("submitting job"), "{err}");
+        assert!(err.contains("checking job"), "{err}");
+        let recs = records(&out);
+        assert_eq!(recs.len(), 30);
+        assert!(recs.iter().all(|r| r["ok"] == true), "{}", via.model);
+        let after = mock.get("/stats");
+        let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+        assert_eq!(
+            delta("batches_created"),
+            1,
+            "{}: found, not sent again",
+            via.model
+        );
+        assert_eq!(delta("batch_items_executed"), 30, "{}", via.model);
+    }
+}

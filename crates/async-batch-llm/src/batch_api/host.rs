@@ -65,6 +65,15 @@ pub enum BatchEvent {
     },
     /// A round of status checks.
     Polled(PollStatus),
+    /// A request to the provider failed in a way worth another try: it is
+    /// made again (a status check or a results download at the next
+    /// round, a submission after looking for the job first).
+    Retrying {
+        /// What failed (`checking job …`, `submitting job …`).
+        what: String,
+        /// The error, in the online path's words.
+        error: String,
+    },
 }
 
 /// Where a run stands after a round of status checks.
@@ -373,7 +382,14 @@ impl<T: Send + Sync + 'static> BatchHost<T> {
                 let Some(id) = self.jobs.get(&key).and_then(|j| j.batch_id.clone()) else {
                     continue;
                 };
-                let status = self.client.get(&id).await.map_err(call)?;
+                let status = match self.client.get(&id).await {
+                    Ok(s) => s,
+                    Err(e) if e.is_retryable() => {
+                        self.tell_retry(format!("checking job {key}"), &e);
+                        continue;
+                    }
+                    Err(e) => return Err(call(e)),
+                };
                 if status.status.is_running() {
                     round.add(&status);
                     continue;
@@ -384,7 +400,16 @@ impl<T: Send + Sync + 'static> BatchHost<T> {
                 let Some(job) = self.jobs.remove(&key) else {
                     continue;
                 };
-                retry.extend(self.collect(&job, &status).await?);
+                match self.collect(&job, &status).await {
+                    Ok(r) => retry.extend(r),
+                    Err(Collect::Again(e)) => {
+                        // What was recorded stays; the rest is read again.
+                        self.tell_retry(format!("reading the results of job {key}"), &e);
+                        self.jobs.insert(key, job);
+                        continue;
+                    }
+                    Err(Collect::Fatal(e)) => return Err(e),
+                }
                 let mut done = job;
                 done.state = JobState::Done;
                 self.save(&done)?;
@@ -517,12 +542,7 @@ impl<T: Send + Sync + 'static> BatchHost<T> {
             created_at: unix_now(),
         };
         self.save(&job)?;
-        let created = self
-            .client
-            .submit(&job.file, &job.key)
-            .await
-            .map_err(call)?;
-        job.batch_id = Some(created.id);
+        job.batch_id = Some(self.send(&job).await?);
         job.state = JobState::Submitted;
         self.save(&job)?;
         (self.events)(&BatchEvent::Submitted {
@@ -533,27 +553,60 @@ impl<T: Send + Sync + 'static> BatchHost<T> {
         Ok(())
     }
 
-    /// A recorded job whose submission may not have reached the provider:
-    /// found there, or submitted now from its file.
-    async fn reattach(&mut self, mut job: JobRecord) -> Result<Option<JobRecord>, Error> {
-        let hint = JobHint {
+    /// Submits a recorded job; its provider id. A failure worth another
+    /// try (a 500, a timeout, a connection cut) may have come after the
+    /// provider accepted the job, so the job is looked for before it is
+    /// sent again: four tries, 1 s, 2 s, 4 s apart (or as the provider's
+    /// hint says).
+    async fn send(&mut self, job: &JobRecord) -> Result<String, Error> {
+        const TRIES: u32 = 4;
+        let mut pause = Duration::from_secs(1);
+        for attempt in 1..=TRIES {
+            let e = match self.client.submit(&job.file, &job.key).await {
+                Ok(created) => return Ok(created.id),
+                Err(e) if e.is_retryable() && attempt < TRIES => e,
+                Err(e) => return Err(call(e)),
+            };
+            self.tell_retry(format!("submitting job {}", job.key), &e);
+            tokio::time::sleep(e.retry_after().unwrap_or(pause)).await;
+            pause *= 2;
+            if let Ok(Some(found)) = self.client.find(&job.key, &self.hint(job)).await {
+                return Ok(found.id);
+            }
+        }
+        Err(Error::config(format!(
+            "batch API: job {} was not submitted",
+            job.key
+        )))
+    }
+
+    /// What finds `job` at a provider that keeps no label.
+    fn hint(&self, job: &JobRecord) -> JobHint {
+        JobHint {
             recorded_at: job.created_at,
             requests: job.items.len() as u64,
             claimed: self
                 .jobs
                 .values()
+                .filter(|j| j.key != job.key)
                 .filter_map(|j| j.batch_id.clone())
                 .collect(),
-        };
+        }
+    }
+
+    fn tell_retry(&mut self, what: String, e: &CallError) {
+        let error = format!("{} ({})", e.message(), e.category());
+        (self.events)(&BatchEvent::Retrying { what, error });
+    }
+
+    /// A recorded job whose submission may not have reached the provider:
+    /// found there, or submitted now from its file.
+    async fn reattach(&mut self, mut job: JobRecord) -> Result<Option<JobRecord>, Error> {
+        let hint = self.hint(&job);
         if let Some(found) = self.client.find(&job.key, &hint).await.map_err(call)? {
             job.batch_id = Some(found.id);
         } else if job.file.exists() {
-            let created = self
-                .client
-                .submit(&job.file, &job.key)
-                .await
-                .map_err(call)?;
-            job.batch_id = Some(created.id);
+            job.batch_id = Some(self.send(&job).await?);
         } else {
             // Never submitted and its lines are gone: its items go into new jobs.
             job.state = JobState::Done;
@@ -607,16 +660,20 @@ impl<T: Send + Sync + 'static> BatchHost<T> {
     }
 
     /// Reads an ended job's results; the custom ids to submit once more.
-    async fn collect(&mut self, job: &JobRecord, status: &BatchJob) -> Result<Vec<String>, Error> {
+    async fn collect(
+        &mut self,
+        job: &JobRecord,
+        status: &BatchJob,
+    ) -> Result<Vec<String>, Collect> {
         let mut retry = Vec::new();
         let mut seen = HashSet::new();
         let mut lines = self
             .client
             .results(status, &job.items)
             .await
-            .map_err(call)?;
+            .map_err(Collect::from)?;
         while let Some(l) = lines.next().await {
-            let l = l.map_err(call)?;
+            let l = l.map_err(Collect::from)?;
             if !self.take_line(job, l, &mut seen, &mut retry).await? {
                 return Ok(retry);
             }
@@ -736,6 +793,30 @@ impl<T: Send + Sync + 'static> BatchHost<T> {
                 let _ = std::fs::remove_file(&p);
             }
         }
+    }
+}
+
+/// Why the results of a job were not all read.
+enum Collect {
+    /// A failure worth another try: read them again at the next round.
+    Again(CallError),
+    /// Anything else: the run stops.
+    Fatal(Error),
+}
+
+impl From<CallError> for Collect {
+    fn from(e: CallError) -> Self {
+        if e.is_retryable() {
+            Collect::Again(e)
+        } else {
+            Collect::Fatal(call(e))
+        }
+    }
+}
+
+impl From<Error> for Collect {
+    fn from(e: Error) -> Self {
+        Collect::Fatal(e)
     }
 }
 

@@ -93,6 +93,9 @@ pub(in crate::server) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // A failing create makes the job and loses the answer: the client
+    // must find it rather than submit it again.
+    let answer_lost = super::failing(&s);
     if let Some(r) = refuse_unauthenticated(&headers) {
         return r;
     }
@@ -164,6 +167,9 @@ pub(in crate::server) async fn create(
     g.anthropic.insert(job.id.clone(), job);
     drop(g);
     s.stats.batch_created(n);
+    if answer_lost {
+        return super::server_error(Format::Anthropic);
+    }
     json_response(200, &[], &reply)
 }
 
@@ -173,6 +179,9 @@ pub(in crate::server) async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if super::failing(&s) {
+        return super::server_error(Format::Anthropic);
+    }
     if let Some(r) = refuse_unauthenticated(&headers) {
         return r;
     }
@@ -277,6 +286,9 @@ pub(in crate::server) async fn results(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if super::failing(&s) {
+        return super::server_error(Format::Anthropic);
+    }
     if let Some(r) = refuse_unauthenticated(&headers) {
         return r;
     }

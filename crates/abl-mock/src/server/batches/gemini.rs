@@ -108,6 +108,9 @@ pub(in crate::server) fn create(
     q: &HashMap<String, String>,
     body: &Bytes,
 ) -> Response {
+    // A failing create makes the job and loses the answer: the client
+    // must find it rather than submit it again.
+    let answer_lost = super::failing(s);
     if let Some(r) = refuse_unauthenticated(headers, q) {
         return r;
     }
@@ -180,6 +183,9 @@ pub(in crate::server) fn create(
     g.gemini.insert(job.id.clone(), job);
     drop(g);
     s.stats.batch_created(n);
+    if answer_lost {
+        return super::server_error(Format::Gemini);
+    }
     json_response(200, &[], &reply)
 }
 
@@ -227,6 +233,9 @@ pub(in crate::server) async fn get(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    if super::failing(&s) {
+        return super::server_error(Format::Gemini);
+    }
     if let Some(r) = refuse_unauthenticated(&headers, &q) {
         return r;
     }
@@ -355,6 +364,9 @@ pub(in crate::server) async fn download(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
+    if super::failing(&s) {
+        return super::server_error(Format::Gemini);
+    }
     if let Some(r) = refuse_unauthenticated(&headers, &q) {
         return r;
     }

@@ -27,6 +27,18 @@ use crate::wire::{self, Ending, Format};
 #[derive(Debug, Default)]
 pub(crate) struct BatchStore {
     inner: Mutex<Inner>,
+    /// Job-route requests answered so far (for `--batch-api-errors`).
+    calls: std::sync::atomic::AtomicU64,
+}
+
+/// Whether this job-route request is one of the first
+/// `--batch-api-errors` N, answered 500.
+fn failing(s: &Shared) -> bool {
+    let n = s
+        .batches
+        .calls
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    n < s.config.batch_api_errors
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +78,16 @@ fn unix_now() -> u64 {
 /// When a job made now is due.
 fn due(s: &Shared) -> Instant {
     Instant::now() + Duration::from_millis(s.config.batch_processing_ms)
+}
+
+/// The 500 of a failing job-route request, in `format`'s error shape.
+fn server_error(format: Format) -> axum::response::Response {
+    let (status, headers, body) = wire::error(
+        format,
+        Fault::ServerError,
+        "The server had an error while processing your request.",
+    );
+    super::json_response(status, &headers, &body)
 }
 
 /// The non-blank lines of a JSONL.

@@ -118,6 +118,9 @@ pub(in crate::server) async fn content(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Response {
+    if super::failing(&s) {
+        return super::server_error(Format::Responses);
+    }
     let bytes = lock(&s.batches.inner)
         .files
         .get(&id)
@@ -134,6 +137,9 @@ pub(in crate::server) async fn content(
 
 /// `POST /v1/batches`.
 pub(in crate::server) async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    // A failing create makes the job and loses the answer: the client
+    // must find it rather than submit it again.
+    let answer_lost = super::failing(&s);
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return error(400, "the body is not JSON");
     };
@@ -167,6 +173,9 @@ pub(in crate::server) async fn create(State(s): State<Arc<Shared>>, body: Bytes)
     let body = job.json();
     g.openai.insert(job.id.clone(), job);
     s.stats.batch_created(n);
+    if answer_lost {
+        return super::server_error(Format::Responses);
+    }
     json_response(200, &[], &body)
 }
 
@@ -175,6 +184,9 @@ pub(in crate::server) async fn get(
     State(s): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Response {
+    if super::failing(&s) {
+        return super::server_error(Format::Responses);
+    }
     match advance(&s, &id) {
         Some(j) => json_response(200, &[], &j.json()),
         None => error(404, &format!("No such Batch object: {id}")),
