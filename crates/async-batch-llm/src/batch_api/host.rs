@@ -386,6 +386,7 @@ impl<T: Send + Sync + 'static> BatchHost<T> {
                     Ok(s) => s,
                     Err(e) if e.is_retryable() => {
                         self.tell_retry(format!("checking job {key}"), &e);
+                        round.hint = round.hint.max(e.retry_after());
                         continue;
                     }
                     Err(e) => return Err(call(e)),
@@ -435,27 +436,40 @@ impl<T: Send + Sync + 'static> BatchHost<T> {
             } else {
                 wait.mul_f64(1.5).min(most)
             };
-            let finished = self.recorded + round.done;
-            let left = (self.waiting.len() as u64).saturating_sub(round.done);
-            let status = PollStatus {
-                jobs: self.jobs.len(),
-                running,
-                done_at_provider: round.done,
-                total_at_provider: round.total,
-                recorded: self.recorded,
-                waiting: self.waiting.len(),
-                expected_finish: pace.expected(finished, left),
-                deadline: round
-                    .deadline
-                    .map(|at| Duration::from_secs(at.saturating_sub(unix_now()))),
-                next_check: wait,
-            };
+            // Never sooner than the provider asked (a 429 on a status check).
+            wait = wait.max(round.hint.unwrap_or_default().min(most));
+            let status = self.poll_status(&round, running, wait, &mut pace);
             (self.events)(&BatchEvent::Polled(status));
             let mut detach = self.detach.clone();
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 _ = detach.changed() => {}
             }
+        }
+    }
+
+    /// Where the run stands after a round of checks.
+    fn poll_status(
+        &self,
+        round: &Round,
+        running: usize,
+        next_check: Duration,
+        pace: &mut Pace,
+    ) -> PollStatus {
+        let finished = self.recorded + round.done;
+        let left = (self.waiting.len() as u64).saturating_sub(round.done);
+        PollStatus {
+            jobs: self.jobs.len(),
+            running,
+            done_at_provider: round.done,
+            total_at_provider: round.total,
+            recorded: self.recorded,
+            waiting: self.waiting.len(),
+            expected_finish: pace.expected(finished, left),
+            deadline: round
+                .deadline
+                .map(|at| Duration::from_secs(at.saturating_sub(unix_now()))),
+            next_check,
         }
     }
 
@@ -826,6 +840,8 @@ struct Round {
     done: u64,
     total: u64,
     deadline: Option<u64>,
+    /// The longest wait a refused status check asked for.
+    hint: Option<Duration>,
 }
 
 impl Round {
