@@ -431,10 +431,10 @@ pub async fn status(checkpoint: &Path, base_url: Option<&str>) -> anyhow::Result
             },
             _ => "-".into(),
         };
-        let age = unix_now().saturating_sub(j.created_at);
+        let age = short(Duration::from_secs(unix_now().saturating_sub(j.created_at)));
         let _ = writeln!(
             table,
-            "{:<34} {:<10} {:>8} {:<28} {:<24} {:>7}s",
+            "{:<34} {:<10} {:>8} {:<28} {:<24} {:>8}",
             j.key,
             format!("{:?}", j.state).to_lowercase(),
             j.items.len(),
