@@ -382,7 +382,7 @@ async fn finish_online(
             .with_defaults(defaults);
         async_batch_llm::process_prompts(s, items, &online.config).await?
     } else {
-        let text: crate::run::TextOut = |r| Ok(Value::String(r.text.clone()));
+        let text: crate::model::TextOut = crate::model::text_out;
         let s = async_batch_llm::ModelStrategy::new(online.model, text).with_defaults(defaults);
         async_batch_llm::process_prompts(s, items, &online.config).await?
     };

@@ -110,3 +110,12 @@ pub fn read_schema(
     })?;
     Ok((validator, text))
 }
+
+/// The output of a run without a schema: the reply's text.
+pub type TextOut = fn(&async_batch_llm::LlmResponse) -> Result<Value, std::convert::Infallible>;
+
+/// The reply's text as an item's output.
+#[allow(clippy::unnecessary_wraps)] // a ModelStrategy parser returns a Result
+pub fn text_out(r: &async_batch_llm::LlmResponse) -> Result<Value, std::convert::Infallible> {
+    Ok(Value::String(r.text.clone()))
+}

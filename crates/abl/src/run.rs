@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_batch_llm::{
-    BatchConfig, CharEstimator, ErrorCategory, Item, ItemError, ItemResult, LlmResponse,
-    ModelStrategy, RunExtras, Shard, StopHandle, Strategy, StructuredStrategy, SummaryCollector,
-    Termination, TerminationReason, TokenEstimator,
+    BatchConfig, CharEstimator, ErrorCategory, Item, ItemError, ItemResult, ModelStrategy,
+    RunExtras, Shard, StopHandle, Strategy, StructuredStrategy, SummaryCollector, Termination,
+    TerminationReason, TokenEstimator,
 };
 use futures::StreamExt as _;
 use serde_json::Value;
@@ -190,7 +190,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         let s = StructuredStrategy::with_validator(model, v).with_defaults(defaults);
         drive(s, ready).await
     } else {
-        let text: TextOut = |r| Ok(Value::String(r.text.clone()));
+        let text: crate::model::TextOut = crate::model::text_out;
         drive(
             ModelStrategy::new(model, text).with_defaults(defaults),
             ready,
@@ -198,9 +198,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .await
     }
 }
-
-/// The output of a run without a schema: the reply's text.
-pub(crate) type TextOut = fn(&LlmResponse) -> Result<Value, std::convert::Infallible>;
 
 /// A failure record for an item that was never processed.
 fn rejected(item: Item, index: u64, error: ItemError) -> ItemResult<Value> {
