@@ -29,6 +29,7 @@
 
 mod cache;
 pub mod config;
+mod format;
 pub mod markers;
 pub mod parts;
 mod quota;

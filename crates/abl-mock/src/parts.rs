@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use crate::wire::Format;
+use crate::format::Format;
 
 /// Input tokens the mock charges for each part.
 pub const PART_TOKENS: u64 = 100;

@@ -164,7 +164,7 @@ pub struct CallError {
     status: Option<u16>,
     provider_code: Option<Box<str>>,
     /// The rate-limit headers of the reply (boxed, like usage).
-    reported_limits: Option<Box<crate::limit::ReportedLimits>>,
+    reported_limits: Option<Box<crate::limit::reported::ReportedLimits>>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -242,13 +242,16 @@ impl CallError {
     }
 
     /// What the reply's rate-limit headers said, when it had them.
-    pub fn reported_limits(&self) -> Option<&crate::limit::ReportedLimits> {
+    pub fn reported_limits(&self) -> Option<&crate::limit::reported::ReportedLimits> {
         self.reported_limits.as_deref()
     }
 
     /// Attaches the reply's rate-limit headers (`None` leaves the error as is).
     #[must_use]
-    pub fn with_reported_limits(mut self, limits: Option<crate::limit::ReportedLimits>) -> Self {
+    pub fn with_reported_limits(
+        mut self,
+        limits: Option<crate::limit::reported::ReportedLimits>,
+    ) -> Self {
         if let Some(l) = limits {
             self.reported_limits = Some(Box::new(l));
         }

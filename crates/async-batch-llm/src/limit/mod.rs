@@ -15,7 +15,7 @@ mod estimate;
 mod recent;
 #[cfg(feature = "redis")]
 mod redis;
-mod reported;
+pub(crate) mod reported;
 mod scope;
 mod settle;
 mod shared;
