@@ -20,7 +20,7 @@ use async_batch_llm::batch_api::{
     BatchClient, BatchEvent, BatchHost, BatchProvider, BatchRunConfig, Ending, Fallback, JobRecord,
     JobState, PollStatus, jobs_dir, parse_jobs,
 };
-use async_batch_llm::providers::{ApiKey, ModelOptions};
+use async_batch_llm::providers::{HttpOptions, ModelOptions};
 use async_batch_llm::store::Checkpoint;
 use async_batch_llm::{
     CallError, ErrorCategory, Item, ItemError, ItemResult, SummaryCollector, Termination,
@@ -32,7 +32,7 @@ use crate::exit::{self, UsageError};
 use crate::input::{IdSet, Reader};
 use crate::output::Results;
 use crate::progress::{eprintln_safe, print_safe};
-use crate::settings::{InputSource, ModelChoice, RunPlan};
+use crate::settings::{InputSource, RunPlan};
 
 fn usage(msg: impl Into<String>) -> UsageError {
     UsageError(msg.into())
@@ -46,39 +46,8 @@ fn unix_now() -> u64 {
 
 /// The client, and the mock serving it for `mock:` runs (OpenAI's
 /// batch API).
-fn client(plan: &RunPlan) -> Result<(BatchClient, Option<abl_mock::MockServer>), UsageError> {
-    let (spec, options, mock) = match &plan.model {
-        ModelChoice::Mock(m) => {
-            let server = abl_mock::MockServer::start_dedicated(m.config.clone(), 1)
-                .map_err(|e| usage(format!("cannot start the mock provider: {e}")))?;
-            let options = ModelOptions {
-                api_key: Some(ApiKey::new("mock-key")),
-                base_url: Some(format!("{}/v1", server.base_url())),
-                ..ModelOptions::default()
-            };
-            (format!("openai:mock-{}", m.mode), options, Some(server))
-        }
-        ModelChoice::Provider {
-            spec,
-            base_url,
-            api_key_file,
-        } => {
-            let api_key = match api_key_file {
-                Some(p) => Some(ApiKey::from_file(p).map_err(|e| usage(e.to_string()))?),
-                None => None,
-            };
-            let options = ModelOptions {
-                api_key,
-                base_url: base_url.clone(),
-                ..ModelOptions::default()
-            };
-            (
-                format!("{}:{}", spec.provider.prefix(), spec.model),
-                options,
-                None,
-            )
-        }
-    };
+fn client(plan: &RunPlan) -> Result<(BatchClient, Option<crate::model::Mock>), UsageError> {
+    let (spec, options, mock) = crate::model::target(&plan.model, HttpOptions::default(), false)?;
     let c = BatchClient::new(&spec, options).map_err(|e| usage(e.to_string()))?;
     Ok((c, mock))
 }
@@ -113,9 +82,8 @@ pub struct Online {
 fn parser(validator: Option<Arc<Validator<Value>>>) -> async_batch_llm::batch_api::Parse<Value> {
     Arc::new(move |r| match &validator {
         None => Ok(Value::String(r.text.clone())),
-        Some(v) => serde_json::from_str::<Value>(&r.text)
-            .map_err(|e| e.to_string())
-            .and_then(|value| v.check(value))
+        Some(v) => v
+            .parse(&r.text)
             .map_err(|e| ItemError::new(ErrorCategory::ValidationError, e)),
     })
 }

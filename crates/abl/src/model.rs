@@ -22,33 +22,31 @@ fn usage(msg: impl Into<String>) -> UsageError {
     UsageError(msg.into())
 }
 
-/// Builds the model of `choice` with a connection pool for `concurrency`.
-/// A dry run calls nothing, so it needs no key: without one it gets a
-/// placeholder that is never sent.
-pub fn build(
+/// The `provider:model` spec and options `choice` stands for, with the
+/// mock started when it is one (`mock:` runs speak OpenAI's API on
+/// loopback). The key comes from `--api-key-file` or, left unset, from the
+/// provider's environment variables. A dry run calls nothing, so it needs
+/// no key: without one it gets a placeholder that is never sent.
+pub fn target(
     choice: &ModelChoice,
-    concurrency: usize,
+    http: HttpOptions,
     dry_run: bool,
-) -> Result<(Arc<dyn DynModel>, Option<Mock>), UsageError> {
-    let http = HttpOptions {
-        max_connections: concurrency,
-        ..HttpOptions::default()
-    };
+) -> Result<(String, ModelOptions, Option<Mock>), UsageError> {
     match choice {
         ModelChoice::Mock(m) => {
             let server = abl_mock::MockServer::start_dedicated(m.config.clone(), 1)
                 .map_err(|e| usage(format!("cannot start the mock provider: {e}")))?;
-            let model = llm_with(
-                &format!("openai:mock-{}", m.mode),
-                ModelOptions {
-                    api_key: Some(ApiKey::new("mock-key")),
-                    base_url: Some(format!("{}/v1", server.base_url())),
-                    http,
-                    ..ModelOptions::default()
-                },
-            )
-            .map_err(|e| usage(e.to_string()))?;
-            Ok((model, Some(Mock { _server: server })))
+            let options = ModelOptions {
+                api_key: Some(ApiKey::new("mock-key")),
+                base_url: Some(format!("{}/v1", server.base_url())),
+                http,
+                ..ModelOptions::default()
+            };
+            Ok((
+                format!("openai:mock-{}", m.mode),
+                options,
+                Some(Mock { _server: server }),
+            ))
         }
         ModelChoice::Provider {
             spec,
@@ -62,19 +60,34 @@ pub fn build(
                 }
                 None => None,
             };
-            let model = llm_with(
-                &format!("{}:{}", spec.provider.prefix(), spec.model),
-                ModelOptions {
-                    api_key,
-                    base_url: base_url.clone(),
-                    http,
-                    ..ModelOptions::default()
-                },
-            )
-            .map_err(|e| usage(e.to_string()))?;
-            Ok((model, None))
+            let options = ModelOptions {
+                api_key,
+                base_url: base_url.clone(),
+                http,
+                ..ModelOptions::default()
+            };
+            Ok((
+                format!("{}:{}", spec.provider.prefix(), spec.model),
+                options,
+                None,
+            ))
         }
     }
+}
+
+/// Builds the model of `choice` with a connection pool for `concurrency`.
+pub fn build(
+    choice: &ModelChoice,
+    concurrency: usize,
+    dry_run: bool,
+) -> Result<(Arc<dyn DynModel>, Option<Mock>), UsageError> {
+    let http = HttpOptions {
+        max_connections: concurrency,
+        ..HttpOptions::default()
+    };
+    let (spec, options, mock) = target(choice, http, dry_run)?;
+    let model = llm_with(&spec, options).map_err(|e| usage(e.to_string()))?;
+    Ok((model, mock))
 }
 
 /// Reads the `--schema` file: a JSON object that is a valid JSON schema and

@@ -87,11 +87,10 @@ impl AnthropicBatches {
 
     /// The batch `id` as it stands.
     pub async fn get(&self, id: &str) -> Result<BatchJob, CallError> {
-        let (status, headers, bytes) = self
+        job(&self
             .endpoint
-            .get_raw(&format!("v1/messages/batches/{id}"))
-            .await?;
-        job(&parse_body(status, &headers, &bytes)?)
+            .get_json(&format!("v1/messages/batches/{id}"))
+            .await?)
     }
 
     /// The batch a caller recorded as `hint` and may have submitted:
@@ -106,8 +105,7 @@ impl AnthropicBatches {
                 Some(a) => format!("v1/messages/batches?limit=100&after_id={a}"),
                 None => "v1/messages/batches?limit=100".to_owned(),
             };
-            let (status, headers, bytes) = self.endpoint.get_raw(&path).await?;
-            let page = parse_body(status, &headers, &bytes)?;
+            let page = self.endpoint.get_json(&path).await?;
             let data = page.get("data").and_then(Value::as_array);
             for b in data.into_iter().flatten() {
                 let found = job(b)?;
@@ -154,13 +152,7 @@ impl AnthropicBatches {
 
     /// The results of `job`, read as they download.
     pub fn results(&self, job: &BatchJob) -> BatchResults<'static> {
-        BatchResults::new(
-            self.endpoint.clone(),
-            read_line,
-            job.results.clone(),
-            Vec::new(),
-            &[],
-        )
+        BatchResults::of_files(self.endpoint.clone(), read_line, job)
     }
 }
 
@@ -211,7 +203,7 @@ fn job(v: &Value) -> Result<BatchJob, CallError> {
         } else {
             Vec::new()
         },
-        inline_results: false,
+        inline_results: None,
     })
 }
 
@@ -233,11 +225,7 @@ fn status_of(error_type: &str) -> u16 {
 
 /// One line of the results JSONL.
 fn read_line(v: &Value, _: Option<&str>) -> Result<BatchLine, CallError> {
-    let custom_id = v
-        .get("custom_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| shape_error("a results line without 'custom_id'"))?
-        .to_owned();
+    let custom_id = super::results::custom_id_of(v)?;
     let r = v.get("result").unwrap_or(&Value::Null);
     let result = match r.get("type").and_then(Value::as_str) {
         Some("succeeded") => r

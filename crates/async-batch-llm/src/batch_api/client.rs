@@ -261,23 +261,18 @@ impl BatchClient {
 
     /// The results of an ended `job`, read as they download; `order` is
     /// its custom ids in the order submitted.
-    #[allow(clippy::unused_async)] // awaits only with gemini built in
-    pub async fn results<'a>(
-        &self,
-        job: &BatchJob,
-        order: &'a [String],
-    ) -> Result<BatchResults<'a>, CallError> {
+    pub fn results<'a>(&self, job: &BatchJob, order: &'a [String]) -> BatchResults<'a> {
         let _ = (job, order);
-        if job.results.is_empty() && !job.inline_results {
-            return Ok(BatchResults::empty());
+        if job.results.is_empty() && job.inline_results.is_none() {
+            return BatchResults::empty();
         }
         match *self {
             #[cfg(feature = "openai")]
-            BatchClient::OpenAi(ref c) => Ok(c.results(job)),
+            BatchClient::OpenAi(ref c) => c.results(job),
             #[cfg(feature = "anthropic")]
-            BatchClient::Anthropic(ref c) => Ok(c.results(job)),
+            BatchClient::Anthropic(ref c) => c.results(job),
             #[cfg(feature = "gemini")]
-            BatchClient::Gemini(ref c) => c.results(job, order).await,
+            BatchClient::Gemini(ref c) => c.results(job, order),
         }
     }
 }

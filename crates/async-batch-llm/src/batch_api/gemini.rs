@@ -157,12 +157,7 @@ impl GeminiBatches {
 
     /// The job `id` (`batches/…`) as it stands.
     pub async fn get(&self, id: &str) -> Result<BatchJob, CallError> {
-        job(&self.get_value(id).await?)
-    }
-
-    async fn get_value(&self, id: &str) -> Result<Value, CallError> {
-        let (status, headers, bytes) = self.endpoint.get_raw(&format!("v1beta/{id}")).await?;
-        parse_body(status, &headers, &bytes)
+        job(&self.endpoint.get_json(&format!("v1beta/{id}")).await?)
     }
 
     /// The newest job named `key`, looking through the newest `pages`
@@ -174,8 +169,7 @@ impl GeminiBatches {
                 Some(t) => format!("v1beta/batches?pageSize=100&pageToken={t}"),
                 None => "v1beta/batches?pageSize=100".to_owned(),
             };
-            let (status, headers, bytes) = self.endpoint.get_raw(&path).await?;
-            let page = parse_body(status, &headers, &bytes)?;
+            let page = self.endpoint.get_json(&path).await?;
             for op in page
                 .get("operations")
                 .and_then(Value::as_array)
@@ -210,28 +204,14 @@ impl GeminiBatches {
     /// The results of `job`: its results file read as it downloads, or
     /// its inline responses. `order` is the job's custom ids in the order
     /// submitted (a response that names no key is matched by position).
-    pub async fn results<'a>(
-        &self,
-        job: &BatchJob,
-        order: &'a [String],
-    ) -> Result<BatchResults<'a>, CallError> {
-        let inline = if job.inline_results {
-            let v = self.get_value(&job.id).await?;
-            output(&v)
-                .and_then(|o| o.pointer("/inlinedResponses/inlinedResponses"))
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        Ok(BatchResults::new(
+    pub fn results<'a>(&self, job: &BatchJob, order: &'a [String]) -> BatchResults<'a> {
+        BatchResults::new(
             self.endpoint.clone(),
             read_line,
             job.results.clone(),
-            inline,
+            job.inline_results.clone().unwrap_or_default(),
             order,
-        ))
+        )
     }
 }
 
@@ -314,7 +294,12 @@ fn job(op: &Value) -> Result<BatchJob, CallError> {
         results: file
             .map(|f| vec![format!("v1beta/{f}:download?alt=media")])
             .unwrap_or_default(),
-        inline_results: out.is_some_and(|o| o.get("inlinedResponses").is_some()),
+        inline_results: out.and_then(|o| o.get("inlinedResponses")).map(|r| {
+            r.get("inlinedResponses")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        }),
     })
 }
 
@@ -423,14 +408,15 @@ mod tests {
             j.results,
             vec!["v1beta/files/batch-123-out:download?alt=media"]
         );
-        assert!(!j.inline_results);
+        assert!(j.inline_results.is_none());
         // The SDK's reading: the output under metadata, inline.
         let mut inline = pending;
         inline["metadata"]["state"] = json!("JOB_STATE_SUCCEEDED");
         inline["metadata"]["output"] = json!({"inlinedResponses": {"inlinedResponses": []}});
         let j = job(&inline).expect("a job");
         assert_eq!(j.status, JobStatus::Completed);
-        assert!(j.inline_results && j.results.is_empty());
+        assert_eq!(j.inline_results, Some(Vec::new()));
+        assert!(j.results.is_empty());
         assert!(job(&json!({"metadata": {}})).is_err());
     }
 

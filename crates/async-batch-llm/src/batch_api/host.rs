@@ -681,11 +681,7 @@ impl<T: Send + Sync + 'static> BatchHost<T> {
     ) -> Result<Vec<String>, Collect> {
         let mut retry = Vec::new();
         let mut seen = HashSet::new();
-        let mut lines = self
-            .client
-            .results(status, &job.items)
-            .await
-            .map_err(Collect::from)?;
+        let mut lines = self.client.results(status, &job.items);
         while let Some(l) = lines.next().await {
             let l = l.map_err(Collect::from)?;
             if !self.take_line(job, l, &mut seen, &mut retry).await? {

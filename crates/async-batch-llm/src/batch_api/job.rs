@@ -52,8 +52,9 @@ pub struct BatchJob {
     pub expires_at: Option<u64>,
     /// Where its results are: paths under the base URL, read in order.
     pub(crate) results: Vec<String>,
-    /// Its results are inline in the job itself (Gemini's inline jobs).
-    pub(crate) inline_results: bool,
+    /// Its results, when the job itself carries them (Gemini's inline
+    /// jobs, once ended): read from the status check, not fetched again.
+    pub(crate) inline_results: Option<Vec<serde_json::Value>>,
 }
 
 /// What a caller knows of a job it may have submitted, to find it again

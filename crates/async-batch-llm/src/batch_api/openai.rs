@@ -14,7 +14,7 @@ use super::job::count;
 use super::{BatchJob, BatchLine, BatchResults, JobCounts, JobStatus};
 use crate::error::{CallError, Error, ErrorCategory};
 use crate::model::{LlmRequest, Model as _};
-use crate::providers::http::{Endpoint, parse_body, shape_error};
+use crate::providers::http::{Endpoint, shape_error};
 use crate::providers::{OpenAiConfig, OpenAiModel};
 
 /// The metadata key that carries the caller's job key.
@@ -64,7 +64,7 @@ fn job(v: &Value) -> Result<BatchJob, CallError> {
         created_at: v.get("created_at").and_then(Value::as_u64),
         expires_at: v.get("expires_at").and_then(Value::as_u64),
         results,
-        inline_results: false,
+        inline_results: None,
     })
 }
 
@@ -138,8 +138,7 @@ impl OpenAiBatches {
 
     /// The job `id` as it stands.
     pub async fn get(&self, id: &str) -> Result<BatchJob, CallError> {
-        let (status, headers, bytes) = self.endpoint.get_raw(&format!("batches/{id}")).await?;
-        job(&parse_body(status, &headers, &bytes)?)
+        job(&self.endpoint.get_json(&format!("batches/{id}")).await?)
     }
 
     /// The newest job labelled `key`, looking through the newest `pages`
@@ -151,8 +150,7 @@ impl OpenAiBatches {
                 Some(a) => format!("batches?limit=100&after={a}"),
                 None => "batches?limit=100".to_owned(),
             };
-            let (status, headers, bytes) = self.endpoint.get_raw(&path).await?;
-            let page = parse_body(status, &headers, &bytes)?;
+            let page = self.endpoint.get_json(&path).await?;
             let data = page
                 .get("data")
                 .and_then(Value::as_array)
@@ -190,23 +188,13 @@ impl OpenAiBatches {
     /// The results of `job` (its output file, then its error file), read
     /// as they download.
     pub fn results(&self, job: &BatchJob) -> BatchResults<'static> {
-        BatchResults::new(
-            self.endpoint.clone(),
-            read_line,
-            job.results.clone(),
-            Vec::new(),
-            &[],
-        )
+        BatchResults::of_files(self.endpoint.clone(), read_line, job)
     }
 }
 
 /// One line of an output or error file.
 fn read_line(v: &Value, _: Option<&str>) -> Result<BatchLine, CallError> {
-    let custom_id = v
-        .get("custom_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| shape_error("a results line without 'custom_id'"))?
-        .to_owned();
+    let custom_id = super::results::custom_id_of(v)?;
     let result = if let Some(r) = v.get("response").filter(|r| !r.is_null()) {
         let status = r
             .get("status_code")

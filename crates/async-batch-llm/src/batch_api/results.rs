@@ -20,6 +20,15 @@ pub struct BatchLine {
     pub result: Result<LlmResponse, CallError>,
 }
 
+/// The `custom_id` a results line names (OpenAI's and Anthropic's lines).
+#[cfg(any(feature = "openai", feature = "anthropic"))]
+pub(crate) fn custom_id_of(v: &Value) -> Result<String, CallError> {
+    v.get("custom_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| crate::providers::http::shape_error("a results line without 'custom_id'"))
+}
+
 /// How one provider reads one result: the parsed line, and the custom id
 /// of the request at the line's position (for a line that names none).
 pub(crate) type ReadLine = fn(&Value, Option<&str>) -> Result<BatchLine, CallError>;
@@ -63,6 +72,17 @@ impl<'a> BatchResults<'a> {
         Self {
             inner: Inner::Empty,
         }
+    }
+
+    /// The results of `job` read from its results files, each line
+    /// through `read`.
+    #[cfg(any(feature = "openai", feature = "anthropic"))]
+    pub(crate) fn of_files(
+        endpoint: crate::providers::http::Endpoint,
+        read: ReadLine,
+        job: &super::BatchJob,
+    ) -> Self {
+        Self::new(endpoint, read, job.results.clone(), Vec::new(), &[])
     }
 
     /// Results read from `paths` (GETs under `endpoint`, one after the

@@ -275,19 +275,19 @@ impl Endpoint {
         parse_body(status, &headers, &bytes)
     }
 
-    /// GETs `path`; the raw reply.
-    pub(crate) async fn get_raw(
-        &self,
-        path: &str,
-    ) -> Result<(u16, HeaderMap, bytes::Bytes), CallError> {
-        self.http
+    /// GETs `path` and parses the reply (a non-2xx status or an error in
+    /// the body is a classified [`CallError`]).
+    pub(crate) async fn get_json(&self, path: &str) -> Result<Value, CallError> {
+        let (status, headers, bytes) = self
+            .http
             .send(
                 self.http.client.get(self.url(path)),
                 &self.headers_with(&[]),
                 None,
                 None,
             )
-            .await
+            .await?;
+        parse_body(status, &headers, &bytes)
     }
 
     /// GETs `path`; its body as lines, read as they arrive (a results
