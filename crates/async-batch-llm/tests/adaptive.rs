@@ -195,11 +195,38 @@ async fn two_runs_on_one_quota_respect_what_the_other_uses() {
     );
     let calls = p.served.load(Ordering::Relaxed) + p.refused.load(Ordering::Relaxed);
     let refused = p.refused.load(Ordering::Relaxed);
-    assert!(refused * 100 <= calls, "{refused} of {calls} calls refused");
+    // (15 of 1,815 before admissions were paced.)
+    assert!(refused * 200 <= calls, "{refused} of {calls} calls refused");
     // And they still use the quota: 1,800 at 600 a minute, paced evenly
     // between them, is three minutes (97 % of the quota at 185 s).
     let wall = t0.elapsed();
     assert!(wall <= Duration::from_secs(185), "{wall:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_runs_started_together_do_not_race_for_each_window() {
+    // Two processes at 64 calls in flight each start at the same instant
+    // on a quota of 150 a minute: each first burst fits, then every minute
+    // both runs' calls of the minute before leave the window together.
+    // Unpaced, both refill all of it at once and the provider refuses what
+    // arrives second.
+    let p = RollingQuota::new(150, true, Duration::from_millis(50));
+    let (a, b) = (config(64), config(64));
+    let t0 = Instant::now();
+    let (ra, rb) = tokio::join!(
+        process_prompts(p.clone(), items(400), &a),
+        process_prompts(p.clone(), items(400), &b),
+    );
+    assert_eq!(
+        ra.unwrap().stats.succeeded + rb.unwrap().stats.succeeded,
+        800
+    );
+    let refused = p.refused.load(Ordering::Relaxed);
+    assert!(refused <= 4, "{refused} refused");
+    // 800 at 150 a minute: 150 in each of five minutes, the last 50 in
+    // the sixth (at 5 s a call for the two of them, paced: 10 s).
+    let wall = t0.elapsed();
+    assert!(wall <= Duration::from_secs(320), "{wall:?}");
 }
 
 /// 3,000 items on a quota of 500 in any 10 s, with or without headers:
@@ -240,7 +267,10 @@ async fn a_wall_with_a_hint_teaches_the_window_it_came_from() {
     // requests alone, would be six times too slow), and lowered by 10 % at
     // most twice by later walls.
     assert!((2400.0..=3300.0).contains(&rpm), "{l:?}");
-    assert!(refused <= 120, "{refused} refused");
+    // The first wall (a burst's worth behind it), little after: 84 before
+    // a wall met mid-burst was told from noise and learned windows were
+    // rounded down a second.
+    assert!(refused <= 30, "{refused} refused");
     // Weak: 50 s is the ideal; later walls cost it about a third.
     assert!(wall <= Duration::from_secs(70), "{wall:?}");
 }

@@ -17,6 +17,18 @@
 //! same key) is counted as *foreign* entries that leave the window over the
 //! reported reset. When a provider reports what remains but not the limit,
 //! that remainder is a budget until the reset.
+//!
+//! **Pacing.** Limits a provider reported or a wall taught
+//! ([`Admission::pace`]) are also paced: admissions are spread at sixteen
+//! times the limit's rate, and at the limit's rate itself while another
+//! process's use shows in the replies. A window that frees at once (a
+//! rolling minute whose first burst leaves) would otherwise be refilled in
+//! one instant by every process on the quota, each believing the room its
+//! own, and the provider refuses all but the first to arrive: a reply tells
+//! what another took only a round trip later. Spread out, the processes
+//! take the room a call at a time and each reply corrects the next
+//! admission; at sixteen times the rate a lone run loses a sixteenth of a
+//! window at most.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -36,6 +48,16 @@ const SHARES: u64 = 16;
 /// Reservations remembered for a provider's token budget (far more than
 /// are ever in flight at once).
 const RECENT: usize = 4096;
+
+/// How much faster than the limit's rate paced admissions go while no other
+/// process shows on the quota.
+const PACE_ALONE: f64 = 16.0;
+
+/// How long this scope's entries are remembered after they leave the
+/// window: a reply counts the provider's window as it stood when the
+/// request arrived, up to a round trip before the reply is read, and
+/// entries that left since were still in it.
+const LINGER: Duration = Duration::from_secs(30);
 
 /// Per-minute limits of a scope.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -192,6 +214,15 @@ struct State {
     requests: VecDeque<(u64, Instant)>,
     tokens: VecDeque<(u64, Instant, u64)>,
     token_sum: u64,
+    /// Entries that left the window in the last [`LINGER`], as
+    /// (number, when reserved, tokens).
+    gone: VecDeque<(u64, Instant, u64)>,
+    /// Admissions are paced ([`Admission::pace`]); the last one was at
+    /// `last_admitted`, and another process's use showed until
+    /// `foreign_until`.
+    pace: bool,
+    last_admitted: Option<Instant>,
+    foreign_until: Option<Instant>,
     /// Foreign use: when each foreign request leaves the window.
     foreign_requests: VecDeque<Instant>,
     /// Foreign tokens: when each share leaves, and how many.
@@ -382,18 +413,28 @@ impl Admission {
         let Some(l) = st.limits else {
             st.requests.clear();
             st.tokens.clear();
+            st.gone.clear();
             st.token_sum = 0;
             return;
         };
         while st.requests.front().is_some_and(|r| r.1 + l.window <= now) {
             st.requests.pop_front();
         }
-        while let Some(&(_, at, n)) = st.tokens.front() {
+        while let Some(&(id, at, n)) = st.tokens.front() {
             if at + l.token_window > now {
                 break;
             }
             st.tokens.pop_front();
             st.token_sum -= n;
+            st.gone.push_back((id, at, n));
+        }
+        let last = l.window.max(l.token_window) + LINGER;
+        while st
+            .gone
+            .front()
+            .is_some_and(|g| g.1 + last <= now || st.gone.len() > RECENT)
+        {
+            st.gone.pop_front();
         }
         while st.foreign_requests.front().is_some_and(|e| *e <= now) {
             st.foreign_requests.pop_front();
@@ -412,10 +453,32 @@ impl Admission {
         }
     }
 
+    /// The least time between two paced admissions, the second of `tokens`.
+    fn pace_gap(st: &State, l: &Limits, tokens: u64, now: Instant) -> Duration {
+        let alone = st.foreign_until.is_none_or(|t| t <= now);
+        let speed = if alone { PACE_ALONE } else { 1.0 };
+        let requests = if l.per_window == u64::MAX {
+            Duration::ZERO
+        } else {
+            l.window.div_f64(l.per_window as f64 * speed)
+        };
+        let tokens = l.tokens_per_window.map_or(Duration::ZERO, |max| {
+            l.token_window
+                .mul_f64(tokens as f64 / (max as f64 * speed))
+                .min(l.token_window)
+        });
+        requests.max(tokens)
+    }
+
     /// When a reservation of `tokens` fits, `None` if it fits now.
     fn fits_at(st: &State, tokens: u64, now: Instant) -> Option<Instant> {
         let mut at = now;
         if let Some(l) = st.limits {
+            if st.pace
+                && let Some(last) = st.last_admitted
+            {
+                at = at.max(last + Self::pace_gap(st, &l, tokens, now));
+            }
             let count = (st.requests.len() + st.foreign_requests.len()) as u64;
             if count + 1 > l.per_window {
                 let k = usize::try_from(count - l.per_window).unwrap_or(usize::MAX);
@@ -454,6 +517,42 @@ impl Admission {
         (at > now).then_some(at)
     }
 
+    /// The requests and tokens of this scope a reply to reservation `from`,
+    /// sent at `sent`, counted at the provider: the reservations up to this
+    /// reply's (and the seeded ones), in the window when the request was
+    /// sent; those admitted after it had not arrived, so what the provider
+    /// counts beyond these is another's.
+    fn counted(st: &State, from: u64, sent: Instant, now: Instant) -> (u64, u64) {
+        let through = (from + 1).max(st.seeded_through);
+        let requests = st.requests.partition_point(|e| e.0 < through) as u64;
+        // Entries are in reservation order: the uncounted ones are the few
+        // at the back (the calls in flight), not the whole window.
+        let uncounted_tokens: u64 = st
+            .tokens
+            .iter()
+            .rev()
+            .take_while(|e| e.0 >= through)
+            .map(|e| e.2)
+            .sum();
+        let tokens = st.token_sum.saturating_sub(uncounted_tokens);
+        // And those that left this window since the request was sent: the
+        // provider still counted them when it arrived.
+        let (window, token_window) = st
+            .limits
+            .map_or((MINUTE, MINUTE), |l| (l.window, l.token_window));
+        let left_since = |w: Duration| {
+            let first = st.gone.partition_point(|g| g.1 + w <= sent);
+            st.gone
+                .range(first..)
+                .take_while(move |g| g.1 + w <= now)
+                .filter(move |g| g.0 < through)
+        };
+        (
+            requests + left_since(window).count() as u64,
+            tokens + left_since(token_window).map(|g| g.2).sum::<u64>(),
+        )
+    }
+
     /// What a reply to the attempt of reservation `from` (the newest
     /// reservation when it was admitted) says of the provider's quota, at
     /// `now`: with the limit, whatever it counts beyond this scope's own
@@ -485,23 +584,21 @@ impl Admission {
             }
             _ => 0,
         };
-        // What the provider counted of ours: the reservations up to this
-        // reply's (and the seeded ones); those admitted after it had not
-        // arrived, so what it counts beyond the rest is another's.
-        let through = (from + 1).max(st.seeded_through);
-        let counted = st.requests.partition_point(|e| e.0 < through) as u64;
-        // Entries are in reservation order: the uncounted ones are the few
-        // at the back (the calls in flight), not the whole window.
-        let uncounted_tokens: u64 = st
-            .tokens
-            .iter()
-            .rev()
-            .take_while(|e| e.0 >= through)
-            .map(|e| e.2)
-            .sum();
-        let counted_tokens = st.token_sum.saturating_sub(uncounted_tokens);
+        let (counted, counted_tokens) = Self::counted(&st, from, sent, now);
+        let (window, token_window) = st
+            .limits
+            .map_or((MINUTE, MINUTE), |l| (l.window, l.token_window));
         let fr = measured(&reported.requests, counted);
         let ft = measured(&reported.tokens, counted_tokens);
+        // Another process's use: more than a call's worth beyond ours.
+        let big = st
+            .limits
+            .and_then(|l| l.tokens_per_window)
+            .unwrap_or(u64::MAX)
+            / 50;
+        if fr >= 2 || ft > big {
+            st.foreign_until = Some(now + window.max(token_window));
+        }
         if let Some((t, r0, t0)) = st.foreign_trend {
             let dt = sent.saturating_duration_since(t).as_secs_f64();
             if dt > 0.0 {
@@ -563,6 +660,14 @@ impl Admission {
         self.notify.notify_waiters();
     }
 
+    /// Paces admissions (see the module docs): for limits a provider
+    /// reported or a wall taught, not for limits a user set, which are
+    /// admitted the moment they have room.
+    pub fn pace(&self, on: bool) {
+        self.lock().pace = on;
+        self.notify.notify_waiters();
+    }
+
     /// The newest reservation number so far (an attempt notes it when it is
     /// admitted, for [`Admission::observe`]).
     pub fn newest(&self) -> u64 {
@@ -614,6 +719,7 @@ impl Admission {
                                 st.requests.push_back((id, now));
                                 st.tokens.push_back((id, now, tokens));
                                 st.token_sum += tokens;
+                                st.last_admitted = Some(now);
                             }
                             if st.recent.len() == RECENT {
                                 st.recent.pop_front();
@@ -779,5 +885,83 @@ mod tests {
             Duration::from_secs(60),
             "the debt filled the window"
         );
+    }
+
+    /// A reply stating `remaining` of `limit` requests per minute.
+    fn reply(limit: u64, remaining: u64) -> crate::limit::ReportedLimits {
+        crate::limit::ReportedLimits {
+            requests: crate::limit::ReportedLimit {
+                limit: Some(limit),
+                remaining: Some(remaining),
+                reset: Some(MINUTE),
+            },
+            ..crate::limit::ReportedLimits::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_counts_what_left_this_window_since_its_request_was_sent() {
+        // Ten calls at 0; one more just before they leave the window. Its
+        // reply, read after they left, counts all eleven at the provider:
+        // they are this run's, not another process's.
+        let a = Admission::new(RateLimits {
+            rpm: Some(20.0),
+            ..RateLimits::default()
+        });
+        for _ in 0..10 {
+            let r = a.reserve(0).await.unwrap();
+            a.settle(r, Some(0));
+        }
+        tokio::time::advance(Duration::from_millis(59_990)).await;
+        let sent = Instant::now();
+        let r = a.reserve(0).await.unwrap();
+        let from = r.id();
+        tokio::time::advance(Duration::from_millis(60)).await;
+        a.observe(from, sent, &reply(20, 9), Instant::now());
+        assert_eq!(a.foreign().0, 0, "the ten that just left are ours");
+        assert!(a.lock().foreign_until.is_none());
+        // Another process's four calls in the same count are foreign (with
+        // their share of what remains).
+        let sent = Instant::now();
+        let r2 = a.reserve(0).await.unwrap();
+        a.observe(r2.id(), sent, &reply(20, 14), Instant::now());
+        assert!(a.foreign().0 >= 4, "{:?}", a.foreign());
+        assert!(a.lock().foreign_until.is_some());
+        a.settle(r, Some(0));
+        a.settle(r2, Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_admissions_go_at_sixteen_times_the_rate_and_at_the_rate_when_shared() {
+        let a = Admission::new(RateLimits::default());
+        a.set_limits(Some(60.0), None, MINUTE, &[]);
+        a.pace(true);
+        let t0 = Instant::now();
+        for _ in 0..17 {
+            let r = a.reserve(0).await.unwrap();
+            a.settle(r, Some(0));
+        }
+        // Tokio's timer rounds each wait up to the next millisecond.
+        let about = |d: Duration, secs: f64| (d.as_secs_f64() - secs).abs() < 0.02;
+        // One a second is the limit's rate: sixteen gaps of 1/16 s.
+        assert!(about(t0.elapsed(), 1.0), "{:?}", t0.elapsed());
+        // Another process shows in a reply: one a second from now on.
+        let sent = Instant::now();
+        let r = a.reserve(0).await.unwrap();
+        a.observe(r.id(), sent, &reply(60, 30), Instant::now());
+        a.settle(r, Some(0));
+        let t1 = Instant::now();
+        let _ = a.reserve(0).await.unwrap();
+        assert!(about(t1.elapsed(), 1.0), "{:?}", t1.elapsed());
+        // Limits a user set are not paced.
+        let b = Admission::new(RateLimits {
+            rpm: Some(60.0),
+            ..RateLimits::default()
+        });
+        let t2 = Instant::now();
+        for _ in 0..30 {
+            let _ = b.reserve(0).await.unwrap();
+        }
+        assert_eq!(t2.elapsed(), Duration::ZERO);
     }
 }

@@ -7,7 +7,8 @@
 //!   show one shorter than a minute; without those, a quota wall teaches
 //!   them: what the provider accepted over the window the wall's hint
 //!   showed (learned), lowered by 10 % by a later wall and raised by 10 %
-//!   after each clean minute to follow a quota that grows. A provider that
+//!   after five minutes without one, to follow a quota that grows (each
+//!   raise above the quota costs a wall, so not more often). A provider that
 //!   reports a lower limit than the user's is warned about, once.
 //! - **What remains** of the provider's quota, as each reply reports it,
 //!   corrects the window for use this process cannot see
@@ -30,6 +31,8 @@ use super::settle::Settle;
 use super::shared::{SharedQuota, SharedScope};
 
 const MINUTE: Duration = Duration::from_secs(60);
+/// How long learned limits hold without a wall before they are raised.
+const PROBE_AFTER: Duration = Duration::from_secs(300);
 use super::{
     Admission, Cooldown, CooldownOutcome, Outcome, ReportedLimits, ScopeSettings, Signals, Verdict,
     Window, WindowPermit, WindowView,
@@ -584,7 +587,7 @@ impl Scope {
     /// A quota wall without stated limits. The first teaches the limits:
     /// what the provider accepted over the window it showed. A wall while
     /// learned limits pace the run means they are too high: they drop by
-    /// 10 % (and grow by 10 % per clean minute, [`Self::probe_learned`]).
+    /// 10 % (and grow by 10 % after five clean minutes, [`Self::probe_learned`]).
     fn learn(&self, now: Instant) -> bool {
         let mut s = self.lock();
         let known =
@@ -612,17 +615,21 @@ impl Scope {
             .cooldown
             .hinted_until(now)
             .map_or(Duration::ZERO, |u| u - now);
-        let window = (now.saturating_duration_since(since) + wait).max(Duration::from_secs(1));
-        let per_minute = (MINUTE.as_secs_f64() / window.as_secs_f64()).min(60.0);
+        // In whole seconds, rounded: a rolling minute hit 0.1 s in is 60 s,
+        // not 59 (a window shorter than the provider's lets a burst at its
+        // start and one at its end into the same provider window).
+        let window = now.saturating_duration_since(since) + wait;
+        let window = Duration::from_secs(window.as_secs_f64().round().clamp(1.0, 60.0) as u64);
+        let per_minute = MINUTE.as_secs_f64() / window.as_secs_f64();
         let rpm = (m.accepted as f64 * per_minute).floor().max(1.0);
         let tpm = (m.tokens as f64 * per_minute).floor() as u64;
         s.rpm = Some((rpm, LimitSource::Learned));
         s.tpm = (tpm > 0).then_some((tpm, LimitSource::Learned));
         s.learned_at = Some(now);
-        // The provider's window is at least the wait its hint gave (the time
-        // until its oldest request leaves): the limits are paced over it.
+        // The limits are paced over the provider's window when the hint
+        // showed one (the time until its oldest request leaves).
         if !wait.is_zero() {
-            s.span = Some(whole_seconds(wait).max(s.span.unwrap_or_default()));
+            s.span = Some(window.max(s.span.unwrap_or_default()));
         }
         tracing::info!(
             scope = %self.name,
@@ -639,12 +646,14 @@ impl Scope {
         true
     }
 
-    /// Learned limits grow by 10 % after each clean minute.
+    /// Learned limits grow by 10 % after five clean minutes: a quota that
+    /// grew is found within minutes, and a raise past an unchanged quota
+    /// costs one wall per five minutes, not one a minute.
     fn probe_learned(&self, now: Instant) -> bool {
         let mut s = self.lock();
         let due = s
             .learned_at
-            .is_some_and(|at| now.saturating_duration_since(at) >= Duration::from_secs(60));
+            .is_some_and(|at| now.saturating_duration_since(at) >= PROBE_AFTER);
         if !due {
             return false;
         }
@@ -665,6 +674,9 @@ impl Scope {
     fn put_in_force(&self, s: &Sources, seed: &[(Instant, u64, u64)]) {
         self.admission
             .set_limits(s.rpm.map(|r| r.0), s.tpm.map(|t| t.0), s.span(), seed);
+        let told = |src: Option<LimitSource>| src.is_none_or(|s| s == LimitSource::Flag);
+        self.admission
+            .pace(!(told(s.rpm.map(|r| r.1)) && told(s.tpm.map(|t| t.1))));
         let known = s.rpm.is_some() || s.tpm.is_some();
         self.window.set_adaptive(self.settings.adaptive && !known);
     }

@@ -8,6 +8,13 @@
 //! - **Quota** when, of those attempts (the first included), at least four
 //!   reached the provider, at least two were rate limits, and the signals
 //!   are at least a quarter: the provider is refusing much of what is sent.
+//!   Or when, of the attempts sent *after* the first refused one, at least
+//!   five were rate limits and they are at least half: a wall met in the
+//!   middle of a burst refuses everything behind it, while the calls sent
+//!   before it (which arrived before the wall) succeed and would hide it
+//!   in the share of the whole. Random 429s are scattered: five in a row
+//!   behind the first at a 5 % rate happen about once in ten thousand
+//!   episodes.
 //!   Overloads (529, 503) are judged by a lower share, since being a little
 //!   over a provider's capacity refuses few calls but refuses them every
 //!   round trip: one in sixteen of eight or more calls, twice, or in two
@@ -66,6 +73,12 @@ pub enum Verdict {
 struct Episode {
     /// Attempts with a lower sequence number were in flight at the start.
     boundary: u64,
+    /// The sequence number of the attempt that opened it.
+    opener: u64,
+    /// Of the attempts sent after the opener, how many reached the provider
+    /// and how many were rate limits.
+    after_called: u32,
+    after_rate_limited: u32,
     /// Of those, how many have not ended yet.
     pending: usize,
     in_flight: usize,
@@ -119,6 +132,9 @@ impl Signals {
                     heavy_until.is_some_and(|h| next_seq <= h + 2 * in_flight as u64 + 2);
                 let e = Episode {
                     boundary: next_seq,
+                    opener: seq,
+                    after_called: 0,
+                    after_rate_limited: 0,
                     pending: in_flight,
                     in_flight: in_flight + 1,
                     signals: 1,
@@ -147,6 +163,10 @@ impl Signals {
                 }
                 if outcome != Outcome::NotCalled {
                     e.called += 1;
+                    if seq > e.opener {
+                        e.after_called += 1;
+                        e.after_rate_limited += u32::from(outcome == Outcome::RateLimited);
+                    }
                 }
                 if e.pending == 0 {
                     let verdict = judge(e);
@@ -171,7 +191,9 @@ impl Episode {
 fn judge(e: &Episode) -> Verdict {
     let rate = e.rate_limited * 2 >= e.signals;
     let quota = if rate {
-        e.signals >= 2 && e.called >= 4 && e.signals * 4 >= e.called
+        let share = e.signals >= 2 && e.called >= 4 && e.signals * 4 >= e.called;
+        let behind = e.after_rate_limited >= 5 && e.after_rate_limited * 2 >= e.after_called;
+        share || behind
     } else {
         e.heavy() && (e.signals >= 2 || e.repeated)
     };
@@ -275,5 +297,44 @@ mod tests {
             Some(Verdict::Undecided),
             "three calls made: too few to tell"
         );
+    }
+
+    /// An episode opened by attempt 50 of 0..63 in flight: those sent before
+    /// it end with `before`, those sent after it with `after`.
+    fn burst(before: Outcome, after: &[Outcome]) -> Option<Verdict> {
+        let s = Signals::default();
+        let next = 51 + after.len() as u64;
+        let mut pending = 50 + after.len();
+        let mut verdict = s.ended(50, Signal, next, pending);
+        let ends = (0..50u64)
+            .map(|i| (i, before))
+            .chain(after.iter().enumerate().map(|(i, o)| (51 + i as u64, *o)));
+        for (seq, o) in ends {
+            pending -= 1;
+            verdict = s.ended(seq, o, next, pending);
+        }
+        verdict
+    }
+
+    #[test]
+    fn a_wall_in_the_middle_of_a_burst_is_a_quota() {
+        // The calls sent before the wall arrived before it and succeed; the
+        // dozen behind it are refused: a fifth of the whole, all of those
+        // behind.
+        let wall = burst(Success, &[Signal; 12]);
+        assert_eq!(
+            wall,
+            Some(Verdict::Quota {
+                in_flight: 63,
+                rate: true
+            })
+        );
+        // Random 429s behind the first are scattered among successes.
+        let mut noise = vec![Success; 10];
+        noise[3] = Signal;
+        noise[7] = Signal;
+        assert_eq!(burst(Success, &noise), Some(Verdict::Noise));
+        // Four in a row behind it are not yet enough to tell.
+        assert_eq!(burst(Success, &[Signal; 4]), Some(Verdict::Noise));
     }
 }
