@@ -463,9 +463,9 @@ impl Admission {
             l.window.div_f64(l.per_window as f64 * speed)
         };
         let tokens = l.tokens_per_window.map_or(Duration::ZERO, |max| {
+            // At most one window, whatever the numbers.
             l.token_window
-                .mul_f64(tokens as f64 / (max as f64 * speed))
-                .min(l.token_window)
+                .mul_f64((tokens as f64 / (max as f64 * speed)).min(1.0))
         });
         requests.max(tokens)
     }
@@ -477,7 +477,8 @@ impl Admission {
             if st.pace
                 && let Some(last) = st.last_admitted
             {
-                at = at.max(last + Self::pace_gap(st, &l, tokens, now));
+                let next = last.checked_add(Self::pace_gap(st, &l, tokens, now));
+                at = at.max(next.unwrap_or(at));
             }
             let count = (st.requests.len() + st.foreign_requests.len()) as u64;
             if count + 1 > l.per_window {
@@ -597,7 +598,7 @@ impl Admission {
             .unwrap_or(u64::MAX)
             / 50;
         if fr >= 2 || ft > big {
-            st.foreign_until = Some(now + window.max(token_window));
+            st.foreign_until = now.checked_add(window.max(token_window));
         }
         if let Some((t, r0, t0)) = st.foreign_trend {
             let dt = sent.saturating_duration_since(t).as_secs_f64();
