@@ -179,6 +179,30 @@ async fn a_quota_wall_without_headers_teaches_the_limit() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_raise_past_an_unchanged_quota_is_undone_at_its_first_429() {
+    // Fifteen minutes on a rolling minute of 600 that nobody states: after
+    // the first wall the learned limits are raised every five clean
+    // minutes, and each raise meets the quota again.
+    let p = RollingQuota::new(600, false, Duration::from_millis(100));
+    let cfg = config(64);
+    let after_first_minute = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(61)).await;
+            p.refused.load(Ordering::Relaxed)
+        })
+    };
+    let batch = process_prompts(p.clone(), items(9000), &cfg).await.unwrap();
+    assert_eq!(batch.stats.succeeded, 9000);
+    let later = p.refused.load(Ordering::Relaxed) - after_first_minute.await.unwrap();
+    // One 429 for each of the two raises (a raise that stood would cost one
+    // every minute after it: 50 before this rule).
+    assert!(later <= 4, "{later} refused after the first minute");
+    let (rpm, _) = limits_of(&cfg).rpm.unwrap();
+    assert!(rpm <= 600.0, "learned {rpm}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn two_runs_on_one_quota_respect_what_the_other_uses() {
     // Two processes (two registries) on one key: each sees the other's use
     // in what remains.

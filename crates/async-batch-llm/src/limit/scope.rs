@@ -7,8 +7,8 @@
 //!   show one shorter than a minute; without those, a quota wall teaches
 //!   them: what the provider accepted over the window the wall's hint
 //!   showed (learned), lowered by 10 % by a later wall and raised by 10 %
-//!   after five minutes without one, to follow a quota that grows (each
-//!   raise above the quota costs a wall, so not more often). A provider that
+//!   after five minutes without one, to follow a quota that grows (a 429
+//!   within two windows of a raise undoes it). A provider that
 //!   reports a lower limit than the user's is warned about, once.
 //! - **What remains** of the provider's quota, as each reply reports it,
 //!   corrects the window for use this process cannot see
@@ -167,9 +167,19 @@ struct Sources {
     rpm: Option<(f64, LimitSource)>,
     tpm: Option<(u64, LimitSource)>,
     learned_at: Option<Instant>,
+    /// The last raise of learned limits.
+    raised: Option<Raise>,
     /// The provider's window, when shorter than a minute: the longest
     /// reset its headers gave, or what a quota wall showed.
     span: Option<Duration>,
+}
+
+/// A raise of learned limits: when, and the limits before it.
+#[derive(Debug, Clone, Copy)]
+struct Raise {
+    at: Instant,
+    rpm: Option<(f64, LimitSource)>,
+    tpm: Option<(u64, LimitSource)>,
 }
 
 impl Sources {
@@ -266,6 +276,7 @@ impl Scope {
             rpm: l.rpm.map(|r| (r, LimitSource::Flag)),
             tpm: l.tpm.map(|t| (t, LimitSource::Flag)),
             learned_at: None,
+            raised: None,
             span: None,
         };
         let adaptive = settings.adaptive && l.is_empty();
@@ -469,6 +480,9 @@ impl Scope {
         if matches!(end.outcome, Outcome::RateLimited | Outcome::Overloaded) {
             self.window.hold();
         }
+        if end.outcome == Outcome::RateLimited {
+            change.limits |= self.undo_raise(now);
+        }
         let in_flight = self.window.view().in_flight.saturating_sub(1);
         let next = self.next_seq.load(Ordering::Relaxed);
         change.verdict = self.signals.ended(seq, end.outcome, next, in_flight);
@@ -658,12 +672,38 @@ impl Scope {
             return false;
         }
         s.learned_at = Some(now);
+        s.raised = Some(Raise {
+            at: now,
+            rpm: s.rpm,
+            tpm: s.tpm,
+        });
         if let Some((r, LimitSource::Learned)) = s.rpm {
             s.rpm = Some(((r * 1.1).ceil(), LimitSource::Learned));
         }
         if let Some((t, LimitSource::Learned)) = s.tpm {
             s.tpm = Some((t + t.div_ceil(10), LimitSource::Learned));
         }
+        self.put_in_force(&s, &[]);
+        true
+    }
+
+    /// A rate limit within two windows of a raise of learned limits: the
+    /// quota did not grow, and the limits go back to what they were. Paced
+    /// admissions meet a wall one call at a time (the cooldown holds the
+    /// rest), which the episode judges noise, so without this a raise past
+    /// the quota would stand and cost a 429 every window.
+    fn undo_raise(&self, now: Instant) -> bool {
+        let mut s = self.lock();
+        let Some(Raise { at, rpm, tpm }) = s.raised.take() else {
+            return false;
+        };
+        if now.saturating_duration_since(at) > 2 * s.span() {
+            return false;
+        }
+        s.rpm = rpm;
+        s.tpm = tpm;
+        s.learned_at = Some(now);
+        tracing::info!(scope = %self.name, rpm = ?s.rpm, tpm = ?s.tpm, "quota wall after a raise: learned limits back");
         self.put_in_force(&s, &[]);
         true
     }
