@@ -202,28 +202,34 @@ async fn a_raise_past_an_unchanged_quota_is_undone_at_its_first_429() {
     assert!(rpm <= 600.0, "learned {rpm}");
 }
 
+/// Two processes (two registries) of `concurrency` on the quota `p`, each
+/// with `n` items, started together: every item succeeds; how long it took.
+async fn two_runs(p: &RollingQuota, concurrency: usize, n: usize) -> Duration {
+    let (a, b) = (config(concurrency), config(concurrency));
+    let t0 = Instant::now();
+    let (ra, rb) = tokio::join!(
+        process_prompts(p.clone(), items(n), &a),
+        process_prompts(p.clone(), items(n), &b),
+    );
+    assert_eq!(
+        ra.unwrap().stats.succeeded + rb.unwrap().stats.succeeded,
+        2 * n as u64
+    );
+    t0.elapsed()
+}
+
 #[tokio::test(start_paused = true)]
 async fn two_runs_on_one_quota_respect_what_the_other_uses() {
     // Two processes (two registries) on one key: each sees the other's use
     // in what remains.
     let p = RollingQuota::new(600, true, Duration::from_millis(100));
-    let (a, b) = (config(32), config(32));
-    let t0 = Instant::now();
-    let (ra, rb) = tokio::join!(
-        process_prompts(p.clone(), items(900), &a),
-        process_prompts(p.clone(), items(900), &b),
-    );
-    assert_eq!(
-        ra.unwrap().stats.succeeded + rb.unwrap().stats.succeeded,
-        1800
-    );
+    let wall = two_runs(&p, 32, 900).await;
     let calls = p.served.load(Ordering::Relaxed) + p.refused.load(Ordering::Relaxed);
     let refused = p.refused.load(Ordering::Relaxed);
     // (15 of 1,815 before admissions were paced.)
     assert!(refused * 200 <= calls, "{refused} of {calls} calls refused");
     // And they still use the quota: 1,800 at 600 a minute, paced evenly
     // between them, is three minutes (97 % of the quota at 185 s).
-    let wall = t0.elapsed();
     assert!(wall <= Duration::from_secs(185), "{wall:?}");
 }
 
@@ -235,21 +241,11 @@ async fn two_runs_started_together_do_not_race_for_each_window() {
     // Unpaced, both refill all of it at once and the provider refuses what
     // arrives second.
     let p = RollingQuota::new(150, true, Duration::from_millis(50));
-    let (a, b) = (config(64), config(64));
-    let t0 = Instant::now();
-    let (ra, rb) = tokio::join!(
-        process_prompts(p.clone(), items(400), &a),
-        process_prompts(p.clone(), items(400), &b),
-    );
-    assert_eq!(
-        ra.unwrap().stats.succeeded + rb.unwrap().stats.succeeded,
-        800
-    );
+    let wall = two_runs(&p, 64, 400).await;
     let refused = p.refused.load(Ordering::Relaxed);
     assert!(refused <= 4, "{refused} refused");
     // 800 at 150 a minute: 150 in each of five minutes, the last 50 in
     // the sixth (at 5 s a call for the two of them, paced: 10 s).
-    let wall = t0.elapsed();
     assert!(wall <= Duration::from_secs(320), "{wall:?}");
 }
 

@@ -341,6 +341,14 @@ fn merged<T>(
     })
 }
 
+impl State {
+    /// The request and token windows in force (a minute without limits).
+    fn windows(&self) -> (Duration, Duration) {
+        self.limits
+            .map_or((MINUTE, MINUTE), |l| (l.window, l.token_window))
+    }
+}
+
 impl Admission {
     /// A limiter for `limits` (none set: it admits everything until
     /// [`Admission::set_limits`] or an observation gives it some).
@@ -538,9 +546,7 @@ impl Admission {
         let tokens = st.token_sum.saturating_sub(uncounted_tokens);
         // And those that left this window since the request was sent: the
         // provider still counted them when it arrived.
-        let (window, token_window) = st
-            .limits
-            .map_or((MINUTE, MINUTE), |l| (l.window, l.token_window));
+        let (window, token_window) = st.windows();
         let left_since = |w: Duration| {
             let first = st.gone.partition_point(|g| g.1 + w <= sent);
             st.gone
@@ -586,9 +592,7 @@ impl Admission {
             _ => 0,
         };
         let (counted, counted_tokens) = Self::counted(&st, from, sent, now);
-        let (window, token_window) = st
-            .limits
-            .map_or((MINUTE, MINUTE), |l| (l.window, l.token_window));
+        let (window, token_window) = st.windows();
         let fr = measured(&reported.requests, counted);
         let ft = measured(&reported.tokens, counted_tokens);
         // Another process's use: more than a call's worth beyond ours.
@@ -626,7 +630,6 @@ impl Admission {
             let limit = scaled(limit);
             let foreign = foreign_share(limit, remaining, counted, ahead_requests);
             let reset = r.reset.unwrap_or(MINUTE);
-            let window = st.limits.map_or(MINUTE, |l| l.window);
             let own: Vec<Instant> = st.requests.iter().map(|e| e.1 + window).collect();
             st.foreign_requests = expiries(&own, foreign, now, reset).collect();
             st.request_budget = None;
@@ -640,8 +643,7 @@ impl Admission {
             let limit = scaled(limit);
             let foreign = foreign_share(limit, remaining, counted_tokens, ahead_tokens);
             let reset = t.reset.unwrap_or(MINUTE);
-            let window = st.limits.map_or(MINUTE, |l| l.token_window);
-            let own: Vec<Instant> = st.tokens.iter().map(|e| e.1 + window).collect();
+            let own: Vec<Instant> = st.tokens.iter().map(|e| e.1 + token_window).collect();
             st.foreign_tokens = expiries(&own, SHARES, now, reset)
                 .zip(1..=SHARES)
                 .filter_map(|(at, i)| {
