@@ -1,6 +1,7 @@
 //! Limits shared by every call in a quota scope: the coordinated cooldown
 //! ([`cooldown`]), RPM/TPM admission ([`admission`]), the concurrency window
-//! with its slow start and adaptive concurrency ([`window`]), the judgement
+//! with its slow start and adaptive concurrency ([`window`]), sends spread
+//! over the round trip while no limit is known ([`spacing`]), the judgement
 //! of 429s as quota or noise ([`signal`]), the limits providers report
 //! ([`reported`]) and the last minute of traffic ([`recent`]), tied
 //! together by the [`Scope`] ([`scope`]). Processes on one quota share a
@@ -20,6 +21,7 @@ mod scope;
 mod settle;
 mod shared;
 mod signal;
+mod spacing;
 mod window;
 
 use std::collections::HashMap;

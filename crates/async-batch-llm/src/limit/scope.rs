@@ -19,7 +19,7 @@
 //!   window and teaches the limits; noise ends a hintless cooldown at once.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use super::recent::Recent;
 use super::settle::Settle;
 use super::shared::{SharedQuota, SharedScope};
+use super::spacing::Spacing;
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// How long learned limits hold without a wall before they are raised.
@@ -219,10 +220,14 @@ pub struct Scope {
     recent: Recent,
     sources: Mutex<Sources>,
     next_seq: AtomicU64,
+    /// Attempts numbered and not ended: the calls out. (The window's count
+    /// also holds places still waiting for their turn to send.)
+    out: AtomicUsize,
     successes: AtomicU64,
     successes_at_cooldown: AtomicU64,
     warned: AtomicBool,
     settle: Settle,
+    spacing: Spacing,
     shared: Option<std::sync::Arc<SharedScope>>,
 }
 
@@ -300,10 +305,12 @@ impl Scope {
             recent: Recent::new(),
             sources: Mutex::new(sources),
             next_seq: AtomicU64::new(0),
+            out: AtomicUsize::new(0),
             successes: AtomicU64::new(0),
             successes_at_cooldown: AtomicU64::new(0),
             warned: AtomicBool::new(false),
             settle: Settle::default(),
+            spacing: Spacing::default(),
             shared,
         }
     }
@@ -330,7 +337,7 @@ impl Scope {
     pub fn follow_shared_decreases(&self) {
         let Some(s) = &self.shared else { return };
         if s.take_decreases_to_follow() > 0 && self.window.view().adaptive {
-            let in_flight = self.window.view().in_flight.max(1);
+            let in_flight = self.out().max(1);
             self.window.decrease(in_flight);
         }
     }
@@ -435,7 +442,13 @@ impl Scope {
     pub async fn begin_attempt(&self, cap: usize) -> Attempt<'_> {
         self.window.raise_cap(cap);
         let permit = self.window.acquire().await;
+        // Known limits pace admission themselves; without them, a burst is
+        // spread over the round trip so a hidden wall refuses few.
+        if !self.admission.is_limited() {
+            self.spacing.wait(self.window.view().limit).await;
+        }
         self.settle.wait().await;
+        self.out.fetch_add(1, Ordering::Relaxed);
         Attempt {
             scope: self,
             permit: Some(permit),
@@ -455,6 +468,7 @@ impl Scope {
         match end.outcome {
             Outcome::Success => {
                 self.successes.fetch_add(1, Ordering::Relaxed);
+                self.spacing.succeeded(now.saturating_duration_since(sent));
                 self.cooldown.record_success();
                 change.limits |= self.window.success();
                 self.recent.accepted(now, end.tokens);
@@ -483,7 +497,7 @@ impl Scope {
         if end.outcome == Outcome::RateLimited {
             change.limits |= self.undo_raise(now);
         }
-        let in_flight = self.window.view().in_flight.saturating_sub(1);
+        let in_flight = self.out().saturating_sub(1);
         let next = self.next_seq.load(Ordering::Relaxed);
         change.verdict = self.signals.ended(seq, end.outcome, next, in_flight);
         match change.verdict {
@@ -505,7 +519,13 @@ impl Scope {
             None => {}
         }
         self.settle.ended(seq);
+        self.out.fetch_sub(1, Ordering::Relaxed);
         change
+    }
+
+    /// Calls out now (the one ending included, while it ends).
+    fn out(&self) -> usize {
+        self.out.load(Ordering::Relaxed)
     }
 
     /// The limits a reply reports come into force where the user set none.
@@ -570,7 +590,7 @@ impl Scope {
             };
             let (used_requests, used_tokens) = (used(&r.requests), used(&r.tokens));
             let accepted = self.recent.minute(now);
-            let own = accepted.accepted + self.window.view().in_flight.saturating_sub(1) as u64;
+            let own = accepted.accepted + self.out().saturating_sub(1) as u64;
             let requests = used_requests.max(own);
             // Tokens at the provider's average per request.
             let tokens = match used_requests {
@@ -579,10 +599,8 @@ impl Scope {
             };
             let seed = [(now, requests, tokens)];
             if !self.admission.is_limited() {
-                self.settle.begin(
-                    self.next_seq.load(Ordering::Relaxed),
-                    self.window.view().in_flight,
-                );
+                self.settle
+                    .begin(self.next_seq.load(Ordering::Relaxed), self.out());
             }
             self.put_in_force(&s, &seed);
         }
@@ -655,7 +673,7 @@ impl Scope {
         // The window starts with what the provider accepted and what is
         // still in flight (sent, so counted there, but not yet answered).
         let mut seed = self.recent.seed(now);
-        seed.push((now, self.window.view().in_flight as u64, 0));
+        seed.push((now, self.out() as u64, 0));
         self.put_in_force(&s, &seed);
         true
     }

@@ -9,12 +9,19 @@
 //!   reached the provider, at least two were rate limits, and the signals
 //!   are at least a quarter: the provider is refusing much of what is sent.
 //!   Or when, of the attempts sent *after* the first refused one, at least
-//!   five were rate limits and they are at least half: a wall met in the
-//!   middle of a burst refuses everything behind it, while the calls sent
-//!   before it (which arrived before the wall) succeed and would hide it
-//!   in the share of the whole. Random 429s are scattered: five in a row
-//!   behind the first at a 5 % rate happen about once in ten thousand
-//!   episodes.
+//!   five were rate limits and they are at least half, or at least two
+//!   were and no call behind it got through: a wall met in the middle of a
+//!   burst refuses everything behind it, while the calls sent before it
+//!   (which arrived before the wall) succeed and would hide it in the share
+//!   of the whole. Random 429s are scattered: five in a row behind the
+//!   first at a 5 % rate happen about once in ten thousand episodes. While
+//!   sends are spread over the round trip (no limits known, see
+//!   [`Spacing`](super::spacing::Spacing)), the refusal comes back before
+//!   more than a few went behind it, and its cooldown holds the rest; two
+//!   behind, both refused, is then the wall (by chance at a 5 % random
+//!   rate: one episode in 400 of those where only two went behind, and
+//!   fewer the more did; a random 429 the provider answers after the full
+//!   latency has a round trip of calls behind it).
 //!   Overloads (529, 503) are judged by a lower share, since being a little
 //!   over a provider's capacity refuses few calls but refuses them every
 //!   round trip: one in sixteen of eight or more calls, twice, or in two
@@ -75,11 +82,11 @@ struct Episode {
     boundary: u64,
     /// The sequence number of the attempt that opened it.
     opener: u64,
-    /// Of the attempts sent after the opener, how many reached the provider
-    /// and how many were rate limits.
-    after_called: u32,
-    after_rate_limited: u32,
-    /// Of those, how many have not ended yet.
+    /// The attempts of the episode that reached the provider, but the
+    /// opener: their numbers and whether they were rate limits (the first
+    /// refused by the order of sending is not always the first answered).
+    called_ends: Vec<(u64, bool)>,
+    /// Of the attempts in flight, how many have not ended yet.
     pending: usize,
     in_flight: usize,
     signals: u32,
@@ -133,8 +140,7 @@ impl Signals {
                 let e = Episode {
                     boundary: next_seq,
                     opener: seq,
-                    after_called: 0,
-                    after_rate_limited: 0,
+                    called_ends: Vec::new(),
                     pending: in_flight,
                     in_flight: in_flight + 1,
                     signals: 1,
@@ -163,10 +169,7 @@ impl Signals {
                 }
                 if outcome != Outcome::NotCalled {
                     e.called += 1;
-                    if seq > e.opener {
-                        e.after_called += 1;
-                        e.after_rate_limited += u32::from(outcome == Outcome::RateLimited);
-                    }
+                    e.called_ends.push((seq, outcome == Outcome::RateLimited));
                 }
                 if e.pending == 0 {
                     let verdict = judge(e);
@@ -182,6 +185,26 @@ impl Signals {
 }
 
 impl Episode {
+    /// Of the calls sent after the first one refused (by the order of
+    /// sending), how many reached the provider and how many were refused.
+    fn behind_first_refused(&self) -> (u32, u32) {
+        let first = self
+            .called_ends
+            .iter()
+            .filter(|(_, refused)| *refused)
+            .map(|(seq, _)| *seq)
+            .fold(self.opener, u64::min);
+        let mut called = u32::from(self.opener > first);
+        let mut refused = called;
+        for (seq, r) in &self.called_ends {
+            if *seq > first {
+                called += 1;
+                refused += u32::from(*r);
+            }
+        }
+        (called, refused)
+    }
+
     /// One in sixteen of eight or more calls refused as overloaded.
     fn heavy(&self) -> bool {
         self.called >= 8 && self.signals * 16 >= self.called && self.rate_limited * 2 < self.signals
@@ -192,7 +215,10 @@ fn judge(e: &Episode) -> Verdict {
     let rate = e.rate_limited * 2 >= e.signals;
     let quota = if rate {
         let share = e.signals >= 2 && e.called >= 4 && e.signals * 4 >= e.called;
-        let behind = e.after_rate_limited >= 5 && e.after_rate_limited * 2 >= e.after_called;
+        let (called, refused) = e.behind_first_refused();
+        let most_behind = refused >= 5 && refused * 2 >= called;
+        let all_behind = refused >= 2 && refused == called;
+        let behind = most_behind || all_behind;
         share || behind
     } else {
         e.heavy() && (e.signals >= 2 || e.repeated)
@@ -334,7 +360,34 @@ mod tests {
         noise[3] = Signal;
         noise[7] = Signal;
         assert_eq!(burst(Success, &noise), Some(Verdict::Noise));
-        // Four in a row behind it are not yet enough to tell.
-        assert_eq!(burst(Success, &[Signal; 4]), Some(Verdict::Noise));
+        // Spread sends: the refusal came back with two behind it, both
+        // refused (the cooldown it started held the rest): the wall.
+        assert!(matches!(
+            burst(Success, &[Signal, Signal]),
+            Some(Verdict::Quota { rate: true, .. })
+        ));
+        // The first refused by the order of sending (49) answered after
+        // the refusal that opened the episode (50): what is behind it is
+        // counted from 49.
+        let s = Signals::default();
+        assert_eq!(s.ended(50, Signal, 52, 51), None);
+        let mut verdict = None;
+        for seq in 0..52u64 {
+            if seq != 50 {
+                let o = if seq >= 49 { Signal } else { Success };
+                verdict = s.ended(seq, o, 52, 0);
+            }
+        }
+        assert!(
+            matches!(verdict, Some(Verdict::Quota { rate: true, .. })),
+            "{verdict:?}"
+        );
+        // One behind it, or four of a burst with one that got through, are
+        // not enough to tell.
+        assert_eq!(burst(Success, &[Signal]), Some(Verdict::Noise));
+        assert_eq!(
+            burst(Success, &[Signal, Signal, Success, Signal, Signal]),
+            Some(Verdict::Noise)
+        );
     }
 }
