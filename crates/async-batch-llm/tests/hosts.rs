@@ -188,6 +188,17 @@ async fn a_batch_deadline_gives_every_item_one_result() {
     assert_eq!(fake.cleanups(), 1);
 }
 
+/// How many of `results` succeeded and how many were aborted; nothing else.
+fn ok_and_aborted(results: &[async_batch_llm::ItemResult<String>]) -> (usize, usize) {
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let aborted = results
+        .iter()
+        .filter(|r| r.error().map(|e| e.category) == Some(ErrorCategory::Aborted))
+        .count();
+    assert_eq!(ok + aborted, results.len());
+    (ok, aborted)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_stop_handle_drains_or_cancels() {
     let fake = FakeStrategy::echo().with_latency(Duration::from_secs(1));
@@ -206,12 +217,7 @@ async fn a_stop_handle_drains_or_cancels() {
         stream.termination().map(|t| t.reason),
         Some(TerminationReason::Aborted)
     );
-    let ok = rest.iter().filter(|r| r.is_ok()).count();
-    let aborted = rest
-        .iter()
-        .filter(|r| r.error().map(|e| e.category) == Some(ErrorCategory::Aborted))
-        .count();
-    assert_eq!(ok + aborted, rest.len());
+    let (ok, _aborted) = ok_and_aborted(&rest);
     assert_eq!(
         1 + ok,
         usize::try_from(calls_at_stop).unwrap(),
@@ -230,12 +236,7 @@ async fn a_stop_handle_drains_or_cancels() {
     // Results finished before the cancel are successes; every call in
     // flight at the cancel, and every item waiting for its turn to send, is
     // recorded as aborted; nothing new starts.
-    let ok = rest.iter().filter(|r| r.is_ok()).count();
-    let aborted = rest
-        .iter()
-        .filter(|r| r.error().map(|e| e.category) == Some(ErrorCategory::Aborted))
-        .count();
-    assert_eq!(ok + aborted, rest.len());
+    let (ok, aborted) = ok_and_aborted(&rest);
     assert!(ok <= 9 && aborted >= 1, "ok {ok}, aborted {aborted}");
     let calls = usize::try_from(calls_at_cancel).unwrap();
     assert!(
