@@ -39,6 +39,8 @@ struct RollingQuota {
     span: Duration,
     headers: bool,
     latency: Duration,
+    /// How long a refusal takes to come back.
+    refusal: Duration,
     window: Arc<Mutex<VecDeque<Instant>>>,
     refused: Arc<AtomicU64>,
     served: Arc<AtomicU64>,
@@ -57,6 +59,7 @@ impl RollingQuota {
             span,
             headers,
             latency,
+            refusal: latency / 10,
             window: Arc::default(),
             refused: Arc::default(),
             served: Arc::default(),
@@ -113,7 +116,7 @@ impl Strategy for RollingQuota {
             }
             Err((hint, reported)) => {
                 // A refusal comes back fast.
-                tokio::time::sleep(self.latency / 10).await;
+                tokio::time::sleep(self.refusal).await;
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 Err(CallError::rate_limit("quota", Some(hint)).with_reported_limits(reported))
             }
@@ -179,6 +182,23 @@ async fn a_quota_wall_without_headers_teaches_the_limit() {
     assert_eq!(source, LimitSource::Learned);
     // Learned at the wall, then raised by 10 % after each clean minute.
     assert!((540.0..=800.0).contains(&rpm), "learned {rpm}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wall_with_one_call_behind_its_refusal_is_known_by_its_hint() {
+    // The refusal comes back within a gap of the spread sends (0.8 ms):
+    // at most one call went behind it, and the calls before it succeed, so
+    // by the calls alone it is noise. Its hint, most of a minute, says the
+    // window is full: learned at the first wall, not met again each minute.
+    let mut p = RollingQuota::new(600, false, Duration::from_millis(100));
+    p.refusal = Duration::from_micros(500);
+    let cfg = config(64);
+    let batch = process_prompts(p.clone(), items(1500), &cfg).await.unwrap();
+    assert_eq!(batch.stats.succeeded, 1500);
+    let refused = p.refused.load(Ordering::Relaxed);
+    assert!(refused <= 4, "{refused} refused");
+    let l = limits_of(&cfg);
+    assert_eq!(l.rpm.map(|r| r.1), Some(LimitSource::Learned), "{l:?}");
 }
 
 #[tokio::test(start_paused = true)]

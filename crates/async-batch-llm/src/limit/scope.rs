@@ -499,7 +499,11 @@ impl Scope {
         }
         let in_flight = self.out().saturating_sub(1);
         let next = self.next_seq.load(Ordering::Relaxed);
-        change.verdict = self.signals.ended(seq, end.outcome, next, in_flight);
+        let wait = self
+            .cooldown
+            .hinted_until(now)
+            .map_or(Duration::ZERO, |u| u - now);
+        change.verdict = self.signals.ended(seq, end.outcome, next, in_flight, wait);
         match change.verdict {
             Some(Verdict::Quota { in_flight, rate }) => {
                 self.window.decrease(in_flight);

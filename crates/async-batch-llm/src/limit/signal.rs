@@ -22,6 +22,14 @@
 //!   rate: one episode in 400 of those where only two went behind, and
 //!   fewer the more did; a random 429 the provider answers after the full
 //!   latency has a round trip of calls behind it).
+//!   Or when a rate limit of the episode, as it ends, leaves the scope
+//!   held by the provider's hints for [`LONG_WAIT`] or more: the provider
+//!   says its quota's window is full (a minute's quota met in its first
+//!   seconds waits out most of the minute; Gemini states no limits but
+//!   answers `"retryDelay": "36s"`), which a transient refusal, hinting a
+//!   second or less, does not. Without this, a wall met by spread sends
+//!   with one call behind the refusal taught nothing, and the run met it
+//!   again every minute.
 //!   Overloads (529, 503) are judged by a lower share, since being a little
 //!   over a provider's capacity refuses few calls but refuses them every
 //!   round trip: one in sixteen of eight or more calls, twice, or in two
@@ -37,6 +45,11 @@
 //! recognized within one round trip.
 
 use std::sync::Mutex;
+use std::time::Duration;
+
+/// A provider's hint this long or longer says its quota has no room for
+/// many round trips: a wall, whatever the calls in flight showed.
+pub const LONG_WAIT: Duration = Duration::from_secs(5);
 
 /// How an attempt ended, as the scope counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +108,9 @@ struct Episode {
     called: u32,
     /// The episode before was heavy in overloads too.
     repeated: bool,
+    /// A rate limit of the episode came with a hint of [`LONG_WAIT`] or
+    /// more.
+    long_wait: bool,
 }
 
 /// The episodes of one scope.
@@ -119,15 +135,18 @@ impl Signals {
     }
 
     /// An attempt with sequence number `seq` ended with `outcome`; `next_seq`
-    /// is the number the next attempt will get and `in_flight` how many
-    /// others are in flight now. The verdict when this closes an episode.
+    /// is the number the next attempt will get, `in_flight` how many others
+    /// are in flight now and `wait` how long the provider's hints still
+    /// hold the scope. The verdict when this closes an episode.
     pub fn ended(
         &self,
         seq: u64,
         outcome: Outcome,
         next_seq: u64,
         in_flight: usize,
+        wait: Duration,
     ) -> Option<Verdict> {
+        let long_wait = outcome == Outcome::RateLimited && wait >= LONG_WAIT;
         let mut st = self.lock();
         let State { open, heavy_until } = &mut *st;
         match open.as_mut() {
@@ -148,6 +167,7 @@ impl Signals {
                     successes: 0,
                     called: 1,
                     repeated,
+                    long_wait,
                 };
                 if e.pending == 0 {
                     *heavy_until = e.heavy().then_some(next_seq);
@@ -158,6 +178,7 @@ impl Signals {
             }
             Some(e) if seq < e.boundary => {
                 e.pending = e.pending.saturating_sub(1);
+                e.long_wait |= long_wait;
                 match outcome {
                     Outcome::Success => e.successes += 1,
                     Outcome::RateLimited => {
@@ -219,7 +240,7 @@ fn judge(e: &Episode) -> Verdict {
         let most_behind = refused >= 5 && refused * 2 >= called;
         let all_behind = refused >= 2 && refused == called;
         let behind = most_behind || all_behind;
-        share || behind
+        share || behind || e.long_wait
     } else {
         e.heavy() && (e.signals >= 2 || e.repeated)
     };
@@ -240,21 +261,24 @@ mod tests {
     use super::*;
     use Outcome::{Failure, NotCalled, Overloaded, RateLimited as Signal, Success};
 
+    /// No hint holds the scope.
+    const NO_HINT: Duration = Duration::ZERO;
+
     /// An episode opened by attempt 0 with attempts 1..=n in flight, which
     /// then end with `outcomes`.
     fn episode(outcomes: &[Outcome]) -> Option<Verdict> {
         let s = Signals::default();
         let n = outcomes.len();
         let next = n as u64 + 1;
-        let mut verdict = s.ended(0, Signal, next, n);
+        let mut verdict = s.ended(0, Signal, next, n, NO_HINT);
         if n == 0 {
             return verdict;
         }
         assert_eq!(verdict, None);
         for (i, o) in outcomes.iter().enumerate() {
             // Attempts started after the episode do not count.
-            assert_eq!(s.ended(next + 5, Success, next + 6, n), None);
-            verdict = s.ended(i as u64 + 1, *o, next, n - i - 1);
+            assert_eq!(s.ended(next + 5, Success, next + 6, n, NO_HINT), None);
+            verdict = s.ended(i as u64 + 1, *o, next, n - i - 1, NO_HINT);
         }
         verdict
     }
@@ -288,9 +312,10 @@ mod tests {
         let mut verdicts = Vec::new();
         for round in 0..2u64 {
             let base = round * 11;
-            assert_eq!(s.ended(base, Overloaded, base + 11, 10), None);
+            assert_eq!(s.ended(base, Overloaded, base + 11, 10, NO_HINT), None);
             for i in 0..10u64 {
-                if let Some(v) = s.ended(base + i + 1, Success, base + 11, 9 - i as usize) {
+                if let Some(v) = s.ended(base + i + 1, Success, base + 11, 9 - i as usize, NO_HINT)
+                {
                     verdicts.push(v);
                 }
             }
@@ -301,10 +326,10 @@ mod tests {
             "{verdicts:?}"
         );
         let s = Signals::default();
-        assert_eq!(s.ended(0, Overloaded, 64, 63), None);
+        assert_eq!(s.ended(0, Overloaded, 64, 63, NO_HINT), None);
         let mut verdict = None;
         for i in 0..63 {
-            verdict = s.ended(i + 1, Success, 64, 62 - i as usize);
+            verdict = s.ended(i + 1, Success, 64, 62 - i as usize, NO_HINT);
         }
         assert_eq!(verdict, Some(Verdict::Noise));
         // Alone, or with two others: no verdict.
@@ -331,13 +356,13 @@ mod tests {
         let s = Signals::default();
         let next = 51 + after.len() as u64;
         let mut pending = 50 + after.len();
-        let mut verdict = s.ended(50, Signal, next, pending);
+        let mut verdict = s.ended(50, Signal, next, pending, NO_HINT);
         let ends = (0..50u64)
             .map(|i| (i, before))
             .chain(after.iter().enumerate().map(|(i, o)| (51 + i as u64, *o)));
         for (seq, o) in ends {
             pending -= 1;
-            verdict = s.ended(seq, o, next, pending);
+            verdict = s.ended(seq, o, next, pending, NO_HINT);
         }
         verdict
     }
@@ -370,12 +395,12 @@ mod tests {
         // the refusal that opened the episode (50): what is behind it is
         // counted from 49.
         let s = Signals::default();
-        assert_eq!(s.ended(50, Signal, 52, 51), None);
+        assert_eq!(s.ended(50, Signal, 52, 51, NO_HINT), None);
         let mut verdict = None;
         for seq in 0..52u64 {
             if seq != 50 {
                 let o = if seq >= 49 { Signal } else { Success };
-                verdict = s.ended(seq, o, 52, 0);
+                verdict = s.ended(seq, o, 52, 0, NO_HINT);
             }
         }
         assert!(
@@ -389,5 +414,44 @@ mod tests {
             burst(Success, &[Signal, Signal, Success, Signal, Signal]),
             Some(Verdict::Noise)
         );
+    }
+
+    #[test]
+    fn a_long_hint_is_the_wall_itself() {
+        // Spread sends met a minute's quota: one call behind the refusal,
+        // the rest of the round trip had arrived before the wall. By the
+        // calls alone that is noise; the provider's hint of most of a
+        // minute says its window is full.
+        let s = Signals::default();
+        let long = Duration::from_secs(59);
+        assert_eq!(s.ended(50, Signal, 52, 51, long), None);
+        let mut verdict = None;
+        for seq in (0..50u64).chain([51]) {
+            verdict = s.ended(seq, Success, 52, 0, long);
+        }
+        assert_eq!(
+            verdict,
+            Some(Verdict::Quota {
+                in_flight: 52,
+                rate: true
+            })
+        );
+        // A hint just under the long wait, the same calls: noise, as a
+        // random 429 with `Retry-After: 1` is.
+        let s = Signals::default();
+        let short = LONG_WAIT.saturating_sub(Duration::from_millis(1));
+        assert_eq!(s.ended(50, Signal, 52, 51, short), None);
+        for seq in (0..50u64).chain([51]) {
+            verdict = s.ended(seq, Success, 52, 0, short);
+        }
+        assert_eq!(verdict, Some(Verdict::Noise));
+        // A long hold is not a rate limit's word when a success ends under
+        // it, nor an overload's: only a rate limit that brought it counts.
+        let s = Signals::default();
+        assert_eq!(s.ended(50, Overloaded, 52, 51, long), None);
+        for seq in (0..50u64).chain([51]) {
+            verdict = s.ended(seq, Success, 52, 0, long);
+        }
+        assert_eq!(verdict, Some(Verdict::Noise));
     }
 }
