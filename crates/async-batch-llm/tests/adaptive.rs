@@ -41,6 +41,9 @@ struct RollingQuota {
     latency: Duration,
     /// How long a refusal takes to come back.
     refusal: Duration,
+    /// A 429 hints the time until the window is empty (the whole quota
+    /// back, as a reset states it), not until its oldest request leaves.
+    hint_until_empty: bool,
     window: Arc<Mutex<VecDeque<Instant>>>,
     refused: Arc<AtomicU64>,
     served: Arc<AtomicU64>,
@@ -60,6 +63,7 @@ impl RollingQuota {
             headers,
             latency,
             refusal: latency / 10,
+            hint_until_empty: false,
             window: Arc::default(),
             refused: Arc::default(),
             served: Arc::default(),
@@ -89,7 +93,12 @@ impl RollingQuota {
             tokens: ReportedLimit::default(),
         });
         if full {
-            let hint = *w.front().unwrap() + span - now;
+            let oldest = if self.hint_until_empty {
+                w.back()
+            } else {
+                w.front()
+            };
+            let hint = *oldest.unwrap() + span - now;
             Err((hint, reported))
         } else {
             Ok(reported)
@@ -203,10 +212,27 @@ async fn a_wall_with_one_call_behind_its_refusal_is_known_by_its_hint() {
 
 #[tokio::test(start_paused = true)]
 async fn a_raise_past_an_unchanged_quota_is_undone_at_its_first_429() {
-    // Fifteen minutes on a rolling minute of 600 that nobody states: after
-    // the first wall the learned limits are raised every five clean
-    // minutes, and each raise meets the quota again.
     let p = RollingQuota::new(600, false, Duration::from_millis(100));
+    let rpm = raises_past_an_unchanged_quota(&p).await;
+    assert!(rpm <= 600.0, "learned {rpm}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_wall_of_a_raise_does_not_lower_the_limits_it_restored() {
+    // The raise's 429 hints a long wait (until the whole window is back),
+    // so its episode is a wall too: it undoes the raise, and does not then
+    // lower the limits below what held before it (534 before this rule).
+    let mut p = RollingQuota::new(600, false, Duration::from_millis(100));
+    p.hint_until_empty = true;
+    let rpm = raises_past_an_unchanged_quota(&p).await;
+    assert!((590.0..=600.0).contains(&rpm), "learned {rpm}");
+}
+
+/// Fifteen minutes on the rolling minute of 600 `p`, which states nothing:
+/// after the first wall the learned limits are raised every five clean
+/// minutes, and each raise meets the quota again. Every item succeeds, the
+/// raises cost a 429 or two each; the learned RPM at the end.
+async fn raises_past_an_unchanged_quota(p: &RollingQuota) -> f64 {
     let cfg = config(64);
     let after_first_minute = {
         let p = p.clone();
@@ -221,8 +247,7 @@ async fn a_raise_past_an_unchanged_quota_is_undone_at_its_first_429() {
     // One 429 for each of the two raises (a raise that stood would cost one
     // every minute after it: 50 before this rule).
     assert!(later <= 4, "{later} refused after the first minute");
-    let (rpm, _) = limits_of(&cfg).rpm.unwrap();
-    assert!(rpm <= 600.0, "learned {rpm}");
+    limits_of(&cfg).rpm.unwrap().0
 }
 
 /// Two processes (two registries) of `concurrency` on the quota `p`, each

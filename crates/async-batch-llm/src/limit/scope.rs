@@ -8,8 +8,9 @@
 //!   them: what the provider accepted over the window the wall's hint
 //!   showed (learned), lowered by 10 % by a later wall and raised by 10 %
 //!   after five minutes without one, to follow a quota that grows (a 429
-//!   within two windows of a raise undoes it). A provider that
-//!   reports a lower limit than the user's is warned about, once.
+//!   within two windows of a raise undoes it, and is not a wall that
+//!   lowers them). A provider that reports a lower limit than the user's
+//!   is warned about, once.
 //! - **What remains** of the provider's quota, as each reply reports it,
 //!   corrects the window for use this process cannot see
 //!   ([`Admission::observe`]).
@@ -170,6 +171,8 @@ struct Sources {
     learned_at: Option<Instant>,
     /// The last raise of learned limits.
     raised: Option<Raise>,
+    /// When a wall last undid a raise.
+    undone_at: Option<Instant>,
     /// The provider's window, when shorter than a minute: the longest
     /// reset its headers gave, or what a quota wall showed.
     span: Option<Duration>,
@@ -282,6 +285,7 @@ impl Scope {
             tpm: l.tpm.map(|t| (t, LimitSource::Flag)),
             learned_at: None,
             raised: None,
+            undone_at: None,
             span: None,
         };
         let adaptive = settings.adaptive && l.is_empty();
@@ -632,6 +636,15 @@ impl Scope {
             return false;
         }
         if s.learned_at.is_some() {
+            // The wall of a raise, judged when its episode ends (after its
+            // cooldown): the limits went back already, and are not lowered
+            // below what held before the raise.
+            let span = s.span();
+            if s.undone_at
+                .is_some_and(|u| now.saturating_duration_since(u) <= 2 * span)
+            {
+                return false;
+            }
             s.rpm = s.rpm.map(|(r, src)| ((r * 0.9).floor().max(1.0), src));
             s.tpm = s.tpm.map(|(t, src)| ((t - t / 10).max(1), src));
             s.learned_at = Some(now);
@@ -725,6 +738,7 @@ impl Scope {
         s.rpm = rpm;
         s.tpm = tpm;
         s.learned_at = Some(now);
+        s.undone_at = Some(now);
         tracing::info!(scope = %self.name, rpm = ?s.rpm, tpm = ?s.tpm, "quota wall after a raise: learned limits back");
         self.put_in_force(&s, &[]);
         true
