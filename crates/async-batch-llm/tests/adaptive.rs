@@ -194,6 +194,23 @@ async fn a_quota_wall_without_headers_teaches_the_limit() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn learned_limits_use_the_quota_when_calls_use_fewer_tokens_than_estimated() {
+    // A quota of 40 a minute, calls of 15 tokens against an estimate of
+    // 257 (the default 256 output tokens): the learned TPM is 600, and a
+    // reservation of the estimate needs the room of seventeen calls.
+    let p = RollingQuota::new(40, false, Duration::from_millis(100));
+    let cfg = config(16);
+    let t0 = Instant::now();
+    let batch = process_prompts(p.clone(), items(200), &cfg).await.unwrap();
+    assert_eq!(batch.stats.succeeded, 200);
+    // 40 in the first minute, then 40 a minute, paced at 16 times the
+    // rate: done some 244 s in (261 s now; 439 s when every call reserved
+    // its estimate).
+    let wall = t0.elapsed();
+    assert!(wall <= Duration::from_secs(270), "{wall:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_wall_with_one_call_behind_its_refusal_is_known_by_its_hint() {
     // The refusal comes back within a gap of the spread sends (0.8 ms):
     // at most one call went behind it, and the calls before it succeed, so
@@ -244,9 +261,11 @@ async fn raises_past_an_unchanged_quota(p: &RollingQuota) -> f64 {
     let batch = process_prompts(p.clone(), items(9000), &cfg).await.unwrap();
     assert_eq!(batch.stats.succeeded, 9000);
     let later = p.refused.load(Ordering::Relaxed) - after_first_minute.await.unwrap();
-    // One 429 for each of the two raises (a raise that stood would cost one
-    // every minute after it: 50 before this rule).
-    assert!(later <= 4, "{later} refused after the first minute");
+    // A few 429s for each of the two raises (a raise that stood would cost
+    // one every minute after it: 50 before this rule). 4 when calls
+    // reserved their estimates, 17 times what they use, which kept the run
+    // a little under the quota; 5 since they reserve what they use.
+    assert!(later <= 6, "{later} refused after the first minute");
     limits_of(&cfg).rpm.unwrap().0
 }
 

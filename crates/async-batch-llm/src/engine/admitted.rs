@@ -16,16 +16,21 @@ pub(super) struct Admitted<'a> {
     scope: &'a Scope,
     events: &'a EventSink,
     reservation: Option<Reservation>,
+    /// The estimate the reservation was made from (it may reserve less:
+    /// what calls typically use of their estimates).
+    estimate: u64,
     shared: Option<SharedTicket>,
     slot: Option<OwnedSemaphorePermit>,
 }
 
 impl<'a> Admitted<'a> {
-    /// Holds `reservation` (when the scope has limits) in `scope`.
+    /// Holds `reservation` (when the scope has limits) in `scope`, made
+    /// for a call estimated at `estimate` tokens.
     pub(super) fn new(
         scope: &'a Scope,
         events: &'a EventSink,
         reservation: Option<Reservation>,
+        estimate: u64,
     ) -> Self {
         if let Some(r) = &reservation {
             events.emit(|| Event::QuotaReserved {
@@ -37,6 +42,7 @@ impl<'a> Admitted<'a> {
             scope,
             events,
             reservation,
+            estimate,
             shared: None,
             slot: None,
         }
@@ -63,6 +69,9 @@ impl<'a> Admitted<'a> {
         if let (Some(adm), Some(r)) = (self.scope.admission(), self.reservation.take()) {
             let estimate = r.tokens();
             adm.settle(r, used);
+            if let Some(used) = used {
+                adm.note_usage(self.estimate, used);
+            }
             self.events.emit(|| Event::QuotaSettled {
                 scope: self.scope.name().to_owned(),
                 estimate,

@@ -393,7 +393,7 @@ async fn admit<'r, S: Strategy>(
         a = run.scope.begin_attempt(run.concurrency) => a,
     };
     let from_flag = run.scope.settings().limits.tpm.is_some();
-    let mut estimated = 0;
+    let (mut estimated, mut reserved) = (0, 0);
     // A dry run calls nothing: the limits do not pace it (its summary says
     // how long they would take).
     let admission = run.scope.admission().filter(|_| !run.dry_run_mode);
@@ -420,16 +420,20 @@ async fn admit<'r, S: Strategy>(
                             refuse(format!("cannot estimate the tokens of this item: {m}"))
                         })?
                         .saturating_add(part_tokens);
+                    estimated = estimate;
                     // Only the user's limit refuses an estimate larger than
-                    // itself; a reported or learned one is not that sure.
+                    // itself, and is reserved the estimate whole; a reported
+                    // or learned one is not that sure, and its window is
+                    // filled by what calls used: reserved at what calls
+                    // typically use of their estimates.
                     if from_flag {
                         estimate
                     } else {
-                        estimate.min(tpm)
+                        adm.typical(estimate).min(tpm)
                     }
                 }
             };
-            estimated = estimate;
+            reserved = estimate;
             Some(tokio::select! {
                 biased;
                 () = run.stop.stopping.cancelled() => return Err(Fail::Stopped),
@@ -438,11 +442,11 @@ async fn admit<'r, S: Strategy>(
         }
     };
     let reservation_id = reservation.as_ref().map(crate::limit::Reservation::id);
-    let admitted = Admitted::new(&run.scope, &run.events, reservation);
+    let admitted = Admitted::new(&run.scope, &run.events, reservation, estimated);
     let (ticket, shared_cooldown) = match run.scope.shared().filter(|_| !run.dry_run_mode) {
         None => (None, Duration::ZERO),
         Some(shared) => {
-            let (t, waited) = shared_admit(run, shared, estimated, deadline, acct).await?;
+            let (t, waited) = shared_admit(run, shared, reserved, deadline, acct).await?;
             (Some(t), waited)
         }
     };
