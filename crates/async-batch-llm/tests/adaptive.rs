@@ -147,6 +147,14 @@ fn config(concurrency: usize) -> BatchConfig {
     }
 }
 
+/// Runs `n` items on `p` under `cfg`; every one succeeds. How long it took.
+async fn all_succeed(p: &RollingQuota, n: usize, cfg: &BatchConfig) -> Duration {
+    let t0 = Instant::now();
+    let batch = process_prompts(p.clone(), items(n), cfg).await.unwrap();
+    assert_eq!(batch.stats.succeeded, n as u64);
+    t0.elapsed()
+}
+
 fn limits_of(config: &BatchConfig) -> async_batch_llm::LimitsInForce {
     config
         .scopes
@@ -160,14 +168,11 @@ async fn limits_from_headers_pace_the_run_without_being_told() {
     // RPM 600, 64 workers, 100 ms calls: unpaced, 640 requests a second.
     let p = RollingQuota::new(600, true, Duration::from_millis(100));
     let cfg = config(64);
-    let t0 = Instant::now();
-    let batch = process_prompts(p.clone(), items(1500), &cfg).await.unwrap();
-    assert_eq!(batch.stats.succeeded, 1500);
+    let wall = all_succeed(&p, 1500, &cfg).await;
     let calls = p.served.load(Ordering::Relaxed) + p.refused.load(Ordering::Relaxed);
     let refused = p.refused.load(Ordering::Relaxed);
     assert!(refused * 200 <= calls, "{refused} of {calls} calls refused");
     // 1500 at 600 a minute: the third minute, not later.
-    let wall = t0.elapsed();
     assert!(wall <= Duration::from_secs(125), "{wall:?}");
     let l = limits_of(&cfg);
     assert_eq!(l.rpm, Some((600.0, LimitSource::Header)));
@@ -178,8 +183,7 @@ async fn limits_from_headers_pace_the_run_without_being_told() {
 async fn a_quota_wall_without_headers_teaches_the_limit() {
     let p = RollingQuota::new(600, false, Duration::from_millis(100));
     let cfg = config(64);
-    let batch = process_prompts(p.clone(), items(1500), &cfg).await.unwrap();
-    assert_eq!(batch.stats.succeeded, 1500);
+    all_succeed(&p, 1500, &cfg).await;
     let refused = p.refused.load(Ordering::Relaxed);
     // Sends are spread over the round trip (at twice the loop's rate: 0.8 ms
     // apart for 64 calls of 100 ms), so the wall costs the calls sent in the 10 ms
@@ -200,13 +204,10 @@ async fn learned_limits_use_the_quota_when_calls_use_fewer_tokens_than_estimated
     // reservation of the estimate needs the room of seventeen calls.
     let p = RollingQuota::new(40, false, Duration::from_millis(100));
     let cfg = config(16);
-    let t0 = Instant::now();
-    let batch = process_prompts(p.clone(), items(200), &cfg).await.unwrap();
-    assert_eq!(batch.stats.succeeded, 200);
+    let wall = all_succeed(&p, 200, &cfg).await;
     // 40 in the first minute, then 40 a minute, paced at 16 times the
     // rate: done some 244 s in (261 s now; 439 s when every call reserved
     // its estimate).
-    let wall = t0.elapsed();
     assert!(wall <= Duration::from_secs(270), "{wall:?}");
 }
 
@@ -219,8 +220,7 @@ async fn a_wall_with_one_call_behind_its_refusal_is_known_by_its_hint() {
     let mut p = RollingQuota::new(600, false, Duration::from_millis(100));
     p.refusal = Duration::from_micros(500);
     let cfg = config(64);
-    let batch = process_prompts(p.clone(), items(1500), &cfg).await.unwrap();
-    assert_eq!(batch.stats.succeeded, 1500);
+    all_succeed(&p, 1500, &cfg).await;
     let refused = p.refused.load(Ordering::Relaxed);
     assert!(refused <= 4, "{refused} refused");
     let l = limits_of(&cfg);
@@ -258,8 +258,7 @@ async fn raises_past_an_unchanged_quota(p: &RollingQuota) -> f64 {
             p.refused.load(Ordering::Relaxed)
         })
     };
-    let batch = process_prompts(p.clone(), items(9000), &cfg).await.unwrap();
-    assert_eq!(batch.stats.succeeded, 9000);
+    all_succeed(p, 9000, &cfg).await;
     let later = p.refused.load(Ordering::Relaxed) - after_first_minute.await.unwrap();
     // A few 429s for each of the two raises (a raise that stood would cost
     // one every minute after it: 50 before this rule). 4 when calls

@@ -138,6 +138,13 @@ impl Cooldown {
         self.lock().hinted_until.filter(|u| *u > now)
     }
 
+    /// How long after `now` the latest hint still holds the scope (zero
+    /// when none does).
+    pub fn hinted_wait(&self, now: Instant) -> Duration {
+        self.hinted_until(now)
+            .map_or(Duration::ZERO, |u| u.saturating_duration_since(now))
+    }
+
     /// The time spent in cooldowns up to `now` (a running one up to now).
     pub fn time_spent(&self, now: Instant) -> CooldownTime {
         let st = self.lock();

@@ -503,10 +503,7 @@ impl Scope {
         }
         let in_flight = self.out().saturating_sub(1);
         let next = self.next_seq.load(Ordering::Relaxed);
-        let wait = self
-            .cooldown
-            .hinted_until(now)
-            .map_or(Duration::ZERO, |u| u - now);
+        let wait = self.cooldown.hinted_wait(now);
         change.verdict = self.signals.ended(seq, end.outcome, next, in_flight, wait);
         match change.verdict {
             Some(Verdict::Quota { in_flight, rate }) => {
@@ -660,10 +657,7 @@ impl Scope {
         // of the last minute, and the hint's wait until it has room again.
         // For a rolling minute hit early that is a minute; for a quota of
         // 500 per 10 s, 10 s, and the limit per minute is six times 500.
-        let wait = self
-            .cooldown
-            .hinted_until(now)
-            .map_or(Duration::ZERO, |u| u - now);
+        let wait = self.cooldown.hinted_wait(now);
         // In whole seconds, rounded: a rolling minute hit 0.1 s in is 60 s,
         // not 59 (a window shorter than the provider's lets a burst at its
         // start and one at its end into the same provider window).

@@ -416,21 +416,27 @@ mod tests {
         );
     }
 
+    /// Attempt 50 opens an episode with `opener`; the 50 sent before it
+    /// and the one behind it (51) succeed, all with `wait` left on the hints.
+    fn one_behind(opener: Outcome, wait: Duration) -> Option<Verdict> {
+        let s = Signals::default();
+        assert_eq!(s.ended(50, opener, 52, 51, wait), None);
+        let mut verdict = None;
+        for seq in (0..50u64).chain([51]) {
+            verdict = s.ended(seq, Success, 52, 0, wait);
+        }
+        verdict
+    }
+
     #[test]
     fn a_long_hint_is_the_wall_itself() {
         // Spread sends met a minute's quota: one call behind the refusal,
         // the rest of the round trip had arrived before the wall. By the
         // calls alone that is noise; the provider's hint of most of a
         // minute says its window is full.
-        let s = Signals::default();
         let long = Duration::from_secs(59);
-        assert_eq!(s.ended(50, Signal, 52, 51, long), None);
-        let mut verdict = None;
-        for seq in (0..50u64).chain([51]) {
-            verdict = s.ended(seq, Success, 52, 0, long);
-        }
         assert_eq!(
-            verdict,
+            one_behind(Signal, long),
             Some(Verdict::Quota {
                 in_flight: 52,
                 rate: true
@@ -438,20 +444,10 @@ mod tests {
         );
         // A hint just under the long wait, the same calls: noise, as a
         // random 429 with `Retry-After: 1` is.
-        let s = Signals::default();
         let short = LONG_WAIT.saturating_sub(Duration::from_millis(1));
-        assert_eq!(s.ended(50, Signal, 52, 51, short), None);
-        for seq in (0..50u64).chain([51]) {
-            verdict = s.ended(seq, Success, 52, 0, short);
-        }
-        assert_eq!(verdict, Some(Verdict::Noise));
+        assert_eq!(one_behind(Signal, short), Some(Verdict::Noise));
         // A long hold is not a rate limit's word when a success ends under
         // it, nor an overload's: only a rate limit that brought it counts.
-        let s = Signals::default();
-        assert_eq!(s.ended(50, Overloaded, 52, 51, long), None);
-        for seq in (0..50u64).chain([51]) {
-            verdict = s.ended(seq, Success, 52, 0, long);
-        }
-        assert_eq!(verdict, Some(Verdict::Noise));
+        assert_eq!(one_behind(Overloaded, long), Some(Verdict::Noise));
     }
 }
